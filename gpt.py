@@ -1,0 +1,499 @@
+"""
+gpt.py: a GPT to read top to bottom, then train from scratch on your own machine.
+
+    python gpt.py --config tiny     # 0.44M parameters, a few minutes on a laptop CPU
+    python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
+    python gpt.py --config medium   # 10.8M parameters: nanoGPT's shakespeare_char model (a GPU helps)
+
+It is GPT-2 (pre-LayerNorm blocks, learned positions, biases, output head tied to the token embedding,
+N(0, 0.02) init with residual projections scaled by 1/sqrt(2·n_layer)), small, and differs only in:
+- tokens are the text's own characters (about 65 for Shakespeare), not GPT-2's 50257 BPE tokens;
+- the GELU is the exact erf form, not GPT-2's tanh approximation;
+- AdamW's beta2 is 0.99, not 0.999: with small batches the second moment should forget faster.
+microgpt.py computes the same function with plain Python floats; test_gpt.py proves they agree.
+"""
+import argparse, math, os, signal, sys, threading, time  # signal: Ctrl-C saves the run instead of losing it
+import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
+from contextlib import nullcontext
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- config
+# The architecture of each preset is fixed (SPEC §2); batch size, iterations and learning rates
+# were tuned for the best text in the time each preset is meant to take (README, Results).
+PRESETS = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=32, max_iters=1500,
+                 eval_interval=250, eval_iters=50, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50),
+    "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=32, max_iters=3000,
+                  eval_interval=250, eval_iters=100, learning_rate=1.5e-3, min_lr=1.5e-4, warmup_iters=100),
+    "medium": dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
+                   eval_interval=250, eval_iters=200, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100)}
+DEFAULTS = dict(
+    config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto", seed=1337,
+    compile=None,  # None: on for CUDA on Linux, where it pays off; off elsewhere
+    block_size=256, log_interval=10, lr_decay_iters=None,  # None: decay over the whole run
+    weight_decay=0.1, grad_clip=1.0, prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1)
+LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")  # log.csv, one row per eval
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what a checkpoint's shape depends on
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+class GPTError(Exception):
+    """A problem the user can fix: main prints it as one line, with no traceback."""
+
+def pick_device(name="auto", dtype="auto"):
+    """Device and precision are decided here, once; the model reads its device from its inputs.
+    bf16 has float32's range, so it trains without loss scaling; fp16 needs a GradScaler. MPS and CPU
+    stay float32: their half-precision matmuls are no faster for models this small, and less exact."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
+        raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto or cpu")
+    if dtype == "auto":
+        dtype = "float32" if name != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return torch.device(name), getattr(torch, dtype)
+
+# ----------------------------------------------------------------------------- data and tokenizer
+class CharTokenizer:
+    """Each distinct character is one token, numbered in sorted order: one text, one vocabulary."""
+    def __init__(self, vocab):  # vocab: the characters in id order, one string (as checkpoints store it)
+        self.vocab, self.stoi = vocab, {ch: i for i, ch in enumerate(vocab)}
+    def encode(self, s):
+        unknown = sorted(set(s) - self.stoi.keys())
+        if unknown:
+            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} (it knows {self.vocab!r})")
+        return [self.stoi[ch] for ch in s]
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+def load_data(path, block_size):
+    """The text as token ids, split 90/10, and its tokenizer. The default text is also looked for next
+    to this script, and downloaded when gpt.py runs alone (a notebook with only gpt.py pasted in)."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(globals().get("__file__", "gpt.py"))), path)
+    if not os.path.exists(path) and path == DEFAULTS["data"] and os.path.exists(beside):
+        path = beside
+    elif not os.path.exists(path) and path == DEFAULTS["data"]:
+        print(f"{path} not found: downloading tiny-shakespeare (1.1 MB) into {os.path.abspath(path)}")
+        try:
+            with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=30) as response, open(path + ".tmp", "wb") as f:
+                f.write(response.read())
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 text file at "
+                           f"{os.path.abspath(path)} or pass --data PATH") from None
+    if not os.path.isfile(path):
+        raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    tokenizer = CharTokenizer("".join(sorted(set(text))))
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n = int(0.9 * len(data))  # the first 90% to learn from, the last 10% to measure on
+    splits = {"train": data[:n], "val": data[n:]}
+    for name, split in splits.items():
+        if len(split) < block_size + 1:
+            raise GPTError(f"data file {path} is {'empty' if not text else 'too short'}: its {name} split has "
+                           f"{len(split)} characters, fewer than block_size + 1 = {block_size + 1}")
+    return tokenizer, splits
+
+def get_batch(data, batch_size, block_size, generator):
+    """batch_size random windows of the text: inputs x and, at each position, the next character y."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window starts, drawn on the CPU
+    offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
+    chunk = data[offsets.to(data.device)]  # gathered where the text lives: nothing big crosses to the GPU
+    return chunk[:, :-1], chunk[:, 1:]  # (B, T), (B, T)
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65  # distinct characters in the text; set from the data
+    block_size: int = 256  # the longest context the model sees, in characters (T at most)
+    n_layer: int = 6
+    n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
+    n_embd: int = 384  # C, the width of the residual stream
+    dropout: float = 0.2  # only while training; 0 for models too small to overfit in their time
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for every head in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+    def forward(self, x, cache=None):
+        B, T, C = x.size()  # batch, time (positions), channels
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:  # sampling: earlier positions' keys and values are kept, not recomputed
+            if cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # (B, nh, Tk, hs)
+            cache["k"], cache["v"] = k, v
+        # Causal: query i may attend to key j only if j <= i. With a cache, the Tk - T cached keys come
+        # first, so the mask is the lower triangle shifted right by Tk - T. The same math by hand:
+        #   att = q @ k.transpose(-2, -1) / math.sqrt(hs)     # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
+        #   att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        #   y = att @ v                                       # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
+        # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att.
+        Tk = k.size(2)
+        mask = None if Tk == T else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU()  # exact: 0.5·x·(1 + erf(x/√2)). approximate="tanh" is GPT-2's; the twins would differ
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)  # eps 1e-5, biased variance (÷ n): PyTorch's defaults and GPT-2's
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # tokens look at earlier tokens
+        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
+        return x
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd)))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per character, to read it in and out
+        self.init_weights()
+    def init_weights(self):
+        for module in self.modules():  # LayerNorm keeps PyTorch's weight 1, bias 0
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, p in self.named_parameters():  # each block adds two branches to the residual stream;
+            if name.endswith("c_proj.weight"):  # scaling them keeps its variance from growing with depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+    def forward(self, idx, targets=None, cache=None):
+        B, T = idx.size()
+        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions already in the KV cache
+        assert start + T <= self.config.block_size, f"{start + T} positions, but block_size is {self.config.block_size}"
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache[i] if cache is not None else None)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+def make_optimizer(model, cfg, device):
+    # Decay only matrices and embeddings (2+ dims). Biases and LayerNorm gains have no capacity to
+    # overfit, and pulling a gain towards 0 would only fight the normalization.
+    params = list(model.parameters())  # unique: the tied matrix appears once
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8,
+                             fused=device.type == "cuda")  # one kernel for the whole update, not one per tensor
+
+def get_lr(it, cfg):
+    """Linear warmup (random init gives wild first gradients), then cosine decay to min_lr."""
+    decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_atomic(obj, path):
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)  # atomic: killed mid-write, the previous file is still whole
+
+def load_checkpoint(path, what_to_do):  # weights_only: tensors and plain data only, a stranger's file runs no code
+    if not os.path.exists(path):
+        raise GPTError(f"no checkpoint at {path}; {what_to_do}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GPTError(f"{path} is not a loadable checkpoint ({reason}); delete it or retrain") from None
+    if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
+        raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
+    return ckpt
+
+# ----------------------------------------------------------------------------- training loop
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, autocast):
+    """Mean loss over eval_iters batches of each split: the same batches at every eval, so evals compare."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        generator, total = torch.Generator().manual_seed(cfg.seed + 1), 0.0
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg.batch_size, cfg.block_size, generator)
+            with autocast:
+                total += model(x, y)[1].float()
+        out[name] = total.item() / cfg.eval_iters
+    model.train()
+    return out
+
+def train(cfg, resume=None):
+    """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns the exit code."""
+    device, dtype = pick_device(cfg.device, cfg.dtype)
+    tokenizer, splits = load_data(cfg.data, cfg.block_size)
+    splits = {name: split.to(device) for name, split in splits.items()}  # on the GPU once, not per batch
+    cfg.vocab_size = len(tokenizer.vocab)
+    if resume is not None and resume["vocab"] != tokenizer.vocab:
+        raise GPTError(f"--resume: the vocabulary of {cfg.data} ({len(tokenizer.vocab)} characters) differs from "
+                       f"the checkpoint's ({len(resume['vocab'])}); resume with the text it was trained on")
+    try:  # fail now, not after an hour of training
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        open(os.path.join(cfg.out_dir, ".write_test"), "w").close()
+        os.remove(os.path.join(cfg.out_dir, ".write_test"))
+    except OSError as e:
+        raise GPTError(f"output folder {cfg.out_dir} is not writable ({e.strerror}); pass --out_dir DIR") from None
+    torch.manual_seed(cfg.seed)  # the init and dropout draw from torch's global generator,
+    batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches from their own
+    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    start_iter, best_val_loss, log_rows = 0, float("inf"), []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        batch_generator.set_state(resume["rng"]["batch"])
+        start_iter, best_val_loss, log_rows = resume["iter"], resume["best_val_loss"], resume["log"]
+    # The fast paths, one switch each: TF32 matmuls, mixed precision (+ loss scaling for fp16), compile.
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda" and sys.platform == "linux"
+    step_model = try_compile(model, splits["train"], cfg, autocast) if use_compile else model
+    print(f"device {device.type}{f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''}"
+          f" | dtype {str(dtype)[6:]} | compile {'on' if step_model is not model else 'off'}"
+          f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
+          f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens", flush=True)
+    tokens_per_iter = cfg.batch_size * cfg.block_size
+    t_start, elapsed0 = time.time(), log_rows[-1][-1] if log_rows else 0.0  # seconds trained before a resume
+    since = dict(iter=start_iter, time=t_start)  # the stretch since the last eval: tokens/s and ETA
+    def save(done, evaluate):  # evaluate, then write best.pt (if better), ckpt.pt and log.csv
+        nonlocal best_val_loss
+        state = dict(model=model.state_dict(), config=vars(cfg).copy(), vocab=tokenizer.vocab, iter=done)
+        if evaluate:
+            tok_s = (done - since["iter"]) * tokens_per_iter / (time.time() - since["time"])
+            losses = estimate_loss(step_model, splits, cfg, autocast)
+            print(f"eval {done}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}", flush=True)
+            log_rows.append([done, round(losses["train"], 4), round(losses["val"], 4), get_lr(max(done - 1, 0), cfg),
+                             round(tok_s), round(elapsed0 + time.time() - t_start, 1)])
+            if losses["val"] < best_val_loss:
+                best_val_loss = losses["val"]
+                save_atomic(dict(state, best_val_loss=best_val_loss), os.path.join(cfg.out_dir, "best.pt"))
+        rng = dict(torch=torch.get_rng_state(), batch=batch_generator.get_state())
+        save_atomic(dict(state, best_val_loss=best_val_loss, optimizer=optimizer.state_dict(), rng=rng, log=log_rows),
+                    os.path.join(cfg.out_dir, "ckpt.pt"))
+        with open(os.path.join(cfg.out_dir, "log.csv.tmp"), "w", encoding="utf-8") as f:
+            f.writelines(",".join(map(str, row)) + "\n" for row in [LOG_COLUMNS, *log_rows])
+        os.replace(os.path.join(cfg.out_dir, "log.csv.tmp"), os.path.join(cfg.out_dir, "log.csv"))
+        since.update(iter=done, time=time.time())
+    interrupted = []  # Ctrl-C only raises this flag; the loop checks it between steps and saves a whole state
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        print("\nCtrl-C: finishing this step, then saving ckpt.pt (press again to stop at once)", flush=True)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        if start_iter == 0:
+            save(0, evaluate=True)  # a fresh model scores about ln(vocab_size): 4.17 for 65 characters
+        for it in range(start_iter, cfg.max_iters):
+            lr = get_lr(it, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator)
+            with autocast:
+                _, loss = step_model(x, y)
+            scaler.scale(loss).backward()  # scaled only in float16, whose small gradients would underflow
+            scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:  # one freak batch must not undo hours of training
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            done = it + 1
+            evaluate = done % cfg.eval_interval == 0 or done == cfg.max_iters
+            if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
+                if not math.isfinite(loss.item()):  # checked before any eval, so no NaN state is ever saved
+                    raise GPTError(f"loss became {loss.item()} at iter {done}; {cfg.out_dir}/ckpt.pt and best.pt "
+                                   f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
+                step_s = (time.time() - since["time"]) / (done - since["iter"])
+                eta = (cfg.max_iters - done) * step_s
+                print(f"iter {done}/{cfg.max_iters} | loss {loss.item():.4f} | lr {lr:.2e} | "
+                      f"{tokens_per_iter / step_s:,.0f} tok/s | {step_s * 1000:.0f} ms/iter | "
+                      f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+            if evaluate or interrupted:
+                save(done, evaluate)
+            if interrupted:
+                print(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue with: "
+                      f"python gpt.py --resume --out_dir {cfg.out_dir}", flush=True)
+                return 130
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    print(f"best val loss {best_val_loss:.4f}, in {cfg.out_dir}/best.pt. A taste of it:", flush=True)
+    return sample(SimpleNamespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1, "prompt": ""}))
+
+def try_compile(model, data, cfg, autocast):
+    """torch.compile, tried on one real batch: any failure (no Triton, an old GPU, Windows) means eager."""
+    try:
+        compiled = torch.compile(model)
+        with torch.random.fork_rng(devices=[]), autocast:  # the trial's dropout leaves the run's RNG alone
+            compiled(*get_batch(data, cfg.batch_size, cfg.block_size, None))[1].backward()
+    except Exception as e:
+        print(f"warning: torch.compile failed, training without it ({type(e).__name__}: {str(e)[:200]})")
+        compiled = model
+    model.zero_grad(set_to_none=True)
+    return compiled
+
+# ----------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+    """Yield max_new_tokens new token ids, (B, 1) each, continuing idx (B, T).
+    temperature 0 is greedy (argmax); top_k keeps only the k likeliest characters."""
+    # The model knows only positions 0..block_size-1. When the context outgrows that, the window slides
+    # a quarter block at once: positions restart from 0, so the cache is rebuilt once per block_size/4
+    # tokens instead of at every token, and the model still always sees at least 3/4 of a block.
+    block_size, start, cache = model.config.block_size, 0, None  # the window is idx[:, start:]
+    for _ in range(max_new_tokens):
+        if idx.size(1) - start > block_size:
+            start, cache = idx.size(1) - (block_size - block_size // 4), None
+        if cache:  # only the newest token goes through the model: O(context) work, not O(context²)
+            logits, _ = model(idx[:, -1:], cache=cache)
+        else:  # the whole window: to fill a fresh cache, or every time without one
+            cache = [{} for _ in model.transformer.h] if use_cache else None
+            logits, _ = model(idx[:, start:], cache=cache)
+        logits = logits[:, -1, :].float()  # (B, vocab_size)
+        if temperature == 0:
+            next_id = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1).cpu()  # drawn on the CPU: one seed gives one text on any device
+            next_id = torch.multinomial(probs, num_samples=1, generator=generator).to(idx.device)
+        idx = torch.cat([idx, next_id], dim=1)
+        yield next_id
+
+def sample(cfg):
+    """Stream text from best.pt to stdout and everything else to stderr (so `> poem.txt` keeps the poem)."""
+    path = os.path.join(cfg.out_dir, "best.pt")
+    ckpt = load_checkpoint(path, "train one first: python gpt.py --config tiny"
+                           + (f" --out_dir {cfg.out_dir}" if cfg.out_dir != DEFAULTS["out_dir"] else ""))
+    device, _ = pick_device(cfg.device)
+    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_KEYS}))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    tokenizer, prompt = CharTokenizer(ckpt["vocab"]), cfg.prompt or "\n"  # empty: start where speeches start
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    print(f"sampling from {path} (iter {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device.type}",
+          file=sys.stderr, flush=True)
+    generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
+    for i in range(cfg.num_samples):
+        print(("\n---\n" if i else "") + prompt, end="", flush=True)
+        for next_id in generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
+            print(tokenizer.decode(next_id[0].tolist()), end="", flush=True)
+    print(flush=True)
+    n, seconds = cfg.max_new_tokens * cfg.num_samples, time.time() - t0
+    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr, flush=True)
+    return 0
+
+# ----------------------------------------------------------------------------- command line
+def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return text.lower() in ("true", "1")
+
+POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters", "log_interval",
+            "max_new_tokens", "num_samples", "top_k", "learning_rate")
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Train a GPT on a text file, or --sample from one.",
+                                argument_default=argparse.SUPPRESS, allow_abbrev=False)  # only flags given
+    p.add_argument("--sample", action="store_true", default=False, help="write text from out_dir/best.pt")
+    p.add_argument("--resume", action="store_true", default=False, help="continue training from out_dir/ckpt.pt")
+    p.add_argument("--config", choices=PRESETS, help="preset (default medium); other flags override its fields")
+    for name in ("data", "out_dir", "prompt"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--compile", type=boolean, nargs="?", const=True, metavar="BOOL")
+    for name in (*POSITIVE[:-1], "max_iters", "warmup_iters", "lr_decay_iters", "seed"):
+        p.add_argument(f"--{name}", type=int)
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "temperature", "dropout"):
+        p.add_argument(f"--{name}", type=float)
+    args, unknown = p.parse_known_args(argv)
+    unknown = [a for i, a in enumerate(unknown)  # a notebook kernel runs with `-f kernel-….json` in argv
+               if a != "-f" and not (i and unknown[i - 1] == "-f" and a.endswith(".json"))]
+    if unknown and "ipykernel" not in sys.modules:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for name, value in vars(args).items():  # sizes must be > 0; counts, rates and the seed >= 0
+        allowed = type(value) not in (int, float) or value > 0 or value == 0 and name not in POSITIVE
+        if not allowed or type(value) is float and not math.isfinite(value):
+            p.error(f"argument --{name}: must be {'>' if name in POSITIVE else '>='} 0, got {value}")
+    if getattr(args, "dropout", 0) >= 1:
+        p.error(f"argument --dropout: must be < 1, got {args.dropout}")
+    return p, args
+
+def main(argv=None):
+    parser, args = parse_args(sys.argv[1:] if argv is None else argv)
+    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
+    try:
+        resume = None
+        if args.resume and not args.sample:
+            resume = load_checkpoint(os.path.join(given.get("out_dir", DEFAULTS["out_dir"]), "ckpt.pt"),
+                                     "--resume continues a run: start one without --resume first")
+        # Defaults, then the checkpoint's config when resuming, then the preset, then the flags given.
+        preset = given.get("config", None if resume else DEFAULTS["config"])
+        cfg = SimpleNamespace(**{**DEFAULTS, **(resume or {}).get("config", {}), **PRESETS.get(preset, {}), **given})
+        if args.sample:
+            return sample(cfg)
+        if cfg.n_embd % cfg.n_head:
+            parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: each head needs an "
+                         f"equal share of the channels")
+        differ = [f"{k} {resume['config'][k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]
+                  if resume and resume["config"][k] != getattr(cfg, k)]
+        if differ:
+            raise GPTError(f"--resume: the flags change the checkpoint's model ({', '.join(differ)}); "
+                           f"drop those flags, or train anew in another --out_dir")
+        return train(cfg, resume)
+    except GPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+if __name__ == "__main__":
+    code = main()
+    if code and "ipykernel" not in sys.modules:  # in a notebook, SystemExit would only print a warning
+        sys.exit(code)
