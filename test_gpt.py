@@ -1,0 +1,268 @@
+"""test_gpt.py: the behaviour of gpt.py (and microgpt.py), one behaviour per test, on tiny CPU configs.
+
+    python -m pytest
+"""
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import gpt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEXT = open(os.path.join(HERE, "shakespeare.txt"), encoding="utf-8").read()[:20_000]
+TINY_RUN = ["--config", "tiny", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16",
+            "--batch_size", "8", "--max_iters", "60", "--eval_interval", "20", "--eval_iters", "4",
+            "--log_interval", "20", "--learning_rate", "3e-3", "--warmup_iters", "5", "--device", "cpu"]
+
+
+def run_gpt(*args, cwd=HERE):
+    """gpt.py as a user runs it: a fresh process, its exit code and both output streams."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def tiny_model(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, seed=0):
+    torch.manual_seed(seed)
+    return gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                                 n_head=n_head, n_embd=n_embd, dropout=0.0)).eval()
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_file):
+    """One tiny training run, shared by every test that needs a checkpoint."""
+    out_dir = str(tmp_path_factory.mktemp("run"))
+    result = run_gpt(*TINY_RUN, "--data", data_file, "--out_dir", out_dir)
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(out_dir=out_dir, stdout=result.stdout, data=data_file)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+VOCAB = "".join(sorted(set(TEXT)))
+
+
+@given(st.text(alphabet=VOCAB))
+def test_encode_decode_round_trip(s):
+    tokenizer = gpt.CharTokenizer(VOCAB)
+    assert tokenizer.decode(tokenizer.encode(s)) == s
+
+
+def test_vocab_is_sorted_distinct_characters(data_file):
+    tokenizer, splits = gpt.load_data(data_file, block_size=16)
+    assert tokenizer.vocab == "".join(sorted(set(TEXT)))
+    assert len(splits["train"]) == int(0.9 * len(TEXT)) and len(splits["val"]) == len(TEXT) - int(0.9 * len(TEXT))
+
+
+# ----------------------------------------------------------------------------- model
+def expected_params(n_layer, n_embd, vocab_size=65, block_size=256):
+    C = n_embd
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    return n_layer * per_block + vocab_size * C + block_size * C + 2 * C  # the tied head adds nothing
+
+
+@pytest.mark.parametrize("name, spec_millions", [("tiny", 0.44), ("small", 3.2), ("medium", 10.7)])
+def test_preset_parameter_counts(name, spec_millions):
+    p = gpt.PRESETS[name]
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=65, block_size=256, n_layer=p["n_layer"], n_head=p["n_head"],
+                                  n_embd=p["n_embd"]))
+    count = sum(t.numel() for t in model.parameters())
+    assert count == expected_params(p["n_layer"], p["n_embd"])
+    assert abs(count / 1e6 - spec_millions) / spec_millions < 0.015  # SPEC §2's table, to its rounding
+
+
+def test_state_dict_keys_are_gpt2_names():
+    model = tiny_model(n_layer=2)
+    expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                "transformer.ln_f.bias", "lm_head.weight"}
+    for i in range(2):
+        for name in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                     "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                     "mlp.c_proj.weight", "mlp.c_proj.bias"):
+            expected.add(f"transformer.h.{i}.{name}")
+    assert set(model.state_dict()) == expected
+    assert model.state_dict()["transformer.h.0.attn.c_attn.weight"].shape == (3 * 16, 16)  # (out, in)
+
+
+def test_lm_head_is_the_token_embedding():
+    model = tiny_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_init_follows_gpt2():
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    sd = model.state_dict()
+    assert abs(sd["transformer.wte.weight"].std().item() - 0.02) < 0.001
+    assert abs(sd["transformer.h.0.mlp.c_proj.weight"].std().item() - 0.02 / math.sqrt(12)) < 0.0005
+    assert torch.all(sd["transformer.h.0.attn.c_attn.bias"] == 0)
+    assert torch.all(sd["transformer.h.0.ln_1.weight"] == 1) and torch.all(sd["transformer.h.0.ln_1.bias"] == 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(t=st.integers(0, 7), seed=st.integers(0, 1000))
+def test_causality_future_tokens_change_no_earlier_logit(t, seed):
+    model = tiny_model()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(11, (2, 8), generator=g)
+    changed = idx.clone()
+    changed[:, t + 1:] = torch.randint(11, (2, 8 - t - 1), generator=g)
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert torch.equal(a[:, :t + 1], b[:, :t + 1])
+
+
+def test_loss_of_a_fresh_model_is_near_uniform():
+    model = tiny_model(vocab_size=65, block_size=8, n_embd=32)
+    idx, targets = torch.randint(65, (2, 4, 8), generator=torch.Generator().manual_seed(0))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+SCHEDULE = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=1100, lr_decay_iters=None)
+
+
+def test_lr_warmup_starts_small_and_reaches_peak():
+    assert gpt.get_lr(0, SCHEDULE) == pytest.approx(1e-3 * 1 / 101)
+    assert gpt.get_lr(99, SCHEDULE) == pytest.approx(1e-3 * 100 / 101)
+    assert gpt.get_lr(100, SCHEDULE) == pytest.approx(1e-3)
+
+
+def test_lr_cosine_midpoint_and_floor():
+    assert gpt.get_lr(600, SCHEDULE) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert gpt.get_lr(1100, SCHEDULE) == pytest.approx(1e-4)
+    assert gpt.get_lr(5000, SCHEDULE) == pytest.approx(1e-4)
+    decay_early = SimpleNamespace(**{**vars(SCHEDULE), "lr_decay_iters": 600})
+    assert gpt.get_lr(350, decay_early) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert gpt.get_lr(700, decay_early) == pytest.approx(1e-4)
+
+
+def test_weight_decay_applies_exactly_to_matrices_and_embeddings():
+    model = tiny_model()
+    optimizer = gpt.make_optimizer(model, SimpleNamespace(weight_decay=0.1, learning_rate=1e-3), torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    free = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decayed == {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert free == {n for n, p in model.named_parameters() if p.dim() < 2}
+    assert "transformer.wte.weight" in decayed and "transformer.h.0.ln_1.weight" in free
+    assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-8
+
+
+# ----------------------------------------------------------------------------- sampling and the KV cache
+def test_kv_cache_greedy_generation_matches_uncached_past_block_size():
+    model = tiny_model(block_size=8)
+    prompt = torch.tensor([[1, 2, 3]])
+    cached = torch.cat(list(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=True)), dim=1)
+    uncached = torch.cat(list(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=False)), dim=1)
+    assert cached.shape == (1, 16)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 8])
+def test_kv_cache_sampling_matches_uncached_with_the_same_seed(block_size):
+    model = tiny_model(block_size=block_size)
+    prompt = torch.tensor([[4]])
+    runs = [torch.cat(list(gpt.generate(model, prompt, 3 * block_size + 2, temperature=1.0, top_k=5,
+                                        generator=torch.Generator().manual_seed(7), use_cache=c)), dim=1)
+            for c in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_kv_cache_step_logits_equal_the_full_forward():
+    model = tiny_model(block_size=8)
+    idx = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = [{} for _ in model.transformer.h]
+        first, _ = model(idx[:, :3], cache=cache)  # a prompt of 3, then one token at a time
+        steps = [first] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(3, 8)]
+    diff = (torch.cat(steps, dim=1) - full).abs().max().item()
+    assert diff < 1e-5, f"max |cached - full| = {diff}"
+
+
+def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
+    model = tiny_model()
+    prompt = torch.tensor([[1, 2]])
+    greedy = torch.cat(list(gpt.generate(model, prompt, 6, temperature=0)), dim=1)
+    top1 = torch.cat(list(gpt.generate(model, prompt, 6, temperature=1.0, top_k=1,
+                                       generator=torch.Generator().manual_seed(0))), dim=1)
+    with torch.no_grad():
+        first = model(prompt)[0][0, -1].argmax().item()
+    assert greedy[0, 0].item() == first
+    assert torch.equal(greedy, top1)
+
+
+# ----------------------------------------------------------------------------- training and the files it writes
+def test_training_lowers_the_loss_and_writes_its_files(trained):
+    rows = open(os.path.join(trained.out_dir, "log.csv"), encoding="utf-8").read().splitlines()
+    assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s"
+    iters = [int(r.split(",")[0]) for r in rows[1:]]
+    val = [float(r.split(",")[2]) for r in rows[1:]]
+    assert iters == [0, 20, 40, 60]
+    assert val[-1] < val[0] - 0.5, f"val loss went {val[0]} -> {val[-1]}"
+    assert "best val loss" in trained.stdout
+
+
+def test_checkpoints_load_with_weights_only_and_carry_the_spec_keys(trained):
+    best = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True, map_location="cpu")
+    ckpt = torch.load(os.path.join(trained.out_dir, "ckpt.pt"), weights_only=True, map_location="cpu")
+    for c in (best, ckpt):
+        assert {"model", "config", "vocab", "iter", "best_val_loss"} <= c.keys()
+        assert not any(k.startswith("_orig_mod.") for k in c["model"])
+        assert c["config"]["n_embd"] == 32 and c["config"]["vocab_size"] == len(c["vocab"])
+    assert {"optimizer", "rng"} <= ckpt.keys()
+    assert ckpt["iter"] == 60
+    logged = [float(r.split(",")[2]) for r in open(os.path.join(trained.out_dir, "log.csv"), encoding="utf-8")
+              .read().splitlines()[1:]]
+    assert round(best["best_val_loss"], 4) == min(logged)  # log.csv rounds to 4 places
+
+
+def test_sample_with_the_same_seed_prints_the_same_text(trained):
+    args = ["--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "80", "--seed", "5", "--prompt", "KING"]
+    first, second = run_gpt(*args), run_gpt(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("KING") and len(first.stdout) == len("KING") + 80 + 1  # text, then a newline
+    assert "tokens/s" in first.stderr and "tokens/s" not in first.stdout  # stdout carries the text alone
+    other = run_gpt(*args[:-4], "--seed", "6", "--prompt", "KING")
+    assert other.stdout != first.stdout
+
+
+def test_num_samples_are_separated_by_a_dashes_line(trained):
+    result = run_gpt("--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "20", "--num_samples", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n---\n") == 2
+
+
+# ----------------------------------------------------------------------------- command line
+def test_compile_flag_accepts_nanogpt_habits():
+    for argv, expected in ((["--compile"], True), (["--compile=True"], True), (["--compile=False"], False),
+                           (["--compile", "False"], False), ([], None)):
+        _, args = gpt.parse_args(argv)
+        assert getattr(args, "compile", None) is expected, argv
+
+
+def test_notebook_kernel_argv_is_ignored():
+    _, args = gpt.parse_args(["-f", "/root/.local/share/jupyter/runtime/kernel-1234.json", "--config", "tiny"])
+    assert args.config == "tiny"
+
+
+def test_flags_override_one_field_of_the_preset():
+    _, args = gpt.parse_args(["--config", "small", "--n_layer", "3", "--learning_rate=0.01"])
+    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
+    cfg = {**gpt.DEFAULTS, **gpt.PRESETS["small"], **given}
+    assert cfg["n_layer"] == 3 and cfg["n_embd"] == 256 and cfg["learning_rate"] == 0.01
