@@ -266,3 +266,111 @@ def test_flags_override_one_field_of_the_preset():
     given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
     cfg = {**gpt.DEFAULTS, **gpt.PRESETS["small"], **given}
     assert cfg["n_layer"] == 3 and cfg["n_embd"] == 256 and cfg["learning_rate"] == 0.01
+
+
+# ----------------------------------------------------------------------------- microgpt.py computes the same function
+import microgpt  # noqa: E402  (after gpt's tests, as the twin comes after the reference)
+
+TWIN_TOL = 1e-9
+
+
+@st.composite
+def twin_cases(draw):
+    n_head, head_dim = draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    B, T, vocab_size = draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(2, 8))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size, block_size=T, n_layer=draw(st.integers(1, 2)),
+                                  n_head=n_head, n_embd=n_head * head_dim, dropout=0.0)).double()
+    with torch.no_grad():  # LayerNorm gains and biases off their init values, so a mix-up would show
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    batches = [(torch.randint(vocab_size, (B, T), generator=g), torch.randint(vocab_size, (B, T), generator=g))
+               for _ in range(3)]
+    twin = microgpt.from_floats({k: v.tolist() for k, v in model.state_dict().items()})
+    return SimpleNamespace(model=model, twin=twin, n_head=n_head, batches=batches, T=T)
+
+
+def flat(w):
+    return [x for row in w for x in (row if isinstance(row, list) else [row])]
+
+
+def max_diff(values, tensor):
+    return max(abs(v.data - t) for v, t in zip(flat(values), tensor.flatten().tolist()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(twin_cases())
+def test_twins_compute_the_same_logits_and_loss(case):
+    idx, targets = case.batches[0]
+    logits, loss = case.model(idx, targets)
+    twin_logits, twin_loss = microgpt.forward(case.twin, case.n_head, idx.tolist(), targets.tolist())
+    diff = max(abs(a.data - b) for row_a, row_b in zip(twin_logits, logits.tolist())
+               for xa, xb in zip(row_a, row_b) for a, b in zip(xa, xb))
+    assert diff < TWIN_TOL, f"logits differ by up to {diff:.3e}"
+    assert abs(twin_loss.data - loss.item()) < TWIN_TOL, f"loss: {twin_loss.data!r} vs {loss.item()!r}"
+
+
+@settings(max_examples=25, deadline=None)
+@given(twin_cases())
+def test_twins_compute_the_same_gradients(case):
+    idx, targets = case.batches[0]
+    case.model(idx, targets)[1].backward()
+    microgpt.forward(case.twin, case.n_head, idx.tolist(), targets.tolist())[1].backward()
+    grads = dict(case.model.named_parameters())  # the tied matrix once, as transformer.wte.weight
+    worst = max((max(abs(v.grad - t) for v, t in zip(flat(case.twin[k]), p.grad.flatten().tolist())), k)
+                for k, p in grads.items())
+    assert worst[0] < TWIN_TOL, f"gradient of {worst[1]} differs by up to {worst[0]:.3e}"
+
+
+@settings(max_examples=15, deadline=None)
+@given(twin_cases())
+def test_twins_take_the_same_three_optimizer_steps(case):
+    # A clip this small always clips. It also keeps Adam out of the regime where |grad| << eps, in which
+    # the update is lr/eps times the gradient and float64 rounding in the gradient (1e-16) would show.
+    cfg = SimpleNamespace(learning_rate=1e-2, min_lr=1e-3, warmup_iters=2, max_iters=4, lr_decay_iters=None,
+                          weight_decay=0.5, grad_clip=1e-4)
+    optimizer = gpt.make_optimizer(case.model, cfg, torch.device("cpu"))
+    params = microgpt.parameters(case.twin)
+    m, v = [0.0] * len(params), [0.0] * len(params)
+    clipped = 0
+    for it, (idx, targets) in enumerate(case.batches):
+        lr = gpt.get_lr(it, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        case.model(idx, targets)[1].backward()
+        clipped += torch.nn.utils.clip_grad_norm_(case.model.parameters(), cfg.grad_clip).item() > cfg.grad_clip
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        microgpt.forward(case.twin, case.n_head, idx.tolist(), targets.tolist())[1].backward()
+        microgpt.adamw_step(params, m, v, it + 1, microgpt.get_lr(it, cfg), cfg)
+    assert clipped > 0
+    worst = max((max_diff(case.twin[k], p.detach()), k) for k, p in case.model.named_parameters())
+    assert worst[0] < TWIN_TOL, f"after 3 steps {worst[1]} differs by up to {worst[0]:.3e}"
+
+
+@settings(max_examples=15, deadline=None)
+@given(twin_cases())
+def test_twins_generate_the_same_greedy_tokens(case):
+    prompt = case.batches[0][0][:1, :1]
+    ours = torch.cat(list(gpt.generate(case.model.eval(), prompt, 2 * case.T + 1, temperature=0)), dim=1)
+    theirs = microgpt.generate(case.twin, case.n_head, case.T, prompt[0].tolist(), 2 * case.T + 1, temperature=0)
+    assert ours[0].tolist() == theirs
+
+
+def test_twins_share_the_lr_schedule():
+    for cfg in (SCHEDULE, SimpleNamespace(learning_rate=2e-3, min_lr=0.0, warmup_iters=0, max_iters=50,
+                                          lr_decay_iters=30)):
+        for it in range(cfg.max_iters + 5):
+            assert microgpt.get_lr(it, cfg) == pytest.approx(gpt.get_lr(it, cfg), rel=1e-12, abs=0), it
+
+
+def test_twins_share_state_dict_keys_and_the_tie():
+    model = tiny_model(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4)
+    twin = microgpt.init_state_dict(vocab_size=5, block_size=4, n_layer=2, n_embd=4, rng=__import__("random").Random(0))
+    assert set(twin) == set(model.state_dict())
+    assert twin["lm_head.weight"] is twin["transformer.wte.weight"]
+    for k, t in model.state_dict().items():
+        assert len(flat(twin[k])) == t.numel(), k
