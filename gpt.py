@@ -41,8 +41,8 @@ LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what a checkpoint's shape depends on
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
-class GPTError(Exception):
-    """A problem the user can fix: main prints it as one line, with no traceback."""
+class GPTError(Exception):  # a problem the user can fix: main prints it as one line, never a traceback
+    pass
 
 def pick_device(name="auto", dtype="auto"):
     """Device and precision are decided here, once; the model reads its device from its inputs.
@@ -233,9 +233,9 @@ def load_checkpoint(path, what_to_do):  # weights_only: tensors and plain data o
         raise GPTError(f"no checkpoint at {path}; {what_to_do}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise GPTError(f"{path} is not a loadable checkpoint ({reason}); delete it or retrain") from None
+    except Exception as e:  # the first line of torch's message says what is wrong, the rest is advice
+        raise GPTError(f"{path} is not a loadable checkpoint ({(str(e).strip() or type(e).__name__).splitlines()[0]}); "
+                       f"delete it or retrain") from None
     if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
     return ckpt
@@ -255,6 +255,21 @@ def estimate_loss(model, splits, cfg, autocast):
         out[name] = total.item() / cfg.eval_iters
     model.train()
     return out
+
+def train_step(step_model, optimizer, scaler, autocast, x, y, lr, grad_clip):
+    """One optimizer step on the batch (x, y). Returns the loss, left on the device (reading it syncs)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        _, loss = step_model(x, y)
+    scaler.scale(loss).backward()  # scaled only in float16, whose small gradients would underflow
+    scaler.unscale_(optimizer)
+    if grad_clip > 0:  # one freak batch must not undo hours of training
+        torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 def train(cfg, resume=None):
     """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns the exit code."""
@@ -283,8 +298,7 @@ def train(cfg, resume=None):
         batch_generator.set_state(resume["rng"]["batch"])
         start_iter, best_val_loss, log_rows = resume["iter"], resume["best_val_loss"], resume["log"]
     # The fast paths, one switch each: TF32 matmuls, mixed precision (+ loss scaling for fp16), compile.
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda" and sys.platform == "linux"
@@ -293,16 +307,15 @@ def train(cfg, resume=None):
           f" | dtype {str(dtype)[6:]} | compile {'on' if step_model is not model else 'off'}"
           f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
           f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens", flush=True)
-    tokens_per_iter = cfg.batch_size * cfg.block_size
     t_start, elapsed0 = time.time(), log_rows[-1][-1] if log_rows else 0.0  # seconds trained before a resume
     since = dict(iter=start_iter, time=t_start)  # the stretch since the last eval: tokens/s and ETA
     def save(done, evaluate):  # evaluate, then write best.pt (if better), ckpt.pt and log.csv
         nonlocal best_val_loss
         state = dict(model=model.state_dict(), config=vars(cfg).copy(), vocab=tokenizer.vocab, iter=done)
         if evaluate:
-            tok_s = (done - since["iter"]) * tokens_per_iter / (time.time() - since["time"])
+            tok_s = (done - since["iter"]) * cfg.batch_size * cfg.block_size / (time.time() - since["time"])
             losses = estimate_loss(step_model, splits, cfg, autocast)
-            print(f"eval {done}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}", flush=True)
+            print(f"eval at step {done}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}", flush=True)
             log_rows.append([done, round(losses["train"], 4), round(losses["val"], 4), get_lr(max(done - 1, 0), cfg),
                              round(tok_s), round(elapsed0 + time.time() - t_start, 1)])
             if losses["val"] < best_val_loss:
@@ -327,18 +340,8 @@ def train(cfg, resume=None):
             save(0, evaluate=True)  # a fresh model scores about ln(vocab_size): 4.17 for 65 characters
         for it in range(start_iter, cfg.max_iters):
             lr = get_lr(it, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator)
-            with autocast:
-                _, loss = step_model(x, y)
-            scaler.scale(loss).backward()  # scaled only in float16, whose small gradients would underflow
-            scaler.unscale_(optimizer)
-            if cfg.grad_clip > 0:  # one freak batch must not undo hours of training
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(step_model, optimizer, scaler, autocast, x, y, lr, cfg.grad_clip)
             done = it + 1
             evaluate = done % cfg.eval_interval == 0 or done == cfg.max_iters
             if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
@@ -346,10 +349,10 @@ def train(cfg, resume=None):
                     raise GPTError(f"loss became {loss.item()} at iter {done}; {cfg.out_dir}/ckpt.pt and best.pt "
                                    f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
                 step_s = (time.time() - since["time"]) / (done - since["iter"])
-                eta = (cfg.max_iters - done) * step_s
-                print(f"iter {done}/{cfg.max_iters} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                      f"{tokens_per_iter / step_s:,.0f} tok/s | {step_s * 1000:.0f} ms/iter | "
-                      f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+                eta = divmod(round((cfg.max_iters - done) * step_s), 60)  # (minutes, seconds)
+                print(f"step {done} / {cfg.max_iters} | loss {loss.item():.4f} | {step_s * 1000:.0f} ms/step | "
+                      f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | "
+                      f"eta {eta[0]}m{eta[1]:02d}s", flush=True)
             if evaluate or interrupted:
                 save(done, evaluate)
             if interrupted:
@@ -415,8 +418,7 @@ def sample(cfg):
     model.to(device).eval()
     tokenizer, prompt = CharTokenizer(ckpt["vocab"]), cfg.prompt or "\n"  # empty: start where speeches start
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
-    print(f"sampling from {path} (iter {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device.type}",
-          file=sys.stderr, flush=True)
+    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device}", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
     for i in range(cfg.num_samples):
         print(("\n---\n" if i else "") + prompt, end="", flush=True)
@@ -424,14 +426,12 @@ def sample(cfg):
             print(tokenizer.decode(next_id[0].tolist()), end="", flush=True)
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.time() - t0
-    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr, flush=True)
+    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
 # ----------------------------------------------------------------------------- command line
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-    return text.lower() in ("true", "1")
+    return ("true", "false").index(text.lower()) == 0  # anything else: argparse reports the ValueError
 
 POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters", "log_interval",
             "max_new_tokens", "num_samples", "top_k", "learning_rate")
