@@ -346,7 +346,7 @@ def train(cfg, resume=None):
             evaluate = done % cfg.eval_interval == 0 or done == cfg.max_iters
             if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
                 if not math.isfinite(loss.item()):  # checked before any eval, so no NaN state is ever saved
-                    raise GPTError(f"loss became {loss.item()} at iter {done}; {cfg.out_dir}/ckpt.pt and best.pt "
+                    raise GPTError(f"loss became {loss.item()} at step {done}; {cfg.out_dir}/ckpt.pt and best.pt "
                                    f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
                 step_s = (time.time() - since["time"]) / (done - since["iter"])
                 eta = divmod(round((cfg.max_iters - done) * step_s), 60)  # (minutes, seconds)

@@ -4,6 +4,8 @@
 """
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -374,3 +376,179 @@ def test_twins_share_state_dict_keys_and_the_tie():
     assert twin["lm_head.weight"] is twin["transformer.wte.weight"]
     for k, t in model.state_dict().items():
         assert len(flat(twin[k])) == t.numel(), k
+
+
+# ----------------------------------------------------------------------------- bad input: one clear line, never lost work
+def assert_clean_failure(result, code, *names):
+    """A failure as SPEC §7 wants it: the exit code, every culprit named, and no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--config", "huge"], "--config"), (["--n_layer", "0"], "--n_layer"), (["--n_embd", "-8"], "--n_embd"),
+    (["--batch_size", "0"], "--batch_size"), (["--block_size", "0"], "--block_size"), (["--top_k", "0"], "--top_k"),
+    (["--temperature", "-1"], "--temperature"), (["--learning_rate", "nan"], "--learning_rate"),
+    (["--dropout", "1.5"], "--dropout"), (["--max_iter", "5"], "--max_iter"), (["--compile", "maybe"], "--compile")])
+def test_usage_errors_name_the_flag_and_exit_2(args, flag):
+    assert_clean_failure(run_gpt(*args), 2, flag)
+
+
+def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
+    result = run_gpt("--config", "tiny", "--n_embd", "100", "--n_head", "3", "--data", data_file,
+                     "--out_dir", str(tmp_path))
+    assert_clean_failure(result, 2, "--n_embd 100", "--n_head 3")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "not found"), (b"", "empty"), (b"abc\xff\xfe def" * 50, "not UTF-8"), (b"x" * 100, "too short")])
+def test_bad_data_files_are_named_with_their_problem(tmp_path, content, problem):
+    path = tmp_path / "text.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
+    assert_clean_failure(result, 1, str(path), problem)
+
+
+def test_a_val_split_shorter_than_a_block_is_refused(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcdefgh" * 20, encoding="utf-8")  # 160 characters: the val split gets 16, block needs 17
+    result = run_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
+    assert_clean_failure(result, 1, str(path), "val split", "block_size + 1 = 17")
+
+
+def test_missing_default_text_without_network_says_where_to_put_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", "file:///nonexistent/input.txt")
+    monkeypatch.setitem(gpt.__dict__, "__file__", str(tmp_path / "gpt.py"))  # as if pasted alone into a folder
+    assert gpt.main(["--config", "tiny", "--max_iters", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "shakespeare.txt not found" in err and str(tmp_path / "shakespeare.txt") in err and "--data" in err
+
+
+def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch):
+    source = tmp_path / "source.txt"
+    source.write_text(TEXT, encoding="utf-8")
+    work = tmp_path / "notebook"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", source.as_uri())
+    monkeypatch.setitem(gpt.__dict__, "__file__", str(work / "gpt.py"))
+    tokenizer, splits = gpt.load_data("shakespeare.txt", block_size=16)
+    assert (work / "shakespeare.txt").read_text(encoding="utf-8") == TEXT
+    assert len(splits["train"]) + len(splits["val"]) == len(TEXT)
+
+
+def test_prompt_with_unknown_characters_lists_them(trained):
+    result = run_gpt("--sample", "--out_dir", trained.out_dir, "--prompt", "Hello, wörld ✨")
+    assert_clean_failure(result, 1, "ö", "✨")
+    assert result.stdout == ""  # nothing is printed before the check
+
+
+def test_sample_without_a_checkpoint_says_where_it_looked_and_how_to_train(tmp_path):
+    result = run_gpt("--sample", "--out_dir", str(tmp_path / "nowhere"))
+    assert_clean_failure(result, 1, str(tmp_path / "nowhere" / "best.pt"), "python gpt.py --config tiny")
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    assert_clean_failure(run_gpt("--resume", "--out_dir", str(tmp_path)), 1, str(tmp_path / "ckpt.pt"))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.9, 0.999])
+def test_truncated_checkpoint_is_named_not_loaded(trained, tmp_path, fraction):
+    blob = open(os.path.join(trained.out_dir, "best.pt"), "rb").read()
+    (tmp_path / "best.pt").write_bytes(blob[:int(len(blob) * fraction)])
+    result = run_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "5")
+    assert_clean_failure(result, 1, str(tmp_path / "best.pt"), "not a loadable checkpoint")
+
+
+class Exploit:  # a pickle that would create a file when loaded without weights_only
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_checkpoint_with_foreign_pickled_objects_is_refused_and_never_runs(tmp_path):
+    target = tmp_path / "pwned.txt"
+    torch.save({"model": Exploit(str(target)), "config": {}, "vocab": "ab"}, tmp_path / "best.pt")
+    result = run_gpt("--sample", "--out_dir", str(tmp_path))
+    assert_clean_failure(result, 1, str(tmp_path / "best.pt"))
+    assert not target.exists()
+
+
+def test_resume_with_another_model_shape_says_what_differs(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    result = run_gpt("--resume", "--out_dir", str(out), "--n_layer", "2", "--n_embd", "48")
+    assert_clean_failure(result, 1, "n_layer 1 -> 2", "n_embd 32 -> 48")
+
+
+def test_resume_with_another_vocabulary_says_what_differs(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789 " * 500, encoding="utf-8")
+    result = run_gpt("--resume", "--out_dir", str(out), "--data", str(other))
+    assert_clean_failure(result, 1, "vocabulary", str(other))
+
+
+def test_unwritable_output_folder_fails_before_training(data_file, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    result = run_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(blocker / "out"))
+    assert_clean_failure(result, 1, str(blocker / "out"), "not writable")
+    assert "step 1 " not in result.stdout and "eval" not in result.stdout
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_file, tmp_path):
+    args = [*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--eval_interval", "5", "--log_interval", "1",
+            "--learning_rate", "1e6", "--warmup_iters", "0", "--grad_clip", "0"]
+    result = run_gpt(*args)
+    assert_clean_failure(result, 1, "loss became nan at step", "last good state")
+    for name in ("ckpt.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), name
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    gpt.save_atomic({"iter": 1, "weights": torch.ones(3)}, path)
+
+    def dies_midway(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt  # as if killed here
+
+    monkeypatch.setattr(gpt.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        gpt.save_atomic({"iter": 2, "weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["iter"] == 1
+
+
+def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
+    args = [*TINY_RUN, "--data", data_file, "--max_iters", "200", "--eval_interval", "20", "--dropout", "0.1"]
+    whole = tmp_path / "whole"
+    assert run_gpt(*args, "--out_dir", str(whole)).returncode == 0
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *args, "--out_dir", str(part)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait for the first eval after step 0, then press Ctrl-C
+        if line.startswith("eval at step 20"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out
+    interrupted_at = torch.load(part / "ckpt.pt", weights_only=True)["iter"]
+    assert 20 <= interrupted_at < 200
+    resumed = run_gpt("--resume", "--out_dir", str(part))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (torch.load(d / "ckpt.pt", weights_only=True) for d in (whole, part))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    losses = [[r.split(",")[:3] for r in open(d / "log.csv", encoding="utf-8").read().splitlines()] for d in (whole, part)]
+    assert losses[0] == losses[1]
