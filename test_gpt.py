@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gpt
 
@@ -552,3 +552,31 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     losses = [[r.split(",")[:3] for r in open(d / "log.csv", encoding="utf-8").read().splitlines()] for d in (whole, part)]
     assert losses[0] == losses[1]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.text(min_size=1, max_size=12))
+def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, prompt, capsys):
+    code = gpt.main(["--sample", "--out_dir", trained.out_dir, "--prompt", prompt, "--max_new_tokens", "3"])
+    out, err = capsys.readouterr()
+    vocab = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)["vocab"]
+    unknown = set(prompt) - set(vocab)
+    if unknown:
+        assert code == 1 and out == "" and all(repr(ch)[1:-1] in err for ch in unknown), err
+    else:
+        assert code == 0 and out.startswith(prompt) and len(out) == len(prompt) + 3 + 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=400))
+def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, content, capsys):
+    folder = tmp_path_factory.mktemp("bytes")
+    (folder / "data.bin").write_bytes(content)
+    code = gpt.main(["--data", str(folder / "data.bin"), "--out_dir", str(folder / "out"), "--n_layer", "1",
+                     "--n_head", "1", "--n_embd", "8", "--block_size", "4", "--batch_size", "2", "--max_iters", "2",
+                     "--eval_iters", "1", "--max_new_tokens", "5", "--device", "cpu"])
+    err = capsys.readouterr().err
+    if code == 0:
+        assert os.path.exists(folder / "out" / "best.pt")
+    else:
+        assert code == 1 and err.startswith(f"error: data file {folder / 'data.bin'}") and err.count("\n") == 1, err
