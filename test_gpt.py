@@ -392,8 +392,16 @@ def assert_clean_failure(result, code, *names):
     (["--batch_size", "0"], "--batch_size"), (["--block_size", "0"], "--block_size"), (["--top_k", "0"], "--top_k"),
     (["--temperature", "-1"], "--temperature"), (["--learning_rate", "nan"], "--learning_rate"),
     (["--dropout", "1.5"], "--dropout"), (["--max_iter", "5"], "--max_iter"), (["--compile", "maybe"], "--compile")])
-def test_usage_errors_name_the_flag_and_exit_2(args, flag):
-    assert_clean_failure(run_gpt(*args), 2, flag)
+def test_usage_errors_name_the_flag_and_exit_2(args, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own exit, as in a real run (checked below)
+        gpt.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and err.strip().splitlines()[-1].startswith("gpt.py: error:"), err
+
+
+def test_a_usage_error_in_a_real_process_is_one_line_and_exit_2():
+    assert_clean_failure(run_gpt("--top_k", "0"), 2, "argument --top_k: must be > 0, got 0")
 
 
 def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
@@ -531,7 +539,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, mon
 
 
 def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
-    args = [*TINY_RUN, "--data", data_file, "--max_iters", "200", "--eval_interval", "20", "--dropout", "0.1"]
+    args = [*TINY_RUN, "--data", data_file, "--max_iters", "100", "--eval_interval", "20", "--dropout", "0.1"]
     whole = tmp_path / "whole"
     assert run_gpt(*args, "--out_dir", str(whole)).returncode == 0
     part = tmp_path / "part"
@@ -545,7 +553,7 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in out
     interrupted_at = torch.load(part / "ckpt.pt", weights_only=True)["iter"]
-    assert 20 <= interrupted_at < 200
+    assert 20 <= interrupted_at < 100
     resumed = run_gpt("--resume", "--out_dir", str(part))
     assert resumed.returncode == 0, resumed.stderr
     a, b = (torch.load(d / "ckpt.pt", weights_only=True) for d in (whole, part))
@@ -580,3 +588,22 @@ def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, conten
         assert os.path.exists(folder / "out" / "best.pt")
     else:
         assert code == 1 and err.startswith(f"error: data file {folder / 'data.bin'}") and err.count("\n") == 1, err
+
+
+# ----------------------------------------------------------------------------- bench.py
+def test_bench_prints_its_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, os.path.join(HERE, "bench.py"), "--devices", "cpu", "--configs", "tiny",
+                             "--iters", "2", "--batch_size", "2", "--sample_tokens", "10", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| device"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "device", "config", "dtype", "compile", "batch", "train ms/iter", "train tokens/s", "MFU", "peak mem MB",
+        "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
+    assert "| cpu | tiny | float32 |" in result.stdout and f"torch {torch.__version__}" in result.stdout
+    records = __import__("json").loads(out.read_text(encoding="utf-8"))
+    assert len(records) == 1 and set(records[0]) == {
+        "device", "config", "dtype", "train_ms_per_iter", "train_tokens_per_s", "mfu", "peak_mem_mb",
+        "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"}
+    assert records[0]["mfu"] is None and records[0]["train_tokens_per_s"] > 0
