@@ -122,7 +122,7 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_head, self.dropout = config.n_head, config.dropout
+        self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for every head in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -139,11 +139,11 @@ class CausalSelfAttention(nn.Module):
         #   att = q @ k.transpose(-2, -1) / math.sqrt(hs)     # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
         #   att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         #   y = att @ v                                       # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
-        # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att.
+        # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att. There is
+        # no dropout on att (SPEC §4 has none): on the CPU it would push SDPA onto a path 1.6x slower.
         Tk = k.size(2)
         mask = None if Tk == T else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
