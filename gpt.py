@@ -142,8 +142,8 @@ class CausalSelfAttention(nn.Module):
         # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att. There is
         # no dropout on att (SPEC §4 has none): on the CPU it would push SDPA onto a path 1.6x slower.
         Tk = k.size(2)
-        mask = None if Tk == T else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        mask = None if T in (1, Tk) else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)  # 1 query: sees all keys
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -372,7 +372,8 @@ def try_compile(model, data, cfg, autocast):
         with torch.random.fork_rng(devices=[]), autocast:  # the trial's dropout leaves the run's RNG alone
             compiled(*get_batch(data, cfg.batch_size, cfg.block_size, None))[1].backward()
     except Exception as e:
-        print(f"warning: torch.compile failed, training without it ({type(e).__name__}: {str(e)[:200]})")
+        print(f"warning: torch.compile failed, training without it ({type(e).__name__}: "
+              f"{(str(e).splitlines() or [''])[0][:200]})")
         compiled = model
     model.zero_grad(set_to_none=True)
     return compiled

@@ -607,3 +607,44 @@ def test_bench_prints_its_table_and_writes_json(tmp_path):
         "device", "config", "dtype", "train_ms_per_iter", "train_tokens_per_s", "mfu", "peak_mem_mb",
         "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"}
     assert records[0]["mfu"] is None and records[0]["train_tokens_per_s"] > 0
+
+
+# ----------------------------------------------------------------------------- the CUDA switches, checked on the CPU
+def test_precision_follows_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert gpt.pick_device("auto") == (torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert gpt.pick_device("auto") == (torch.device("cuda"), torch.float16)  # with a GradScaler in train
+    assert gpt.pick_device("cpu") == (torch.device("cpu"), torch.float32)
+    assert gpt.pick_device("cuda", "float32")[1] == torch.float32
+
+
+def test_fused_adamw_only_on_cuda():
+    cfg = SimpleNamespace(weight_decay=0.1, learning_rate=1e-3)
+    assert gpt.make_optimizer(tiny_model(), cfg, torch.device("cuda")).defaults["fused"] is True
+    assert not gpt.make_optimizer(tiny_model(), cfg, torch.device("cpu")).defaults["fused"]
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    def broken_compile(model):
+        raise RuntimeError("Found Tesla P100 which is too old to be supported by the triton GPU compiler\nmore")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = tiny_model().train()
+    data = torch.randint(11, (100,))
+    cfg = SimpleNamespace(batch_size=2, block_size=8)
+    rng = torch.get_rng_state()
+    assert gpt.try_compile(model, data, cfg, gpt.nullcontext()) is model
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "warning: torch.compile failed" in out and "P100" in out
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+
+
+def test_compiled_model_trains_and_saves_without_orig_mod_prefix(data_file, tmp_path):
+    result = run_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--max_iters", "4",
+                     "--eval_interval", "2", "--compile")
+    if "torch.compile failed" in result.stdout:
+        pytest.skip("torch.compile does not work on this machine")
+    assert result.returncode == 0 and "compile on" in result.stdout, result.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
