@@ -31,7 +31,7 @@ PRESETS = {
     "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=32, max_iters=1000,
                   eval_interval=200, eval_iters=20, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50),
     "medium": dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
-                   eval_interval=250, eval_iters=200, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100)}
+                   eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100)}
 DEFAULTS = dict(
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto", seed=1337,
     compile=None,  # None: on for CUDA on Linux, where it pays off; off elsewhere

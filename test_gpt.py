@@ -562,7 +562,7 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     assert losses[0] == losses[1]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt=st.text(min_size=1, max_size=12))
 def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, prompt, capsys):
     code = gpt.main(["--sample", "--out_dir", trained.out_dir, "--prompt", prompt, "--max_new_tokens", "3"])
@@ -575,7 +575,7 @@ def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, pro
         assert code == 0 and out.startswith(prompt) and len(out) == len(prompt) + 3 + 1
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.binary(max_size=400))
 def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, content, capsys):
     folder = tmp_path_factory.mktemp("bytes")
