@@ -345,12 +345,12 @@ def train(cfg, resume=None):
             done = it + 1
             evaluate = done % cfg.eval_interval == 0 or done == cfg.max_iters
             if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
-                if not math.isfinite(loss.item()):  # checked before any eval, so no NaN state is ever saved
-                    raise GPTError(f"loss became {loss.item()} at step {done}; {cfg.out_dir}/ckpt.pt and best.pt "
+                if not math.isfinite(loss := loss.item()):  # checked before any eval: no NaN state is ever saved
+                    raise GPTError(f"loss became {loss} at step {done}; {cfg.out_dir}/ckpt.pt and best.pt "
                                    f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
                 step_s = (time.time() - since["time"]) / (done - since["iter"])
                 eta = divmod(round((cfg.max_iters - done) * step_s), 60)  # (minutes, seconds)
-                print(f"step {done} / {cfg.max_iters} | loss {loss.item():.4f} | {step_s * 1000:.0f} ms/step | "
+                print(f"step {done} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
                       f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | "
                       f"eta {eta[0]}m{eta[1]:02d}s", flush=True)
             if evaluate or interrupted:
