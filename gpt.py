@@ -23,13 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- config
-# The architecture of each preset is fixed (SPEC §2). tiny's and small's batch, steps and learning rate were tuned
-# for the best text in about 4 and 20 minutes on a 2-core CPU; medium is nanoGPT's shakespeare_char recipe (a GPU run).
+# The architecture of each preset is fixed (SPEC §2). tiny's and small's batch, steps and learning rate are tuned
+# for the best text in about 4 and 20 minutes on a 2-core CPU; medium is nanoGPT's shakespeare_char recipe (a GPU).
 PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=16, max_iters=1500,
                  eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4, warmup_iters=50),
-    "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=900,
-                  eval_interval=150, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
+    "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
+                  eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
     "medium": dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
                    eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100)}
 DEFAULTS = dict(
