@@ -41,8 +41,7 @@ LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what a checkpoint's shape depends on
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
-class GPTError(Exception):  # a problem the user can fix: main prints it as one line, never a traceback
-    pass
+class GPTError(Exception): pass  # a problem the user can fix: main prints it as one line, never a traceback
 
 def pick_device(name="auto", dtype="auto"):
     """Device and precision are decided here, once; the model reads its device from its inputs.
@@ -414,9 +413,8 @@ def sample(cfg):
     ckpt = load_checkpoint(path, "train one first: python gpt.py --config tiny"
                            + (f" --out_dir {cfg.out_dir}" if cfg.out_dir != DEFAULTS["out_dir"] else ""))
     device, _ = pick_device(cfg.device)
-    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_KEYS}))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
+    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_KEYS})).to(device).eval()
+    model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
     tokenizer, prompt = CharTokenizer(ckpt["vocab"]), cfg.prompt or "\n"  # empty: start where speeches start
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device}", file=sys.stderr)
@@ -452,7 +450,9 @@ def parse_args(argv):
         p.add_argument(f"--{name}", type=int)
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "temperature", "dropout"):
         p.add_argument(f"--{name}", type=float)
-    args, unknown = p.parse_known_args(argv)
+    at = argv.index("--prompt") + 1 if "--prompt" in argv[:-1] else 0  # a prompt may look like a flag ("-x", "--"),
+    given = argparse.Namespace(**({"prompt": argv[at]} if at else {}))  # so it goes around argparse
+    args, unknown = p.parse_known_args([*argv[:at - 1], *argv[at + 1:]] if at else argv, given)
     unknown = [a for i, a in enumerate(unknown)  # a notebook kernel runs with `-f kernel-….json` in argv
                if a != "-f" and not (i and unknown[i - 1] == "-f" and a.endswith(".json"))]
     if unknown and "ipykernel" not in sys.modules:
@@ -479,8 +479,7 @@ def main(argv=None):
         if args.sample:
             return sample(cfg)
         if cfg.n_embd % cfg.n_head:
-            parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: each head needs an "
-                         f"equal share of the channels")
+            parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
         differ = [f"{k} {resume['config'][k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]
                   if resume and resume["config"][k] != getattr(cfg, k)]
         if differ:
