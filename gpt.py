@@ -41,7 +41,8 @@ LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what a checkpoint's shape depends on
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
-class GPTError(Exception): pass  # a problem the user can fix: main prints it as one line, never a traceback
+class GPTError(Exception):
+    """A problem the user can fix: main prints it as one line, never a traceback."""
 
 def pick_device(name="auto", dtype="auto"):
     """Device and precision are decided here, once; the model reads its device from its inputs.

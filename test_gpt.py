@@ -564,8 +564,8 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt=st.text(min_size=1, max_size=12))
-@example(prompt="-:").via("found by hypothesis: argparse took a prompt starting with '-' for a flag")
-@example(prompt="--")
+@example(prompt="-:")  # found by hypothesis: argparse took a prompt starting with "-" for a flag
+@example(prompt="--")  # and turned `--prompt=--` into an empty prompt
 def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, prompt, capsys):
     code = gpt.main(["--sample", "--out_dir", trained.out_dir, "--prompt", prompt, "--max_new_tokens", "3"])
     out, err = capsys.readouterr()
