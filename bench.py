@@ -18,6 +18,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 import gpt
@@ -93,25 +94,20 @@ def timed(fn, device, iters, max_seconds):
 def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size=None):
     device, dtype = gpt.pick_device(device_type)
     preset = gpt.PRESETS[config]
-    cfg = argparse.Namespace(**{**gpt.DEFAULTS, **preset, "vocab_size": 65, "compile": None})
+    cfg = argparse.Namespace(**{**gpt.DEFAULTS, **preset, "vocab_size": 65})
     cfg.batch_size = batch_size or cfg.batch_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(**{k: getattr(cfg, k) for k in gpt.MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer = gpt.make_optimizer(model, cfg, device)
-    # The same fast paths gpt.train sets up on this device.
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
-    data = torch.randint(cfg.vocab_size, (200_000,), device=device)  # token values don't change the speed
-    use_compile = device.type == "cuda" and platform.system() == "Linux"
-    step_model = gpt.try_compile(model, data, cfg, autocast) if use_compile else model
+    data = np.random.default_rng(0).integers(cfg.vocab_size, size=200_000, dtype=np.uint16)  # values don't matter
+    step_model, autocast, scaler, _ = gpt.fast_paths(model, device, dtype, cfg, data)  # exactly what train() runs
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        x, y = gpt.get_batch(data, cfg.batch_size, cfg.block_size, generator)
-        gpt.train_step(step_model, optimizer, scaler, autocast, x, y, cfg.learning_rate, cfg.grad_clip)
+        batches = gpt.micro_batches(gpt.get_batch(data, cfg.batch_size, cfg.block_size, generator), 0, 1, 1, device)
+        gpt.train_step(step_model, optimizer, scaler, autocast, batches, cfg.learning_rate, cfg.grad_clip)
 
     step_s, n = timed(step, device, iters, max_seconds)
     tokens_per_s = cfg.batch_size * cfg.block_size / step_s
@@ -127,7 +123,7 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     outputs, speeds = {}, {}
     for use_cache in (True, False):
         t0 = time.perf_counter()
-        ids = list(gpt.generate(model, prompt, sample_tokens, temperature=0, use_cache=use_cache))
+        ids = [i for i, _ in gpt.generate(model, prompt, sample_tokens, temperature=0, use_cache=use_cache)]
         synchronize(device)
         speeds[use_cache] = sample_tokens / (time.perf_counter() - t0)
         outputs[use_cache] = torch.cat(ids, dim=1).tolist()
@@ -180,7 +176,7 @@ def bench_microgpt(steps):
     optimizer = gpt.make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     x, y = torch.tensor([seq[:-1]]), torch.tensor([seq[1:]])
-    torch_s, _ = timed(lambda: gpt.train_step(model, optimizer, scaler, nullcontext(), x, y, 1e-2, 1.0),
+    torch_s, _ = timed(lambda: gpt.train_step(model, optimizer, scaler, nullcontext(), [(x, y)], 1e-2, 1.0),
                        device, max(steps, 20), 10)
     micro_s = statistics.median(micro_times[1:] or micro_times)
     n_params = len(params)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -27,6 +28,10 @@ def run_gpt(*args, cwd=HERE):
     """gpt.py as a user runs it: a fresh process, its exit code and both output streams."""
     return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
+
+
+def ids_of(generation):  # generate yields (next_id, probs) pairs; the ids alone
+    return [next_id for next_id, _ in generation]
 
 
 def tiny_model(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, seed=0):
@@ -61,10 +66,17 @@ def test_encode_decode_round_trip(s):
     assert tokenizer.decode(tokenizer.encode(s)) == s
 
 
-def test_vocab_is_sorted_distinct_characters(data_file):
-    tokenizer, splits = gpt.load_data(data_file, block_size=16)
+def data_cfg(data, out_dir, **overrides):  # the fields load_data reads, as train() has them
+    return SimpleNamespace(**{**gpt.DEFAULTS, "data": str(data), "out_dir": str(out_dir), "block_size": 16,
+                              **overrides})
+
+
+def test_vocab_is_sorted_distinct_characters(data_file, tmp_path):
+    tokenizer, splits, chars = gpt.load_data(data_cfg(data_file, tmp_path))
     assert tokenizer.vocab == "".join(sorted(set(TEXT)))
     assert len(splits["train"]) == int(0.9 * len(TEXT)) and len(splits["val"]) == len(TEXT) - int(0.9 * len(TEXT))
+    assert chars == {"train": len(splits["train"]), "val": len(splits["val"])}  # one token per character
+    assert splits["train"].dtype == np.uint16 and tokenizer.decode(splits["val"][:50]) == TEXT[int(0.9 * len(TEXT)):][:50]
 
 
 # ----------------------------------------------------------------------------- model
@@ -168,8 +180,8 @@ def test_weight_decay_applies_exactly_to_matrices_and_embeddings():
 def test_kv_cache_greedy_generation_matches_uncached_past_block_size():
     model = tiny_model(block_size=8)
     prompt = torch.tensor([[1, 2, 3]])
-    cached = torch.cat(list(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=True)), dim=1)
-    uncached = torch.cat(list(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=False)), dim=1)
+    cached = torch.cat(ids_of(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=True)), dim=1)
+    uncached = torch.cat(ids_of(gpt.generate(model, prompt, 2 * 8, temperature=0, use_cache=False)), dim=1)
     assert cached.shape == (1, 16)
     assert torch.equal(cached, uncached)
 
@@ -178,7 +190,7 @@ def test_kv_cache_greedy_generation_matches_uncached_past_block_size():
 def test_kv_cache_sampling_matches_uncached_with_the_same_seed(block_size):
     model = tiny_model(block_size=block_size)
     prompt = torch.tensor([[4]])
-    runs = [torch.cat(list(gpt.generate(model, prompt, 3 * block_size + 2, temperature=1.0, top_k=5,
+    runs = [torch.cat(ids_of(gpt.generate(model, prompt, 3 * block_size + 2, temperature=1.0, top_k=5,
                                         generator=torch.Generator().manual_seed(7), use_cache=c)), dim=1)
             for c in (True, False)]
     assert torch.equal(runs[0], runs[1])
@@ -199,8 +211,8 @@ def test_kv_cache_step_logits_equal_the_full_forward():
 def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
     model = tiny_model()
     prompt = torch.tensor([[1, 2]])
-    greedy = torch.cat(list(gpt.generate(model, prompt, 6, temperature=0)), dim=1)
-    top1 = torch.cat(list(gpt.generate(model, prompt, 6, temperature=1.0, top_k=1,
+    greedy = torch.cat(ids_of(gpt.generate(model, prompt, 6, temperature=0)), dim=1)
+    top1 = torch.cat(ids_of(gpt.generate(model, prompt, 6, temperature=1.0, top_k=1,
                                        generator=torch.Generator().manual_seed(0))), dim=1)
     with torch.no_grad():
         first = model(prompt)[0][0, -1].argmax().item()
@@ -211,7 +223,7 @@ def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
 # ----------------------------------------------------------------------------- training and the files it writes
 def test_training_lowers_the_loss_and_writes_its_files(trained):
     rows = open(os.path.join(trained.out_dir, "log.csv"), encoding="utf-8").read().splitlines()
-    assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s"
+    assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s,val_loss_per_char"
     iters = [int(r.split(",")[0]) for r in rows[1:]]
     val = [float(r.split(",")[2]) for r in rows[1:]]
     assert iters == [0, 20, 40, 60]
@@ -357,7 +369,7 @@ def test_twins_take_the_same_three_optimizer_steps(case):
 @given(twin_cases())
 def test_twins_generate_the_same_greedy_tokens(case):
     prompt = case.batches[0][0][:1, :1]
-    ours = torch.cat(list(gpt.generate(case.model.eval(), prompt, 2 * case.T + 1, temperature=0)), dim=1)
+    ours = torch.cat(ids_of(gpt.generate(case.model.eval(), prompt, 2 * case.T + 1, temperature=0)), dim=1)
     theirs = microgpt.generate(case.twin, case.n_head, case.T, prompt[0].tolist(), 2 * case.T + 1, temperature=0)
     assert ours[0].tolist() == theirs
 
@@ -444,7 +456,7 @@ def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", source.as_uri())
     monkeypatch.setitem(gpt.__dict__, "__file__", str(work / "gpt.py"))
-    tokenizer, splits = gpt.load_data("shakespeare.txt", block_size=16)
+    tokenizer, splits, _ = gpt.load_data(data_cfg("shakespeare.txt", work))
     assert (work / "shakespeare.txt").read_text(encoding="utf-8") == TEXT
     assert len(splits["train"]) + len(splits["val"]) == len(TEXT)
 
@@ -612,14 +624,47 @@ def test_bench_prints_its_table_and_writes_json(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the CUDA switches, checked on the CPU
-def test_precision_follows_the_gpu(monkeypatch):
+def fake_gpu(monkeypatch, capability):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert gpt.pick_device("auto") == (torch.device("cuda"), torch.bfloat16)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert gpt.pick_device("auto") == (torch.device("cuda"), torch.float16)  # with a GradScaler in train
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers, too
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((7, 0), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch, capability, dtype):
+    fake_gpu(monkeypatch, capability)  # 7.5: Colab's T4, 7.0: V100, 8.0: A100, 9.0: H100
+    assert gpt.pick_device("auto") == (torch.device("cuda:0"), dtype)
+    assert gpt.pick_device("cuda", "float32")[1] == torch.float32  # --dtype overrides
     assert gpt.pick_device("cpu") == (torch.device("cpu"), torch.float32)
-    assert gpt.pick_device("cuda", "float32")[1] == torch.float32
+
+
+@pytest.mark.parametrize("dtype, scaled", [(torch.float16, True), (torch.bfloat16, False), (torch.float32, False)])
+def test_only_float16_gets_a_grad_scaler_and_autocast_follows_the_dtype(dtype, scaled):
+    cfg = SimpleNamespace(compile=False, batch_size=2, block_size=8, grad_accum=1)
+    model = tiny_model().train()
+    _, autocast, scaler, trial_s = gpt.fast_paths(model, torch.device("cpu"), dtype, cfg, np.arange(100) % 11)
+    assert scaler.is_enabled() == scaled
+    assert isinstance(autocast, gpt.nullcontext) == (dtype == torch.float32)
+    assert trial_s > 0 and all(p.grad is None for p in model.parameters())  # the timed trial step is undone
+
+
+def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert gpt.pick_device("auto")[0] == torch.device("cuda:3")
+
+
+def test_mps_half_precision_needs_a_torch_with_its_grad_scaler(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpt.pick_device("auto") == (torch.device("mps"), torch.float32)  # MPS trains in float32 by default
+    assert gpt.pick_device("mps", "bfloat16")[1] == torch.bfloat16
+    monkeypatch.setattr(torch, "__version__", "2.7.1")
+    with pytest.raises(gpt.GPTError, match="float16 on MPS needs PyTorch 2.8"):
+        gpt.pick_device("mps", "float16")
+    monkeypatch.setattr(torch, "__version__", "2.10.0")  # compared as numbers: 2.10 is newer than 2.8
+    assert gpt.pick_device("mps", "float16")[1] == torch.float16
 
 
 def test_fused_adamw_only_on_cuda():
@@ -633,10 +678,10 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsy
         raise RuntimeError("Found Tesla P100 which is too old to be supported by the triton GPU compiler\nmore")
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = tiny_model().train()
-    data = torch.randint(11, (100,))
-    cfg = SimpleNamespace(batch_size=2, block_size=8)
+    cfg = SimpleNamespace(compile=True, batch_size=2, block_size=8, grad_accum=1)
     rng = torch.get_rng_state()
-    assert gpt.try_compile(model, data, cfg, gpt.nullcontext()) is model
+    step_model, *_ = gpt.fast_paths(model, torch.device("cpu"), torch.float32, cfg, np.arange(100) % 11)
+    assert step_model is model
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "warning: torch.compile failed" in out and "P100" in out
     assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
