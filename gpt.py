@@ -8,20 +8,17 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
 
 It is GPT-2 (pre-LayerNorm blocks, learned positions, biases, output head tied to the token embedding,
 N(0, 0.02) init with residual projections scaled by 1/sqrt(2·n_layer)), small, and differs only in:
-- tokens are the text's own characters (about 65 for Shakespeare), not GPT-2's 50257 BPE tokens
-  (--tokenizer bpe trains a byte-level BPE on your text, --tokenizer gpt2 uses GPT-2's);
+- tokens are the text's own characters (about 65 for Shakespeare), not GPT-2's 50257 BPE tokens;
 - the GELU is the exact erf form, not GPT-2's tanh approximation;
 - AdamW's beta2 is 0.99, not 0.999: with small batches the second moment should forget faster.
 microgpt.py computes the same function with plain Python floats; test_gpt.py proves they agree.
 """
-import argparse, hashlib, importlib, math, os, signal, sys, threading, time  # signal: Ctrl-C saves the run
+import argparse, math, os, signal, sys, threading, time  # signal: Ctrl-C and SIGTERM save the run
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
-from concurrent.futures import ThreadPoolExecutor  # tokenizes a big text on every core
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np  # token ids on disk, memory-mapped: a 1 GB text never has to fit in memory
 import torch
 import torch.distributed as dist  # used only under torchrun
 import torch.nn as nn
@@ -42,12 +39,11 @@ DEFAULTS = dict(
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto", seed=1337,
     compile=None,  # None: on for CUDA on Linux, where it pays off; off elsewhere
     block_size=256, log_interval=10, lr_decay_iters=None,  # None: decay over the whole run
-    weight_decay=0.1, grad_clip=1.0, grad_accum=1, tokenizer="char", vocab_size=1024, init_from=None,
+    weight_decay=0.1, grad_clip=1.0, grad_accum=1,
     prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1, verbose=False)
-LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s", "val_loss_per_char")
+LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")  # log.csv, one row per eval
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what a checkpoint's shape depends on
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-EOT = "<|endoftext|>"  # BPE's end-of-text token: it separates the files of a --data folder
 
 class GPTError(Exception):
     """A problem the user can fix: main prints it as one line, never a traceback."""
@@ -55,9 +51,6 @@ class GPTError(Exception):
 def say(*args, **kwargs):  # under torchrun, process 0 speaks for all of them
     if int(os.environ.get("RANK", "0")) == 0:
         print(*args, **kwargs, flush=True)
-
-def torch_version():
-    return tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])  # "2.13.0+cpu" -> (2, 13)
 
 def pick_device(name="auto", dtype="auto"):
     """Device and precision are decided here, once; the model reads its device from its inputs.
@@ -72,7 +65,8 @@ def pick_device(name="auto", dtype="auto"):
         # Not torch.cuda.is_bf16_supported(): it also says yes on a T4 or V100, which only emulate bf16, slowly.
         native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
         dtype = "float32" if device.type != "cuda" else "bfloat16" if native_bf16 else "float16"
-    if device.type == "mps" and dtype == "float16" and torch_version() < (2, 8):  # no MPS GradScaler before 2.8
+    old_torch = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)  # MPS has a GradScaler from 2.8 on
+    if device.type == "mps" and dtype == "float16" and old_torch:
         raise GPTError(f"--dtype float16 on MPS needs PyTorch 2.8 or newer (this is {torch.__version__}); "
                        "use --dtype bfloat16 or float32")
     return device, getattr(torch, dtype)
@@ -81,85 +75,18 @@ def pick_device(name="auto", dtype="auto"):
 class CharTokenizer:
     """Each distinct character is one token, numbered in sorted order: one text, one vocabulary."""
     def __init__(self, vocab):  # vocab: the characters in id order, one string (as checkpoints store it)
-        self.vocab, self.vocab_size = vocab, len(vocab)
-        self.codes = np.array([ord(ch) for ch in vocab], dtype=np.int64)  # sorted, so searchsorted finds ids
-    def encode(self, text):  # with numpy, a 100 MB text never becomes a Python list (28 bytes an id)
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-        ids = np.searchsorted(self.codes, codes).clip(max=max(self.vocab_size - 1, 0))
-        unknown = np.unique(codes[self.codes[ids] != codes]) if self.vocab_size else np.unique(codes)
-        if len(unknown):
-            raise GPTError(f"characters not in the model's vocabulary: {''.join(map(chr, unknown))!r} "
-                           f"(it knows {self.vocab!r})")
-        return ids
+        self.vocab, self.stoi = vocab, {ch: i for i, ch in enumerate(vocab)}
+    def encode(self, s):
+        unknown = sorted(set(s) - self.stoi.keys())
+        if unknown:
+            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} (it knows {self.vocab!r})")
+        return [self.stoi[ch] for ch in s]
     def decode(self, ids):
         return "".join(self.vocab[i] for i in ids)
-    def state(self):  # what a checkpoint stores to rebuild it
-        return {"vocab": self.vocab}
 
-class BPETokenizer:
-    """Byte-level BPE, run by tiktoken: GPT-2's merges (--tokenizer gpt2), or merges rustbpe learned from the
-    training text (--tokenizer bpe). Any text encodes, even characters it never saw: as their UTF-8 bytes."""
-    def __init__(self, state):  # name, split pattern and each token's bytes in id order; EOT comes last
-        self.tokenizer = state
-        ranks = {token: i for i, token in enumerate(state["tokens"])}
-        self.enc = need("tiktoken").Encoding(state["name"], pat_str=state["pattern"], mergeable_ranks=ranks,
-                                             special_tokens={EOT: len(ranks)})
-        self.vocab_size = len(ranks) + 1
-    def encode(self, text):
-        return self.enc.encode(text, allowed_special={EOT})
-    def decode(self, ids):  # a character split across tokens decodes to "\ufffd" until its last byte arrives
-        return self.enc.decode(list(ids))
-    def state(self):
-        return {"tokenizer": self.tokenizer}
-
-def need(package):  # the optional extras are imported only when a flag asks for them
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise GPTError(f"--tokenizer bpe and gpt2 need the {package} package: pip install -e \".[bpe]\" "
-                       "(or pip install rustbpe tiktoken)") from None
-
-def make_tokenizer(kind, text, vocab_size):
-    if kind == "char":
-        return CharTokenizer("".join(sorted(set(text))))
-    if kind == "gpt2":  # tiktoken downloads GPT-2's merges once; the checkpoint then carries them
-        enc = need("tiktoken").get_encoding("gpt2")
-        tokens = [enc.decode_single_token_bytes(i) for i in range(enc.eot_token)]
-        return BPETokenizer(dict(name="gpt2", pattern=enc._pat_str, tokens=tokens))
-    trainer = need("rustbpe").Tokenizer()  # GPT-4's split pattern: merges never cross words, digits, spaces
-    trainer.train_from_iterator(pieces(text), vocab_size - 1)  # the last id is kept for EOT
-    ranked = sorted(trainer.get_mergeable_ranks(), key=lambda pair: pair[1])
-    return BPETokenizer(dict(name="bpe", pattern=trainer.get_pattern(), tokens=[bytes(t) for t, _ in ranked]))
-
-def tokenizer_from(ckpt):  # a checkpoint (or a token cache) carries its tokenizer as plain data
-    return BPETokenizer(ckpt["tokenizer"]) if "tokenizer" in ckpt else CharTokenizer(ckpt["vocab"])
-
-def pieces(text, size=1 << 20):  # about a megabyte at a time, cut after a newline
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start + size) + 1 or len(text)
-        yield text[start:end]
-        start = end
-
-def tokenize(tokenizer, text):
-    """Token ids as uint16 (uint32 past 65,536 tokens), a piece at a time on every core, with a progress line
-    on big texts. The whole corpus is never an int64 tensor (8 bytes an id) nor a Python list (28 bytes)."""
-    dtype, parts = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32, []
-    with ThreadPoolExecutor() as pool:
-        for ids in pool.map(tokenizer.encode, pieces(text)):
-            parts.append(np.asarray(ids, dtype=dtype))
-            if len(text) > 2**25 and len(parts) % 16 == 0:
-                say(f"tokenizing: {len(parts)} of {len(text) >> 20} MB")
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
-
-def text_files(path):
-    """The files --data names: the file, or a folder's *.txt sorted by name. The default text is also looked
-    for next to this script, and downloaded when gpt.py runs alone (a notebook with only gpt.py pasted in)."""
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".txt"))
-        if not files:
-            raise GPTError(f"data folder {path} has no .txt files; put UTF-8 text files in it, or pass --data FILE")
-        return files
+def load_data(path, block_size):
+    """The text as token ids, split 90/10, and its tokenizer. The default text is also looked for next
+    to this script, and downloaded when gpt.py runs alone (a notebook with only gpt.py pasted in)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(globals().get("__file__", "gpt.py"))), path)
     if not os.path.exists(path) and path == DEFAULTS["data"] and os.path.exists(beside):
         path = beside
@@ -174,68 +101,34 @@ def text_files(path):
                            f"{os.path.abspath(path)} or pass --data PATH") from None
     if not os.path.isfile(path):
         raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
-    return [path]
-
-def read_text(path):
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
-
-def load_data(cfg, tokenizer=None):
-    """--data as token ids, split 90/10 by characters (the same val text for every tokenizer), and its
-    tokenizer, built from the text unless given (--resume, --init_from). Tokenized once into a cache in
-    out_dir, keyed by the files and the tokenizer; later runs memory-map it and start in seconds.
-    Returns the tokenizer, the splits and their lengths in characters."""
-    paths, what = text_files(cfg.data), f"data {'folder' if os.path.isdir(cfg.data) else 'file'} {cfg.data}"
-    key = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
-    key += [cfg.tokenizer, cfg.vocab_size if cfg.tokenizer == "bpe" else None, cfg.init_from]
-    cache = os.path.join(cfg.out_dir, f"tokens-{hashlib.sha1(repr(key).encode()).hexdigest()[:12]}")
-    try:
-        meta = torch.load(cache + ".pt", weights_only=True)
-        splits = {name: np.load(f"{cache}.{name}.npy", mmap_mode="r") for name in ("train", "val")}
-    except (OSError, ValueError, RuntimeError):  # no cache yet (or a broken one): tokenize
-        meta = None
-    if meta is None or tokenizer is not None and tokenizer.state() != tokenizer_from(meta).state():
-        text = ("\n\n" if cfg.tokenizer == "char" else EOT).join(read_text(p) for p in paths)
-        if not text:
-            raise GPTError(f"{what} is empty; give --data a text to learn from")
-        n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
-        try:
-            tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text[:n] if cfg.tokenizer == "bpe" else text,
-                                                    cfg.vocab_size)
-            splits = {"train": tokenize(tokenizer, text[:n]), "val": tokenize(tokenizer, text[n:])}
-        except GPTError as e:  # a char model fine-tuned or resumed on text with characters it never saw
-            raise GPTError(f"{what}: {e}") from None
-        meta = dict(tokenizer.state(), chars={"train": n, "val": len(text) - n})
-        if int(os.environ.get("RANK", "0")) == 0:
-            for name, ids in splits.items():
-                with open(f"{cache}.{name}.npy.tmp", "wb") as f:
-                    np.save(f, ids)
-                os.replace(f"{cache}.{name}.npy.tmp", f"{cache}.{name}.npy")
-            save_atomic(meta, cache + ".pt")  # written last: it says the cache is whole
-    for name, ids in splits.items():
-        if len(ids) < cfg.block_size + 1:
-            raise GPTError(f"{what} is too short: its {name} split has {len(ids)} tokens, fewer than "
-                           f"block_size + 1 = {cfg.block_size + 1}")
-    return tokenizer or tokenizer_from(meta), splits, meta["chars"]
+    tokenizer = CharTokenizer("".join(sorted(set(text))))
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n = int(0.9 * len(data))  # the first 90% to learn from, the last 10% to measure on
+    splits = {"train": data[:n], "val": data[n:]}
+    for name, split in splits.items():
+        if len(split) < block_size + 1:
+            raise GPTError(f"data file {path} is {'empty' if not text else 'too short'}: its {name} split has "
+                           f"{len(split)} characters, fewer than block_size + 1 = {block_size + 1}")
+    return tokenizer, splits
 
 def get_batch(data, batch_size, block_size, generator):
-    """batch_size random windows of block_size + 1 tokens: inputs x, and at each position the next token y."""
+    """batch_size random windows of the text, block_size + 1 characters each: (B, T+1), on the CPU."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window starts
-    offsets = (ix[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1)
-    return torch.from_numpy(data[offsets].astype(np.int64))  # gathered from the memory map: (B, T+1)
+    return data[ix[:, None] + torch.arange(block_size + 1)]
 
 def micro_batches(windows, rank, world_size, grad_accum, device):
-    """This process's share of a batch that every process drew alike: the rank-th of world_size equal slices,
-    cut into grad_accum micro-batches. So the data order is the same on 1 process or 8."""
-    n = world_size * grad_accum
-    mine = windows.chunk(n)[rank * grad_accum:(rank + 1) * grad_accum]
-    # On CUDA from pinned memory, so the copy overlaps the GPU's work.
+    """This process's share of a batch every process drew alike: the rank-th of world_size slices, in
+    grad_accum micro-batches, so the data order is the same on 1 process or 8. Inputs x, targets y: (B, T)."""
+    mine = windows.chunk(world_size * grad_accum)[rank * grad_accum:(rank + 1) * grad_accum]
+    # On CUDA from pinned memory, so that the copy overlaps the GPU's work.
     mine = [w.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else w.to(device) for w in mine]
-    return [(w[:, :-1], w[:, 1:]) for w in mine]  # x, y: (B, T) each
+    return [(w[:, :-1], w[:, 1:]) for w in mine]
 
 # ----------------------------------------------------------------------------- model
 @dataclass
@@ -364,67 +257,40 @@ def load_checkpoint(path, what_to_do):  # weights_only: tensors and plain data o
     except Exception as e:  # the first line of torch's message says what is wrong, the rest is advice
         raise GPTError(f"{path} is not a loadable checkpoint ({(str(e).strip() or type(e).__name__).splitlines()[0]}); "
                        f"delete it or retrain") from None
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys() or not {"vocab", "tokenizer"} & ckpt.keys():
-        raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and tokenizer in it)")
+    if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
+        raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
     return ckpt
 
-def save_run(cfg, model, optimizer, batch_generator, tokenizer, done, best_val_loss, log_rows, improved):
-    """Process 0 writes the run's files, each atomically: best.pt (when val improved), ckpt.pt and log.csv."""
-    state = dict(model=model.state_dict(), config=vars(cfg).copy(), iter=done, best_val_loss=best_val_loss,
-                 **tokenizer.state())
-    if improved:
-        save_atomic(state, os.path.join(cfg.out_dir, "best.pt"))
-    rng = dict(torch=torch.get_rng_state(), batch=batch_generator.get_state())
-    save_atomic(dict(state, optimizer=optimizer.state_dict(), rng=rng, log=log_rows),
-                os.path.join(cfg.out_dir, "ckpt.pt"))
-    with open(os.path.join(cfg.out_dir, "log.csv.tmp"), "w", encoding="utf-8") as f:
-        f.writelines(",".join(map(str, row)) + "\n" for row in [LOG_COLUMNS, *log_rows])
-    os.replace(os.path.join(cfg.out_dir, "log.csv.tmp"), os.path.join(cfg.out_dir, "log.csv"))
-
 # ----------------------------------------------------------------------------- training loop
-def setup_distributed(device):
-    """Under torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE), join the other processes: NCCL between GPUs, gloo
-    between CPU processes. Returns rank, world_size and a gloo group for the stop vote. A plain `python gpt.py`
-    or a notebook never touches torch.distributed."""
-    if "RANK" not in os.environ:
-        return 0, 1, None
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo")
-
 @contextmanager
-def stop_signals():
-    """Ctrl-C (SIGINT) and SIGTERM (from torchrun shutting down, or a cluster about to preempt the job) only
-    raise a flag: the loop finishes its step, saves a whole state and exits. Alone, a second Ctrl-C stops at
-    once; under torchrun, which passes each signal on to its workers, a second one changes nothing."""
+def stop_signals(group):
+    """Ctrl-C and SIGTERM (torchrun shutting down, a cluster preempting the job) only raise a flag. After each
+    step all processes vote with agreed_stop(), so all save the same step and exit. Alone, a second Ctrl-C
+    stops at once (not under torchrun, which passes each signal on to its workers)."""
     received = []
     def handler(signum, frame):
-        if "RANK" not in os.environ:  # alone: say so at once, and stop at once on a second Ctrl-C
+        if "RANK" not in os.environ:
             if received:
                 raise KeyboardInterrupt
-            say(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this step, then saving ckpt.pt")
+            say(f"\n{signal.Signals(signum).name}: finishing this step, then saving ckpt.pt")
         received.append(signum)
+    def agreed_stop():  # the signal to stop on, 0 to go on: a max over the processes that waits for no GPU
+        vote = torch.tensor(received[:1] or [0])
+        if group is not None:
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
+        return vote.item()
     main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
-        yield received
+        yield agreed_stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
-def agreed_stop(received, group):
-    """The signal every process stops on after this step, 0 to go on. Under torchrun a max over the processes,
-    through a one-number CPU collective that waits for no GPU, so that all of them save the same step."""
-    vote = torch.tensor(received[:1] or [0])
-    if group is not None:
-        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
-    return vote.item()
-
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, autocast, share):
     """Mean loss over eval_iters batches of each split: the same batches at every eval, so evals compare. Each
-    process computes its share of every batch; summed over the processes, all get the same numbers."""
+    process computes its share of every batch; summed over the processes, all see the same numbers."""
     model.eval()
     totals = []
     for data in splits.values():
@@ -434,23 +300,20 @@ def estimate_loss(model, splits, cfg, autocast, share):
                 with autocast:
                     total += model(x, y)[1].float()
         totals.append(total)
-    totals = torch.stack(totals)
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    totals, world_size = torch.stack(totals), dist.get_world_size() if dist.is_initialized() else 1
     if world_size > 1:
         dist.all_reduce(totals)
     model.train()
     return {name: t / (cfg.eval_iters * cfg.grad_accum * world_size) for name, t in zip(splits, totals.tolist())}
 
 def train_step(step_model, optimizer, scaler, autocast, batches, lr, grad_clip):
-    """One optimizer step on this process's micro-batches [(x, y), ...]: their gradients add up to the mean
+    """One optimizer step on this process's micro-batches [(x, y), ...], whose gradients add up to the mean
     over the whole batch. Returns the mean loss, left on the device (reading it syncs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
-    for i, (x, y) in enumerate(batches):
-        # DDP averages the gradients over the processes during backward: on the last micro-batch only
-        sync = i == len(batches) - 1 or not isinstance(step_model, DDP)
-        with nullcontext() if sync else step_model.no_sync():
+    for i, (x, y) in enumerate(batches):  # DDP averages gradients over processes after the last one only
+        with nullcontext() if i == len(batches) - 1 or not isinstance(step_model, DDP) else step_model.no_sync():
             with autocast:
                 _, loss = step_model(x, y)
             scaler.scale(loss / len(batches)).backward()  # scaled only in float16, whose small gradients underflow
@@ -464,103 +327,104 @@ def train_step(step_model, optimizer, scaler, autocast, batches, lr, grad_clip):
     return total / len(batches)
 
 def fast_paths(model, device, dtype, cfg, data):
-    """The speed switches, one each, decided here for train() and bench.py: TF32 matmuls, mixed precision (a
-    GradScaler for float16), and torch.compile where it pays off, tried on a real batch: any failure (no
-    Triton, an old GPU, Windows) means eager. Returns the model to step with, the autocast context, the
-    scaler, and on a CPU the seconds one micro-batch takes (for the estimate of the whole run)."""
+    """The speed switches, decided here for train() and bench.py: TF32 matmuls, autocast (with a GradScaler for
+    float16), and torch.compile, tried on a real batch: any failure (no Triton, an old GPU) means eager. Returns
+    the model to step with, autocast, the scaler, and on a CPU the seconds one micro-batch takes."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda" and sys.platform == "linux"
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
-    def trial(step_model):  # forward and backward, undone: the run's RNG and gradients are as they were
+    micro_batch = cfg.batch_size // (dist.get_world_size() if dist.is_initialized() else 1) // cfg.grad_accum
+    def trial(step_model):  # forward and backward, undone: the run's RNG and gradients stay as they were
         t0 = time.time()
         try:
-            with torch.random.fork_rng(devices=[]), autocast:
-                windows = get_batch(data, cfg.batch_size // (world_size * cfg.grad_accum), cfg.block_size, None)
-                step_model(*micro_batches(windows, 0, 1, 1, device)[0])[1].backward()
+            with torch.random.fork_rng(devices=[]), autocast:  # get_batch(generator=None) draws from torch's
+                x, y = micro_batches(get_batch(data, micro_batch, cfg.block_size, None), 0, 1, 1, device)[0]
+                step_model(x, y)[1].backward()
         finally:
             model.zero_grad(set_to_none=True)
         return time.time() - t0
     step_model = model
-    if use_compile:
+    if cfg.compile if cfg.compile is not None else device.type == "cuda" and sys.platform == "linux":
         try:
-            step_model = torch.compile(model)
-            trial(step_model)
+            trial(step_model := torch.compile(model))
         except Exception as e:
             say(f"warning: torch.compile failed, training without it ({type(e).__name__}: "
                 f"{(str(e).splitlines() or [''])[0][:200]})")
             step_model = model
     return step_model, autocast, scaler, trial(step_model) if device.type == "cpu" else None
 
-def duration(seconds):  # 291 -> "4m51s", 45000 -> "12h30m"
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-
-def train(cfg, resume=None, init=None):
-    """Train per cfg (a SimpleNamespace of the flags). resume: a loaded ckpt.pt to continue; init: a loaded
-    checkpoint whose weights and tokenizer to start from (--init_from). Returns the exit code."""
+def train(cfg, resume=None):
+    """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns the exit code."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
-    rank, world_size, vote_group = setup_distributed(device)
+    rank, world_size, vote_group = 0, 1, None
+    if "RANK" in os.environ:  # started by torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE: join the others
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # NCCL between GPUs, gloo between CPUs
+        rank, world_size, vote_group = dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo")
+    tokenizer, splits = load_data(cfg.data, cfg.block_size)
+    cfg.vocab_size = len(tokenizer.vocab)
+    if resume is not None and resume["vocab"] != tokenizer.vocab:
+        raise GPTError(f"--resume: the vocabulary of {cfg.data} ({len(tokenizer.vocab)} characters) differs from "
+                       f"the checkpoint's ({len(resume['vocab'])}); resume with the text it was trained on")
+    path = lambda name: os.path.join(cfg.out_dir, name)
     try:  # fail now, not after an hour of training
         os.makedirs(cfg.out_dir, exist_ok=True)
-        open(os.path.join(cfg.out_dir, f".write_test{rank}"), "w").close()
-        os.remove(os.path.join(cfg.out_dir, f".write_test{rank}"))
+        open(path(f".write_test{rank}"), "w").close()
+        os.remove(path(f".write_test{rank}"))
     except OSError as e:
         raise GPTError(f"output folder {cfg.out_dir} is not writable ({e.strerror}); pass --out_dir DIR") from None
-    if rank > 0:
-        dist.barrier()  # process 0 tokenizes into the cache first, then the others read it
-    tokenizer, splits, chars = load_data(cfg, tokenizer_from(resume or init) if resume or init else None)
-    if rank == 0 and world_size > 1:
-        dist.barrier()
-    cfg.vocab_size = tokenizer.vocab_size
-    torch.manual_seed(cfg.seed + rank)  # init and dropout draw from torch's global generator (DDP gives every
-    batch_generator = torch.Generator().manual_seed(cfg.seed)  # process rank 0's weights); batches from their own
+    torch.manual_seed(cfg.seed + rank)  # the init and dropout draw from torch's global generator (DDP gives
+    batch_generator = torch.Generator().manual_seed(cfg.seed)  # all rank 0's weights); the batches from their own
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer = make_optimizer(model, cfg, device)
     start_iter, best_val_loss, log_rows = 0, float("inf"), []
-    if resume or init:
-        model.load_state_dict((resume or init)["model"])  # --init_from stops here: fresh optimizer and schedule
-    if resume:
+    if resume is not None:
+        model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         if rank == 0:
             torch.set_rng_state(resume["rng"]["torch"])
         batch_generator.set_state(resume["rng"]["batch"])
         start_iter, best_val_loss, log_rows = resume["iter"], resume["best_val_loss"], resume["log"]
     step_model, autocast, scaler, trial_s = fast_paths(model, device, dtype, cfg, splits["train"])
-    eval_model = step_model
-    if dist.is_initialized():  # each process computes its share; DDP averages their gradients during backward
-        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     say(f"device {device.type}{f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''}"
         f"{f' x {world_size} processes' if world_size > 1 else ''} | dtype {str(dtype)[6:]}"
-        f" | compile {'on' if eval_model is not model else 'off'}"
-        f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size} ({cfg.tokenizer})"
+        f" | compile {'on' if step_model is not model else 'off'}"
+        f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
         f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens")
     if trial_s is not None:  # a CPU: say what the whole run costs before the first (slow) evaluation
-        step_s, evals = trial_s * cfg.grad_accum, (cfg.max_iters - start_iter) // cfg.eval_interval + 1
-        total_s = step_s * (cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3)  # an eval: forward only
-        say(f"one step takes {step_s:.2f} s on this CPU, so the whole run about {duration(total_s)}"
-            + ("; --config tiny takes minutes" if total_s > 1800 else ""))
-    t_start, elapsed0 = time.time(), log_rows[-1][5] if log_rows else 0.0  # seconds trained before a resume
+        evals = (cfg.max_iters - start_iter) // cfg.eval_interval + 1  # each 2 x eval_iters forward passes
+        total_s = trial_s * cfg.grad_accum * (cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3)
+        say(f"one step takes {trial_s * cfg.grad_accum:.2f} s on this CPU: the whole run about "
+            f"{total_s / 60:,.0f} minutes" + ("; --config tiny takes a few" if total_s > 1800 else ""))
+    if dist.is_initialized():  # each process computes its share; DDP averages their gradients during backward
+        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    t_start, elapsed0 = time.time(), log_rows[-1][-1] if log_rows else 0.0  # seconds trained before a resume
     since = dict(iter=start_iter, time=t_start)  # the stretch since the last eval: tokens/s and ETA
     def share(windows):
         return micro_batches(windows, rank, world_size, cfg.grad_accum, device)
-    def checkpoint(done, evaluate):  # every process evaluates; process 0 writes the files
+    def checkpoint(done, evaluate):  # every process evaluates; process 0 writes best.pt, ckpt.pt and log.csv
         nonlocal best_val_loss
-        improved = False
+        state = dict(model=model.state_dict(), config=vars(cfg).copy(), vocab=tokenizer.vocab, iter=done)
         if evaluate:
             tok_s = (done - since["iter"]) * cfg.batch_size * cfg.block_size / (time.time() - since["time"])
-            losses = estimate_loss(eval_model, splits, cfg, autocast, share)
-            per_char = losses["val"] * len(splits["val"]) / chars["val"]  # comparable across tokenizers
-            say(f"eval at step {done}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}"
-                + (f" ({per_char:.4f} per character)" if cfg.tokenizer != "char" else ""))
+            losses = estimate_loss(step_model, splits, cfg, autocast, share)
+            say(f"eval at step {done}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}")
             log_rows.append([done, round(losses["train"], 4), round(losses["val"], 4), get_lr(max(done - 1, 0), cfg),
-                             round(tok_s), round(elapsed0 + time.time() - t_start, 1), round(per_char, 4)])
-            improved, best_val_loss = losses["val"] < best_val_loss, min(losses["val"], best_val_loss)
+                             round(tok_s), round(elapsed0 + time.time() - t_start, 1)])
+            if losses["val"] < best_val_loss:
+                best_val_loss = losses["val"]
+                if rank == 0:
+                    save_atomic(dict(state, best_val_loss=best_val_loss), path("best.pt"))
         if rank == 0:
-            save_run(cfg, model, optimizer, batch_generator, tokenizer, done, best_val_loss, log_rows, improved)
+            rng = dict(torch=torch.get_rng_state(), batch=batch_generator.get_state())
+            save_atomic(dict(state, best_val_loss=best_val_loss, optimizer=optimizer.state_dict(), rng=rng,
+                             log=log_rows), path("ckpt.pt"))
+            with open(path("log.csv.tmp"), "w", encoding="utf-8") as f:
+                f.writelines(",".join(map(str, row)) + "\n" for row in [LOG_COLUMNS, *log_rows])
+            os.replace(path("log.csv.tmp"), path("log.csv"))  # atomic, like save_atomic
         since.update(iter=done, time=time.time())
-    with stop_signals() as received:
+    with stop_signals(vote_group) as agreed_stop:
         if start_iter == 0:
             checkpoint(0, evaluate=True)  # a fresh model scores about ln(vocab_size): 4.17 for 65 characters
         for it in range(start_iter, cfg.max_iters):
@@ -572,21 +436,20 @@ def train(cfg, resume=None, init=None):
             if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
                 if world_size > 1:  # the whole batch's loss; a NaN on any process stops them all
                     dist.all_reduce(loss)
-                    loss /= world_size
-                if not math.isfinite(loss := loss.item()):  # checked before any eval: no NaN state is ever saved
+                if not math.isfinite(loss := loss.item() / world_size):  # before any eval: no NaN is ever saved
                     raise GPTError(f"loss became {loss} at step {done}; {cfg.out_dir}/ckpt.pt and best.pt "
                                    f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
                 step_s = (time.time() - since["time"]) / (done - since["iter"])
+                eta = divmod(round((cfg.max_iters - done) * step_s), 60)  # (minutes, seconds)
                 say(f"step {done} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
                     f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | "
-                    f"eta {duration((cfg.max_iters - done) * step_s)}")
-            stop = agreed_stop(received, vote_group)
+                    f"eta {eta[0]}m{eta[1]:02d}s")
+            stop = agreed_stop()
             if evaluate or stop:
                 checkpoint(done, evaluate)
             if stop:
-                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue with: "
-                    f"{'torchrun … gpt.py' if world_size > 1 else 'python gpt.py'} --resume --out_dir {cfg.out_dir}")
-                return 128 + stop  # 130 for Ctrl-C, 143 for SIGTERM: the shell's convention
+                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue with the same command and --resume")
+                return 128 + stop  # the shell's convention: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     say(f"best val loss {best_val_loss:.4f}, in {cfg.out_dir}/best.pt. A taste of it:")
     if rank > 0:
         return 0
@@ -632,8 +495,8 @@ def sample(cfg):
     device, _ = pick_device(cfg.device)
     model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_KEYS})).to(device).eval()
     model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
-    tokenizer, prompt = tokenizer_from(ckpt), cfg.prompt or "\n"  # empty: start where speeches start
-    idx = torch.as_tensor(np.asarray(tokenizer.encode(prompt), dtype=np.int64), device=device)[None]  # (1, T)
+    tokenizer, prompt = CharTokenizer(ckpt["vocab"]), cfg.prompt or "\n"  # empty: start where speeches start
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device}", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
     show = lambda i: repr(tokenizer.decode([i]))  # a token as a literal: '\n' for a newline, ' the' for BPE
@@ -663,7 +526,7 @@ def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile Fal
     return ("true", "false").index(text.lower()) == 0  # anything else: argparse reports the ValueError
 
 POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters", "log_interval",
-            "max_new_tokens", "num_samples", "top_k", "grad_accum", "vocab_size", "learning_rate")
+            "max_new_tokens", "num_samples", "top_k", "grad_accum", "learning_rate")
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="gpt.py", description="Train a GPT on a text file, or --sample from one.",
@@ -672,11 +535,10 @@ def parse_args(argv):
     p.add_argument("--resume", action="store_true", default=False, help="continue training from out_dir/ckpt.pt")
     p.add_argument("--verbose", action="store_true", help="--sample: show each token's five likeliest candidates")
     p.add_argument("--config", choices=PRESETS, help="preset (default medium); other flags override its fields")
-    for name in ("data", "out_dir", "prompt", "init_from"):
+    for name in ("data", "out_dir", "prompt"):
         p.add_argument(f"--{name}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"))
     p.add_argument("--compile", type=boolean, nargs="?", const=True, metavar="BOOL")
     for name in (*POSITIVE[:-1], "max_iters", "warmup_iters", "lr_decay_iters", "seed"):
         p.add_argument(f"--{name}", type=int)
@@ -695,44 +557,33 @@ def parse_args(argv):
             p.error(f"argument --{name}: must be {'>' if name in POSITIVE else '>='} 0, got {value}")
     if getattr(args, "dropout", 0) >= 1:
         p.error(f"argument --dropout: must be < 1, got {args.dropout}")
-    if getattr(args, "vocab_size", 257) < 257:  # 256 bytes, then the merges, then EOT
-        p.error(f"argument --vocab_size: a byte-level BPE needs at least 257 tokens, got {args.vocab_size}")
     return p, args
 
 def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
     given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
     try:
-        resume = init = None
+        resume = None
         if args.resume and not args.sample:
             resume = load_checkpoint(os.path.join(given.get("out_dir", DEFAULTS["out_dir"]), "ckpt.pt"),
                                      "--resume continues a run: start one without --resume first")
-        elif given.get("init_from") and not args.sample:
-            init = load_checkpoint(given["init_from"], "--init_from needs a best.pt or ckpt.pt that gpt.py wrote")
-        # Defaults, then the checkpoint's config (--resume) or the preset and shape of the model to fine-tune
-        # (--init_from), then the preset given, then the flags given.
-        saved = {**DEFAULTS, **(resume or init)["config"]} if resume or init else {}
-        preset = given.get("config", saved["config"] if init else None if resume else DEFAULTS["config"])
-        shape = {k: saved[k] for k in (*MODEL_KEYS, "tokenizer")} if init else {}
-        cfg = SimpleNamespace(**{**DEFAULTS, **(saved if resume else {}), **PRESETS.get(preset, {}), **shape, **given})
+        # Defaults, then the checkpoint's config when resuming, then the preset, then the flags given.
+        preset = given.get("config", None if resume else DEFAULTS["config"])
+        cfg = SimpleNamespace(**{**DEFAULTS, **(resume or {}).get("config", {}), **PRESETS.get(preset, {}), **given})
         if args.sample:
             return sample(cfg)
         if cfg.n_embd % cfg.n_head:
             parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
         if cfg.batch_size % (world_size * cfg.grad_accum):
             parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x --grad_accum "
-                         f"{cfg.grad_accum}: each process needs an equal share of every batch")
-        differ = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in (*MODEL_KEYS, "tokenizer")
-                  if saved and saved[k] != getattr(cfg, k)]
+                         f"{cfg.grad_accum}: every micro-batch must have the same size")
+        differ = [f"{k} {resume['config'][k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]
+                  if resume and resume["config"][k] != getattr(cfg, k)]
         if differ:
-            raise GPTError(f"{'--resume' if resume else f'--init_from {cfg.init_from}'}: the flags change the "
-                           f"checkpoint's model ({', '.join(differ)}); drop those flags"
-                           + (", or train anew in another --out_dir" if resume else ""))
-        if init and os.path.abspath(os.path.dirname(cfg.init_from)) == os.path.abspath(cfg.out_dir):
-            raise GPTError(f"--init_from {cfg.init_from} is in --out_dir {cfg.out_dir}, which this run would "
-                           f"overwrite; pass another --out_dir")
-        return train(cfg, resume, init)
+            raise GPTError(f"--resume: the flags change the checkpoint's model ({', '.join(differ)}); "
+                           f"drop those flags, or train anew in another --out_dir")
+        return train(cfg, resume)
     except GPTError as e:
         say(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,15 +2,16 @@
 
     python -m pytest
 """
+import ast
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -66,17 +67,10 @@ def test_encode_decode_round_trip(s):
     assert tokenizer.decode(tokenizer.encode(s)) == s
 
 
-def data_cfg(data, out_dir, **overrides):  # the fields load_data reads, as train() has them
-    return SimpleNamespace(**{**gpt.DEFAULTS, "data": str(data), "out_dir": str(out_dir), "block_size": 16,
-                              **overrides})
-
-
-def test_vocab_is_sorted_distinct_characters(data_file, tmp_path):
-    tokenizer, splits, chars = gpt.load_data(data_cfg(data_file, tmp_path))
+def test_vocab_is_sorted_distinct_characters(data_file):
+    tokenizer, splits = gpt.load_data(data_file, block_size=16)
     assert tokenizer.vocab == "".join(sorted(set(TEXT)))
     assert len(splits["train"]) == int(0.9 * len(TEXT)) and len(splits["val"]) == len(TEXT) - int(0.9 * len(TEXT))
-    assert chars == {"train": len(splits["train"]), "val": len(splits["val"])}  # one token per character
-    assert splits["train"].dtype == np.uint16 and tokenizer.decode(splits["val"][:50]) == TEXT[int(0.9 * len(TEXT)):][:50]
 
 
 # ----------------------------------------------------------------------------- model
@@ -223,7 +217,7 @@ def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
 # ----------------------------------------------------------------------------- training and the files it writes
 def test_training_lowers_the_loss_and_writes_its_files(trained):
     rows = open(os.path.join(trained.out_dir, "log.csv"), encoding="utf-8").read().splitlines()
-    assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s,val_loss_per_char"
+    assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s"
     iters = [int(r.split(",")[0]) for r in rows[1:]]
     val = [float(r.split(",")[2]) for r in rows[1:]]
     assert iters == [0, 20, 40, 60]
@@ -456,7 +450,7 @@ def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", source.as_uri())
     monkeypatch.setitem(gpt.__dict__, "__file__", str(work / "gpt.py"))
-    tokenizer, splits, _ = gpt.load_data(data_cfg("shakespeare.txt", work))
+    tokenizer, splits = gpt.load_data("shakespeare.txt", block_size=16)
     assert (work / "shakespeare.txt").read_text(encoding="utf-8") == TEXT
     assert len(splits["train"]) + len(splits["val"]) == len(TEXT)
 
@@ -643,7 +637,7 @@ def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch, capabilit
 def test_only_float16_gets_a_grad_scaler_and_autocast_follows_the_dtype(dtype, scaled):
     cfg = SimpleNamespace(compile=False, batch_size=2, block_size=8, grad_accum=1)
     model = tiny_model().train()
-    _, autocast, scaler, trial_s = gpt.fast_paths(model, torch.device("cpu"), dtype, cfg, np.arange(100) % 11)
+    _, autocast, scaler, trial_s = gpt.fast_paths(model, torch.device("cpu"), dtype, cfg, torch.arange(100) % 11)
     assert scaler.is_enabled() == scaled
     assert isinstance(autocast, gpt.nullcontext) == (dtype == torch.float32)
     assert trial_s > 0 and all(p.grad is None for p in model.parameters())  # the timed trial step is undone
@@ -680,7 +674,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsy
     model = tiny_model().train()
     cfg = SimpleNamespace(compile=True, batch_size=2, block_size=8, grad_accum=1)
     rng = torch.get_rng_state()
-    step_model, *_ = gpt.fast_paths(model, torch.device("cpu"), torch.float32, cfg, np.arange(100) % 11)
+    step_model, *_ = gpt.fast_paths(model, torch.device("cpu"), torch.float32, cfg, torch.arange(100) % 11)
     assert step_model is model
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "warning: torch.compile failed" in out and "P100" in out
@@ -695,3 +689,168 @@ def test_compiled_model_trains_and_saves_without_orig_mod_prefix(data_file, tmp_
     assert result.returncode == 0 and "compile on" in result.stdout, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+
+
+def test_a_cpu_run_says_what_the_whole_run_costs_before_the_first_eval(trained):
+    lines = trained.stdout.splitlines()
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("one step takes"))
+    assert "s on this CPU: the whole run about" in lines[estimate] and "minutes" in lines[estimate]
+    assert estimate < next(i for i, line in enumerate(lines) if line.startswith("eval at step 0"))
+
+
+# ----------------------------------------------------------------------------- SIGTERM, grad_accum and torchrun
+def torchrun(*args, nproc=2, **popen):
+    """gpt.py under `torchrun --standalone --nproc_per_node N` (gloo on the CPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               os.path.join(HERE, "gpt.py"), *args]
+    if popen:
+        return subprocess.Popen(command, cwd=HERE, text=True, **popen)
+    return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=300)
+
+
+DDP_RUN = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "5", "--log_interval", "5", "--dropout", "0",
+           "--max_new_tokens", "10"]
+
+
+@pytest.fixture(scope="session")
+def three_ways(tmp_path_factory, data_file):
+    """The same 20 steps as one process, one process with --grad_accum 2, and two processes (torchrun)."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {"one": run_gpt(*DDP_RUN, "--data", data_file, "--out_dir", str(root / "one")),
+            "accum": run_gpt(*DDP_RUN, "--data", data_file, "--out_dir", str(root / "accum"), "--grad_accum", "2"),
+            "two": torchrun(*DDP_RUN, "--data", data_file, "--out_dir", str(root / "two"))}
+    for name, result in runs.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    return SimpleNamespace(root=root, **runs)
+
+
+def losses_in(out_dir):
+    rows = open(os.path.join(out_dir, "log.csv"), encoding="utf-8").read().splitlines()[1:]
+    return [(int(r.split(",")[0]), float(r.split(",")[1]), float(r.split(",")[2])) for r in rows]
+
+
+def test_one_process_grad_accum_and_two_processes_train_the_same_model(three_ways):
+    reference = losses_in(three_ways.root / "one")
+    weights = torch.load(three_ways.root / "one" / "ckpt.pt", weights_only=True)["model"]
+    assert [r[0] for r in reference] == [0, 5, 10, 15, 20]
+    for name in ("accum", "two"):
+        other = losses_in(three_ways.root / name)
+        assert [r[0] for r in other] == [r[0] for r in reference]
+        diff = max(abs(a - b) for ra, rb in zip(reference, other) for a, b in zip(ra[1:], rb[1:]))
+        assert diff <= 1.5e-4, f"{name}: log.csv losses differ by {diff}"  # 1e-4 plus log.csv's rounding to 4 places
+        theirs = torch.load(three_ways.root / name / "ckpt.pt", weights_only=True)["model"]
+        wdiff = max((weights[k] - theirs[k]).abs().max().item() for k in weights)
+        assert wdiff < 1e-4, f"{name}: final weights differ by {wdiff}"
+
+
+def test_two_processes_print_one_header_and_write_each_file_once(three_ways):
+    out = three_ways.two.stdout
+    assert out.count("device cpu x 2 processes") == 1 and out.count("eval at step 0:") == 1
+    assert out.count("best val loss") == 1 and out.count("step 20 / 20") == 1
+    assert sorted(os.listdir(three_ways.root / "two")) == ["best.pt", "ckpt.pt", "log.csv"]  # no temp files left
+    assert "Traceback" not in three_ways.two.stderr
+
+
+def test_batch_size_not_divisible_by_processes_times_grad_accum_names_the_three_numbers(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the check comes before any process group
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--config", "tiny", "--batch_size", "10", "--grad_accum", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--batch_size 10" in err and "2 processes" in err and "--grad_accum 3" in err
+
+
+def processes_naming(text):  # the pids whose command line mentions text (Linux's /proc)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                pids += [pid] if str(text).encode() in f.read() else []
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+def test_sigterm_to_torchrun_stops_every_process_and_resume_under_torchrun_finishes(data_file, tmp_path):
+    out_dir = tmp_path / "run"
+    args = [*TINY_RUN, "--data", data_file, "--out_dir", str(out_dir), "--max_iters", "4000", "--eval_interval",
+            "2000", "--log_interval", "50", "--max_new_tokens", "10"]
+    proc = torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    for line in proc.stdout:  # some steps after the first eval, stop it as a scheduler would
+        if line.startswith("step 100 "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)  # torchrun returns: no process hangs
+    assert rest.count("saved ") == 1 and "--resume" in rest, rest
+    assert "File \"" + os.path.join(HERE, "gpt.py") not in rest  # no traceback from a worker (torchrun has its own)
+    assert processes_naming(out_dir) == [], "worker processes outlived torchrun"
+    stopped_at = torch.load(out_dir / "ckpt.pt", weights_only=True)["iter"]
+    assert 100 <= stopped_at < 4000
+    resumed = torchrun("--resume", "--out_dir", str(out_dir), "--max_iters", str(stopped_at + 20))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(out_dir / "ckpt.pt", weights_only=True)["iter"] == stopped_at + 20
+
+
+def test_sigterm_alone_saves_like_ctrl_c_and_exits_143(data_file, tmp_path):
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *TINY_RUN, "--data", data_file,
+                             "--out_dir", str(tmp_path), "--max_iters", "4000", "--eval_interval", "2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 40 "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert "SIGTERM: finishing this step" in out and "saved " in out
+    assert 40 <= torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] < 4000
+
+
+def test_nan_on_the_processes_stops_them_all_with_one_line(data_file, tmp_path):
+    result = torchrun(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--eval_interval", "5",
+                      "--log_interval", "1", "--learning_rate", "1e6", "--warmup_iters", "0", "--grad_clip", "0")
+    assert result.returncode != 0
+    assert result.stderr.count("error: loss became nan at step") == 1, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+# ----------------------------------------------------------------------------- looking inside: --verbose and plots
+TABLE_ROW = re.compile(r"^ *(\d+) \| +('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") \| (.*)$")
+CANDIDATE = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") (\d\.\d{3})")
+
+
+@pytest.mark.parametrize("sampling", [["--temperature", "0"], ["--top_k", "3"], ["--temperature", "1.2"]])
+def test_verbose_shows_each_choice_and_then_the_same_text(trained, sampling):
+    args = ["--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "40", "--seed", "3", "--prompt", "KING",
+            *sampling]
+    plain, verbose = run_gpt(*args), run_gpt(*args, "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    lines = verbose.stdout.split("\n")
+    assert lines[0].startswith("step | chosen |")
+    rows = [TABLE_ROW.match(line) for line in lines[1:41]]
+    assert all(rows), lines[1:41]
+    for step, row in enumerate(rows, start=1):
+        assert int(row.group(1)) == step
+        candidates = [(ast.literal_eval(t), float(p)) for t, p in CANDIDATE.findall(row.group(3))]
+        probs = [p for _, p in candidates]
+        assert 1 <= len(candidates) <= 5 and all(0 < p <= 1 for p in probs)
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 5 * 0.0005  # printed to 3 places
+        if "--temperature" in sampling and "0" in sampling or "--top_k" in sampling:
+            assert ast.literal_eval(row.group(2)) in [t for t, _ in candidates]
+    assert "\n".join(lines[41:]) == plain.stdout  # the same seed, the same text
+
+
+def test_plot_log_draws_two_runs_into_a_png(trained, three_ways, tmp_path):
+    picture = tmp_path / "loss.png"
+    result = subprocess.run([sys.executable, os.path.join(HERE, "scripts", "plot_log.py"), trained.out_dir,
+                             str(three_ways.root / "one"), "-o", str(picture)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
+
+
+def test_plot_log_says_in_one_line_when_a_folder_has_no_log(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "scripts", "plot_log.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: no log.csv in {tmp_path}; pass the " \
+                                                               f"--out_dir of a gpt.py training run"
