@@ -289,8 +289,7 @@ def stop_signals(group):
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, autocast, share):
-    """Mean loss over eval_iters batches of each split: the same batches at every eval, so evals compare. Each
-    process computes its share of every batch; summed over the processes, all see the same numbers."""
+    """Mean loss over the same eval_iters batches of each split at every eval; each process does its share."""
     model.eval()
     totals = []
     for data in splits.values():
@@ -351,7 +350,7 @@ def fast_paths(model, device, dtype, cfg, data):
             say(f"warning: torch.compile failed, training without it ({type(e).__name__}: "
                 f"{(str(e).splitlines() or [''])[0][:200]})")
             step_model = model
-    return step_model, autocast, scaler, trial(step_model) if device.type == "cpu" else None
+    return step_model, autocast, scaler, min(trial(step_model), trial(step_model)) if device.type == "cpu" else None
 
 def train(cfg, resume=None):
     """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns the exit code."""
@@ -395,8 +394,9 @@ def train(cfg, resume=None):
     if trial_s is not None:  # a CPU: say what the whole run costs before the first (slow) evaluation
         evals = (cfg.max_iters - start_iter) // cfg.eval_interval + 1  # each 2 x eval_iters forward passes
         total_s = trial_s * cfg.grad_accum * (cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3)
-        say(f"one step takes {trial_s * cfg.grad_accum:.2f} s on this CPU: the whole run about "
-            f"{total_s / 60:,.0f} minutes" + ("; --config tiny takes a few" if total_s > 1800 else ""))
+        whole = f"{total_s / 3600:.1f} hours" if total_s > 5400 else f"{total_s / 60:.0f} minutes"
+        say(f"one step takes {trial_s * cfg.grad_accum:.2f} s on this CPU: the whole run about {whole}"
+            + ("; --config tiny trains in minutes" if total_s > 1800 else ""))
     if dist.is_initialized():  # each process computes its share; DDP averages their gradients during backward
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     t_start, elapsed0 = time.time(), log_rows[-1][-1] if log_rows else 0.0  # seconds trained before a resume
@@ -511,7 +511,7 @@ def sample(cfg):
             if cfg.verbose:
                 p, top = probs[0].topk(min(5, probs.size(-1)))
                 print(f"{step:4d} | {show(ids[-1]):>6} | " + "  ".join(
-                    f"{show(t)} {q:.3f}" for q, t in zip(p.tolist(), top.tolist()) if q > 0))
+                    f"{show(t)} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q > 0))
             elif not (text := tokenizer.decode(ids[shown:])).endswith("\ufffd"):  # a character cut across
                 print(text, end="", flush=True)  # BPE tokens waits for the token that completes it
                 shown = len(ids)

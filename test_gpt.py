@@ -816,7 +816,7 @@ def test_nan_on_the_processes_stops_them_all_with_one_line(data_file, tmp_path):
 
 # ----------------------------------------------------------------------------- looking inside: --verbose and plots
 TABLE_ROW = re.compile(r"^ *(\d+) \| +('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") \| (.*)$")
-CANDIDATE = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") (\d\.\d{3})")
+CANDIDATE = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") ([0-9.e+-]+)(?:  |$)")
 
 
 @pytest.mark.parametrize("sampling", [["--temperature", "0"], ["--top_k", "3"], ["--temperature", "1.2"]])
@@ -834,7 +834,7 @@ def test_verbose_shows_each_choice_and_then_the_same_text(trained, sampling):
         candidates = [(ast.literal_eval(t), float(p)) for t, p in CANDIDATE.findall(row.group(3))]
         probs = [p for _, p in candidates]
         assert 1 <= len(candidates) <= 5 and all(0 < p <= 1 for p in probs)
-        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 5 * 0.0005  # printed to 3 places
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 5 * 0.0005  # printed to 3 digits
         if "--temperature" in sampling and "0" in sampling or "--top_k" in sampling:
             assert ast.literal_eval(row.group(2)) in [t for t, _ in candidates]
     assert "\n".join(lines[41:]) == plain.stdout  # the same seed, the same text
