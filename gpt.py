@@ -60,12 +60,12 @@ def pick_device(name="auto", dtype="auto"):
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
         raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto or cpu")
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if name == "cuda" else name)  # torchrun: a GPU each
-    if dtype == "auto":  # bf16 only where tensor cores compute it (compute capability 8.0+: A100, L4, H100).
-        # Not torch.cuda.is_bf16_supported(): it also says yes on a T4 or V100, which only emulate bf16, slowly.
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if name == "cuda" else name)
+    if dtype == "auto":  # bf16 only where the GPU computes it natively: compute capability 8.0+ (A100, H100).
+        # Not torch.cuda.is_bf16_supported(): it says yes on a T4 or V100 too, which only emulate bf16.
         native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
         dtype = "float32" if device.type != "cuda" else "bfloat16" if native_bf16 else "float16"
-    old_torch = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)  # MPS has a GradScaler from 2.8 on
+    old_torch = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)  # no GradScaler for MPS
     if device.type == "mps" and dtype == "float16" and old_torch:
         raise GPTError(f"--dtype float16 on MPS needs PyTorch 2.8 or newer (this is {torch.__version__}); "
                        "use --dtype bfloat16 or float32")
@@ -118,16 +118,16 @@ def load_data(path, block_size):
     return tokenizer, splits
 
 def get_batch(data, batch_size, block_size, generator):
-    """batch_size random windows of the text, block_size + 1 characters each: (B, T+1), on the CPU."""
+    """batch_size random windows of the text, block_size + 1 characters each: (B, T+1)."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window starts
     return data[ix[:, None] + torch.arange(block_size + 1)]
 
 def micro_batches(windows, rank, world_size, grad_accum, device):
-    """This process's share of a batch every process drew alike: the rank-th of world_size slices, in
-    grad_accum micro-batches, so the data order is the same on 1 process or 8. Inputs x, targets y: (B, T)."""
+    """This process's slice of a batch all processes drew alike, as grad_accum micro-batches (x, y)."""
     mine = windows.chunk(world_size * grad_accum)[rank * grad_accum:(rank + 1) * grad_accum]
-    # On CUDA from pinned memory, so that the copy overlaps the GPU's work.
-    mine = [w.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else w.to(device) for w in mine]
+    if device.type == "cuda":  # from pinned memory the copy overlaps the GPU's work
+        mine = [w.pin_memory().to(device, non_blocking=True) for w in mine]
+    mine = [w.to(device) for w in mine]
     return [(w[:, :-1], w[:, 1:]) for w in mine]
 
 # ----------------------------------------------------------------------------- model
@@ -264,9 +264,8 @@ def load_checkpoint(path, what_to_do):  # weights_only: tensors and plain data o
 # ----------------------------------------------------------------------------- training loop
 @contextmanager
 def stop_signals(group):
-    """Ctrl-C and SIGTERM (torchrun shutting down, a cluster preempting the job) only raise a flag. After each
-    step all processes vote with agreed_stop(), so all save the same step and exit. Alone, a second Ctrl-C
-    stops at once (not under torchrun, which passes each signal on to its workers)."""
+    """Ctrl-C and SIGTERM (torchrun stopping, a cluster preempting) raise a flag; after each step the
+    processes vote with agreed_stop(), so all save the same step. Alone, a second Ctrl-C stops at once."""
     received = []
     def handler(signum, frame):
         if "RANK" not in os.environ:
@@ -274,13 +273,13 @@ def stop_signals(group):
                 raise KeyboardInterrupt
             say(f"\n{signal.Signals(signum).name}: finishing this step, then saving ckpt.pt")
         received.append(signum)
-    def agreed_stop():  # the signal to stop on, 0 to go on: a max over the processes that waits for no GPU
+    def agreed_stop():  # the signal to stop on, or 0: a max over the processes, on the CPU
         vote = torch.tensor(received[:1] or [0])
         if group is not None:
             dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
         return vote.item()
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    main_thread = threading.current_thread() is threading.main_thread()  # only it handles signals
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
     try:
         yield agreed_stop
     finally:
@@ -289,7 +288,7 @@ def stop_signals(group):
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, autocast, share):
-    """Mean loss over the same eval_iters batches of each split at every eval; each process does its share."""
+    """Mean loss over the same eval_iters batches of each split at every eval (each process: its share)."""
     model.eval()
     totals = []
     for data in splits.values():
@@ -303,19 +302,20 @@ def estimate_loss(model, splits, cfg, autocast, share):
     if world_size > 1:
         dist.all_reduce(totals)
     model.train()
-    return {name: t / (cfg.eval_iters * cfg.grad_accum * world_size) for name, t in zip(splits, totals.tolist())}
+    count = cfg.eval_iters * cfg.grad_accum * world_size  # micro-batch means summed over the processes
+    return {name: total / count for name, total in zip(splits, totals.tolist())}
 
 def train_step(step_model, optimizer, scaler, autocast, batches, lr, grad_clip):
-    """One optimizer step on this process's micro-batches [(x, y), ...], whose gradients add up to the mean
-    over the whole batch. Returns the mean loss, left on the device (reading it syncs)."""
+    """One step on this process's micro-batches [(x, y), ...]; returns the mean loss, on the device."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
-    for i, (x, y) in enumerate(batches):  # DDP averages gradients over processes after the last one only
-        with nullcontext() if i == len(batches) - 1 or not isinstance(step_model, DDP) else step_model.no_sync():
+    for i, (x, y) in enumerate(batches):  # DDP averages the processes' gradients after the last only
+        last = i == len(batches) - 1 or not isinstance(step_model, DDP)
+        with nullcontext() if last else step_model.no_sync():
             with autocast:
                 _, loss = step_model(x, y)
-            scaler.scale(loss / len(batches)).backward()  # scaled only in float16, whose small gradients underflow
+            scaler.scale(loss / len(batches)).backward()  # the micro-batches' grads add up to the batch mean
         total += loss.detach()
     scaler.unscale_(optimizer)
     if grad_clip > 0:  # one freak batch must not undo hours of training
@@ -326,41 +326,42 @@ def train_step(step_model, optimizer, scaler, autocast, batches, lr, grad_clip):
     return total / len(batches)
 
 def fast_paths(model, device, dtype, cfg, data):
-    """The speed switches, decided here for train() and bench.py: TF32 matmuls, autocast (with a GradScaler for
-    float16), and torch.compile, tried on a real batch: any failure (no Triton, an old GPU) means eager. Returns
-    the model to step with, autocast, the scaler, and on a CPU the seconds one micro-batch takes."""
+    """The speed switches for train() and bench.py: TF32, autocast (+ a GradScaler for float16), and
+    torch.compile, tried on a real batch (failing: eager). On a CPU also a step's time, for estimates."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    micro_batch = cfg.batch_size // (dist.get_world_size() if dist.is_initialized() else 1) // cfg.grad_accum
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
     def trial(step_model):  # forward and backward, undone: the run's RNG and gradients stay as they were
         t0 = time.time()
         try:
-            with torch.random.fork_rng(devices=[]), autocast:  # get_batch(generator=None) draws from torch's
-                x, y = micro_batches(get_batch(data, micro_batch, cfg.block_size, None), 0, 1, 1, device)[0]
-                step_model(x, y)[1].backward()
+            with torch.random.fork_rng(devices=[]), autocast:  # get_batch(..., None) uses torch's generator
+                windows = get_batch(data, cfg.batch_size // world_size // cfg.grad_accum, cfg.block_size, None)
+                step_model(*micro_batches(windows, 0, 1, 1, device)[0])[1].backward()
         finally:
             model.zero_grad(set_to_none=True)
         return time.time() - t0
     step_model = model
-    if cfg.compile if cfg.compile is not None else device.type == "cuda" and sys.platform == "linux":
+    if cfg.compile or cfg.compile is None and device.type == "cuda" and sys.platform == "linux":
         try:
             trial(step_model := torch.compile(model))
         except Exception as e:
             say(f"warning: torch.compile failed, training without it ({type(e).__name__}: "
                 f"{(str(e).splitlines() or [''])[0][:200]})")
             step_model = model
-    return step_model, autocast, scaler, min(trial(step_model), trial(step_model)) if device.type == "cpu" else None
+    step_s = min(trial(step_model), trial(step_model)) if device.type == "cpu" else None  # the first warms up
+    return step_model, autocast, scaler, step_s
 
 def train(cfg, resume=None):
     """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns the exit code."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
     rank, world_size, vote_group = 0, 1, None
-    if "RANK" in os.environ:  # started by torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE: join the others
+    if "RANK" in os.environ:  # started by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE): join the others
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # NCCL between GPUs, gloo between CPUs
-        rank, world_size, vote_group = dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # NCCL: GPUs, gloo: CPUs
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        vote_group = dist.new_group(backend="gloo")  # for the stop vote, which must not wait for a GPU
     tokenizer, splits = load_data(cfg.data, cfg.block_size)
     cfg.vocab_size = len(tokenizer.vocab)
     if resume is not None and resume["vocab"] != tokenizer.vocab:
@@ -373,8 +374,8 @@ def train(cfg, resume=None):
         os.remove(path(f".write_test{rank}"))
     except OSError as e:
         raise GPTError(f"output folder {cfg.out_dir} is not writable ({e.strerror}); pass --out_dir DIR") from None
-    torch.manual_seed(cfg.seed + rank)  # the init and dropout draw from torch's global generator (DDP gives
-    batch_generator = torch.Generator().manual_seed(cfg.seed)  # all rank 0's weights); the batches from their own
+    torch.manual_seed(cfg.seed + rank)  # init and dropout draw from torch's generator (DDP copies rank 0's
+    batch_generator = torch.Generator().manual_seed(cfg.seed)  # weights to all); the batches from their own
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer = make_optimizer(model, cfg, device)
     start_iter, best_val_loss, log_rows = 0, float("inf"), []
@@ -391,19 +392,19 @@ def train(cfg, resume=None):
         f" | compile {'on' if step_model is not model else 'off'}"
         f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
         f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens")
-    if trial_s is not None:  # a CPU: say what the whole run costs before the first (slow) evaluation
-        evals = (cfg.max_iters - start_iter) // cfg.eval_interval + 1  # each 2 x eval_iters forward passes
+    if trial_s is not None:  # a CPU: say what the whole run costs before the first (slow) eval
+        evals = (cfg.max_iters - start_iter) // cfg.eval_interval + 1  # each: 2 x eval_iters forwards
         total_s = trial_s * cfg.grad_accum * (cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3)
         whole = f"{total_s / 3600:.1f} hours" if total_s > 5400 else f"{total_s / 60:.0f} minutes"
         say(f"one step takes {trial_s * cfg.grad_accum:.2f} s on this CPU: the whole run about {whole}"
             + ("; --config tiny trains in minutes" if total_s > 1800 else ""))
-    if dist.is_initialized():  # each process computes its share; DDP averages their gradients during backward
+    if dist.is_initialized():  # each process its share; DDP averages the gradients during backward
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     t_start, elapsed0 = time.time(), log_rows[-1][-1] if log_rows else 0.0  # seconds trained before a resume
     since = dict(iter=start_iter, time=t_start)  # the stretch since the last eval: tokens/s and ETA
     def share(windows):
         return micro_batches(windows, rank, world_size, cfg.grad_accum, device)
-    def checkpoint(done, evaluate):  # every process evaluates; process 0 writes best.pt, ckpt.pt and log.csv
+    def checkpoint(done, evaluate):  # all processes evaluate; process 0 writes best.pt, ckpt.pt, log.csv
         nonlocal best_val_loss
         state = dict(model=model.state_dict(), config=vars(cfg).copy(), vocab=tokenizer.vocab, iter=done)
         if evaluate:
@@ -436,7 +437,7 @@ def train(cfg, resume=None):
             if done % cfg.log_interval == 0 or evaluate:  # .item() waits for the GPU, so not at every step
                 if world_size > 1:  # the whole batch's loss; a NaN on any process stops them all
                     dist.all_reduce(loss)
-                if not math.isfinite(loss := loss.item() / world_size):  # before any eval: no NaN is ever saved
+                if not math.isfinite(loss := loss.item() / world_size):  # before any eval: no NaN saved
                     raise GPTError(f"loss became {loss} at step {done}; {cfg.out_dir}/ckpt.pt and best.pt "
                                    f"keep the last good state. Try a lower --learning_rate (now {cfg.learning_rate})")
                 step_s = (time.time() - since["time"]) / (done - since["iter"])
@@ -448,8 +449,8 @@ def train(cfg, resume=None):
             if evaluate or stop:
                 checkpoint(done, evaluate)
             if stop:
-                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue with the same command and --resume")
-                return 128 + stop  # the shell's convention: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
+                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue: the same command, --resume")
+                return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     say(f"best val loss {best_val_loss:.4f}, in {cfg.out_dir}/best.pt. A taste of it:")
     if rank > 0:
         return 0
@@ -459,8 +460,8 @@ def train(cfg, resume=None):
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
-    """Yield max_new_tokens new token ids, (B, 1) each, continuing idx (B, T), with the probabilities they were
-    drawn from, (B, vocab_size). temperature 0 is greedy (argmax); top_k keeps only the k likeliest tokens."""
+    """Yield max_new_tokens new token ids, (B, 1) each, continuing idx (B, T), with the probabilities
+    they were drawn from (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
     # The model knows only positions 0..block_size-1. When the context outgrows that, the window slides
     # a quarter block at once: positions restart from 0, so the cache is rebuilt once per block_size/4
     # tokens instead of at every token, and the model still always sees at least 3/4 of a block.
@@ -487,8 +488,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         yield next_id, probs
 
 def sample(cfg):
-    """Stream text from best.pt to stdout and everything else to stderr (so `> poem.txt` keeps the poem).
-    --verbose: first a line per new token, with the five likeliest candidates, then the whole text."""
+    """Stream text from best.pt to stdout and all else to stderr (so `> poem.txt` keeps the poem).
+    --verbose: first a line per new character with the five likeliest, then the whole text."""
     path = os.path.join(cfg.out_dir, "best.pt")
     ckpt = load_checkpoint(path, "train one first: python gpt.py --config tiny"
                            + (f" --out_dir {cfg.out_dir}" if cfg.out_dir != DEFAULTS["out_dir"] else ""))
@@ -499,12 +500,11 @@ def sample(cfg):
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) on {device}", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
-    show = lambda i: repr(tokenizer.decode([i]))  # a token as a literal: '\n' for a newline, ' the' for BPE
+    show = lambda i: repr(tokenizer.decode([i]))  # a character as a literal: a newline shows as '\n'
     for i in range(cfg.num_samples):
-        print("\n---" if i else "", end="\n" if i else "", flush=True)
-        print("step | chosen | the five likeliest tokens and their probabilities" if cfg.verbose else prompt,
-              end="\n" if cfg.verbose else "", flush=True)
-        ids, shown = [], 0  # shown: how many of ids are printed
+        header = "step | chosen | the five likeliest and their probabilities\n" if cfg.verbose else prompt
+        print(("\n---\n" if i else "") + header, end="", flush=True)
+        ids = []
         for step, (next_id, probs) in enumerate(
                 generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator), start=1):
             ids.append(next_id.item())
@@ -512,10 +512,10 @@ def sample(cfg):
                 p, top = probs[0].topk(min(5, probs.size(-1)))
                 print(f"{step:4d} | {show(ids[-1]):>6} | " + "  ".join(
                     f"{show(t)} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q > 0))
-            elif not (text := tokenizer.decode(ids[shown:])).endswith("\ufffd"):  # a character cut across
-                print(text, end="", flush=True)  # BPE tokens waits for the token that completes it
-                shown = len(ids)
-        print(prompt + tokenizer.decode(ids) if cfg.verbose else tokenizer.decode(ids[shown:]), end="", flush=True)
+            else:
+                print(tokenizer.decode(ids[-1:]), end="", flush=True)
+        if cfg.verbose:
+            print(prompt + tokenizer.decode(ids), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.time() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
@@ -533,7 +533,7 @@ def parse_args(argv):
                                 argument_default=argparse.SUPPRESS, allow_abbrev=False)  # only flags given
     p.add_argument("--sample", action="store_true", default=False, help="write text from out_dir/best.pt")
     p.add_argument("--resume", action="store_true", default=False, help="continue training from out_dir/ckpt.pt")
-    p.add_argument("--verbose", action="store_true", help="--sample: show each token's five likeliest candidates")
+    p.add_argument("--verbose", action="store_true", help="--sample: each step's five likeliest characters")
     p.add_argument("--config", choices=PRESETS, help="preset (default medium); other flags override its fields")
     for name in ("data", "out_dir", "prompt"):
         p.add_argument(f"--{name}")
@@ -576,8 +576,8 @@ def main(argv=None):
             parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
         if cfg.batch_size % (world_size * cfg.grad_accum):
-            parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x --grad_accum "
-                         f"{cfg.grad_accum}: every micro-batch must have the same size")
+            parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
+                         f"--grad_accum {cfg.grad_accum}: every micro-batch must have the same size")
         differ = [f"{k} {resume['config'][k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]
                   if resume and resume["config"][k] != getattr(cfg, k)]
         if differ:
