@@ -16,7 +16,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -173,9 +172,10 @@ def bench_microgpt(steps):
     model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=n_head,
                                   n_embd=16, dropout=0.0))
     optimizer = gpt.make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    shape = argparse.Namespace(compile=False, batch_size=1, block_size=block_size, grad_accum=1)
+    step_model, autocast, scaler, _ = gpt.fast_paths(model, device, torch.float32, shape, torch.tensor(seq))
     x, y = torch.tensor([seq[:-1]]), torch.tensor([seq[1:]])
-    torch_s, _ = timed(lambda: gpt.train_step(model, optimizer, scaler, nullcontext(), [(x, y)], 1e-2, 1.0),
+    torch_s, _ = timed(lambda: gpt.train_step(step_model, optimizer, scaler, autocast, [(x, y)], 1e-2, 1.0),
                        device, max(steps, 20), 10)
     micro_s = statistics.median(micro_times[1:] or micro_times)
     n_params = len(params)
