@@ -449,13 +449,13 @@ def train(cfg, resume=None):
             if evaluate or stop:
                 checkpoint(done, evaluate)
             if stop:
-                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue: the same command, --resume")
+                run = "torchrun --standalone --nproc_per_node N gpt.py" if world_size > 1 else "python gpt.py"
+                say(f"saved {cfg.out_dir}/ckpt.pt at iter {done}; continue with: "
+                    f"{run} --resume --out_dir {cfg.out_dir}")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     say(f"best val loss {best_val_loss:.4f}, in {cfg.out_dir}/best.pt. A taste of it:")
-    if rank > 0:
-        return 0
-    return sample(SimpleNamespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1, "prompt": "",
-                                     "verbose": False}))
+    taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
+    return sample(SimpleNamespace(**{**vars(cfg), **taste})) if rank == 0 else 0
 
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
