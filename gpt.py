@@ -125,9 +125,8 @@ def get_batch(data, batch_size, block_size, generator):
 def micro_batches(windows, rank, world_size, grad_accum, device):
     """This process's slice of a batch all processes drew alike, as grad_accum micro-batches (x, y)."""
     mine = windows.chunk(world_size * grad_accum)[rank * grad_accum:(rank + 1) * grad_accum]
-    if device.type == "cuda":  # from pinned memory the copy overlaps the GPU's work
-        mine = [w.pin_memory().to(device, non_blocking=True) for w in mine]
-    mine = [w.to(device) for w in mine]
+    pinned = device.type == "cuda"  # from pinned memory, the copy to the GPU overlaps its work
+    mine = [(w.pin_memory() if pinned else w).to(device, non_blocking=pinned) for w in mine]
     return [(w[:, :-1], w[:, 1:]) for w in mine]
 
 # ----------------------------------------------------------------------------- model
