@@ -104,7 +104,7 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        batches = gpt.micro_batches(gpt.get_batch(data, cfg.batch_size, cfg.block_size, generator), 0, 1, 1, device)
+        batches = gpt.micro_batches(gpt.get_batch(data, cfg.batch_size, cfg.block_size, generator), 1, device)
         gpt.train_step(step_model, optimizer, scaler, autocast, batches, cfg.learning_rate, cfg.grad_clip)
 
     step_s, n = timed(step, device, iters, max_seconds)

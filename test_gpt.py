@@ -760,6 +760,14 @@ def test_batch_size_not_divisible_by_processes_times_grad_accum_names_the_three_
     assert "--batch_size 10" in err and "2 processes" in err and "--grad_accum 3" in err
 
 
+def test_a_usage_error_under_torchrun_is_printed_once(data_file, tmp_path):
+    result = torchrun("--config", "tiny", "--batch_size", "15", "--data", data_file, "--out_dir", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.count("gpt.py: error: --batch_size 15 is not divisible by 2 processes") == 1, result.stderr
+    assert result.stderr.count("usage: gpt.py") == 1  # torchrun adds its own report of the failed workers
+    assert "File \"" + os.path.join(HERE, "gpt.py") not in result.stderr  # and no worker's traceback
+
+
 def processes_naming(text):  # the pids whose command line mentions text (Linux's /proc)
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
