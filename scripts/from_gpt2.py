@@ -1,0 +1,112 @@
+"""
+from_gpt2.py: OpenAI's GPT-2 weights as a gpt.py checkpoint, so the model you read in gpt.py runs
+the real thing (nanoGPT's GPT.from_pretrained, as a script beside the tutorial).
+
+    python scripts/from_gpt2.py gpt2 --out_dir out_gpt2          # 124M; also gpt2-medium, -large, -xl
+    python gpt.py --sample --out_dir out_gpt2 --prompt "The meaning of life is"
+    python scripts/prepare.py my_text.txt --out data/mine --tokenizer gpt2
+    python gpt.py --init_from out_gpt2/best.pt --data data/mine --out_dir out_mine   # fine-tune
+
+It loads the weights with Hugging Face transformers (GPT2LMHeadModel.from_pretrained: a name on the
+Hub, downloaded once and cached, or a local folder it saved), copies them onto gpt.py's GPT, and
+writes OUT_DIR/best.pt in gpt.py's own format: the config (GPT-2's shape, block_size 1024, vocab
+50,257, the tanh GELU), GPT-2's tokenizer (so --sample needs nothing else) and iter 0. GPT-2 and
+gpt.py's model are the same network under the same names; only Hugging Face's Conv1D layers store
+their weight matrices transposed. Needs: pip install -e ".[gpt2]".
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpt  # noqa: E402  the model and the checkpoint format this writes
+
+SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 350M, 774M, 1558M parameters
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Fine-tuning starts gently: a small learning rate, constant, and a short run (nanoGPT's
+# finetune_shakespeare); flags given with --init_from override any of these.
+FINE_TUNING = dict(batch_size=8, block_size=1024, max_iters=100, eval_interval=20, eval_iters=20,
+                   learning_rate=3e-5, min_lr=3e-5, warmup_iters=0, dropout=0.0)
+
+
+def byte_of_character():
+    """GPT-2's vocab.json writes each byte as a printable character; this undoes it."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+def tokenizer_spec(source, vocab_size):
+    """GPT-2's tokens as gpt.py keeps them: each token's bytes in id order, end-of-text last."""
+    if os.path.isdir(source):
+        path = os.path.join(source, "vocab.json")
+        if not os.path.isfile(path):
+            raise gpt.GPTError(f"{source} has no vocab.json: GPT-2's tokens are needed beside its weights")
+    else:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(source, "vocab.json")
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    decode = byte_of_character()
+    by_id = {i: token for token, i in vocab.items()}
+    if sorted(by_id) != list(range(vocab_size)) or by_id[vocab_size - 1] != "<|endoftext|>":
+        raise gpt.GPTError(f"{path} does not hold {vocab_size} tokens ending with <|endoftext|>, as GPT-2's does")
+    tokens = [bytes(decode[c] for c in by_id[i]).decode("latin-1") for i in range(vocab_size - 1)]
+    return {"name": "gpt2", "pattern": GPT2_PATTERN, "tokens": tokens}
+
+
+def convert(hf_model):
+    """gpt.py's GPT with the weights of a transformers GPT2LMHeadModel, and its config."""
+    c = hf_model.config
+    if c.model_type != "gpt2" or c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn:
+        raise gpt.GPTError(f"this is not a plain GPT-2 model (model_type {c.model_type})")
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}.get(c.activation_function)
+    if gelu is None:
+        raise gpt.GPTError(f"GPT-2 with activation {c.activation_function} is not one gpt.py computes")
+    config = {**gpt.DEFAULTS, **FINE_TUNING, "config": None, "n_layer": c.n_layer, "n_head": c.n_head,
+              "n_embd": c.n_embd, "block_size": c.n_positions, "vocab_size": c.vocab_size, "gelu": gelu}
+    model = gpt.GPT(gpt.GPTConfig(**{k: config[k] for k in gpt.MODEL_KEYS}, dropout=0.0))
+    theirs = hf_model.state_dict()
+    ours = {k: theirs[k].t() if k.endswith(CONV1D) else theirs[k] for k in model.state_dict()}
+    model.load_state_dict(ours)  # strict: every name matched, every shape right
+    return model, config
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write OpenAI's GPT-2 as a gpt.py checkpoint.")
+    p.add_argument("source", nargs="?", default="gpt2", help=f"{', '.join(SIZES)}, or a local folder")
+    p.add_argument("--out_dir", default="out_gpt2", help="where best.pt goes (default out_gpt2)")
+    args = p.parse_args(argv)
+    try:
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise gpt.GPTError('this needs transformers: pip install -e ".[gpt2]" (or pip install transformers)')
+        if not os.path.isdir(args.source) and args.source not in SIZES:
+            raise gpt.GPTError(f"{args.source} is neither a folder nor one of {', '.join(SIZES)}")
+        try:
+            hf_model = GPT2LMHeadModel.from_pretrained(args.source)
+        except (OSError, ValueError) as e:
+            where = "the folder" if os.path.isdir(args.source) else "no network and no cached copy"
+            raise gpt.GPTError(f"cannot load {args.source} ({where}): {str(e).splitlines()[0]}") from None
+        model, config = convert(hf_model)
+        spec = tokenizer_spec(args.source, config["vocab_size"])
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = os.path.join(args.out_dir, "best.pt")
+        gpt.save_atomic(dict(model=model.state_dict(), config=config, tokenizer=spec, vocab=None, iter=0,
+                             best_val_loss=float("nan")), path)
+    except gpt.GPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = sum(t.numel() for t in model.parameters())
+    print(f"wrote {path}: GPT-2 with {n / 1e6:.0f}M parameters ({config['n_layer']} layers, {config['n_head']} "
+          f"heads, {config['n_embd']} wide). Try: python gpt.py --sample --out_dir {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
