@@ -6,7 +6,7 @@ bench.py: how fast gpt.py trains and samples on this machine, on every device it
     python bench.py --microgpt                       # also microgpt.py vs gpt.py at microgpt's shape, on the CPU
 
 It imports gpt.py and times gpt.py's own model and train_step, with the precision and compile setting a
-training run would pick on that device. Each timing is the median of --iters steps after warm-up, with the
+training run would pick on that device (on a CPU that computes bfloat16 natively, float32 too, beside it). Each timing is the median of --iters steps after warm-up, with the
 device synchronized before every clock read. Speeds on shared machines are noisy: compare numbers taken in
 the same run, not across runs.
 """
@@ -89,8 +89,8 @@ def timed(fn, device, iters, max_seconds):
     return statistics.median(times), len(times)
 
 
-def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size=None):
-    device, dtype = gpt.pick_device(device_type)
+def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size=None, dtype="auto"):
+    device, dtype = gpt.pick_device(device_type, dtype)
     preset = gpt.PRESETS[config]
     cfg = argparse.Namespace(**{**gpt.DEFAULTS, **preset, "vocab_size": 65})
     cfg.batch_size = batch_size or cfg.batch_size
@@ -211,8 +211,12 @@ def main():
     print(f"torch {torch.__version__} | python {platform.python_version()}")
     for d in devices:
         print(f"{d}: {device_name(d)}")
-    records = [bench_one(d, c, args.iters, args.sample_tokens, args.max_seconds, args.batch_size)
-               for d in devices for c in configs]
+    records = []
+    for d in devices:
+        # A CPU that computes bfloat16 natively trains in it (gpt.py's choice): float32 beside it, to compare.
+        dtypes = ["auto"] + (["float32"] if d == "cpu" and gpt.pick_device("cpu")[1] != torch.float32 else [])
+        records += [bench_one(d, c, args.iters, args.sample_tokens, args.max_seconds, args.batch_size, t)
+                    for c in configs for t in dtypes]
     print(markdown([row(r) for r in records]))
     print(f"MFU: model FLOPs (6 per non-position weight + 12·n_layer·n_embd·block_size per token) over the "
           f"data-sheet peak, where known: {', '.join(PEAK_TFLOPS)}. Sampling: {args.sample_tokens} new tokens, "

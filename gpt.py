@@ -7,14 +7,14 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     torchrun --standalone --nproc_per_node 4 gpt.py --config medium   # the same run on 4 GPUs
 
 It is GPT-2 (pre-LayerNorm blocks, learned positions, biases, output head tied to the token
-embedding, N(0, 0.02) init with residual projections scaled by 1/sqrt(2·n_layer)), small, and
-differs only in:
-- tokens are the text's own characters (about 65 for Shakespeare), not GPT-2's 50257 BPE tokens;
-- the GELU is the exact erf form, not GPT-2's tanh approximation;
+embedding, N(0, 0.02) init, residual projections scaled by 1/sqrt(2·n_layer)), small, but:
+- tokens are the text's own characters (65 for Shakespeare), not GPT-2's 50257 BPE tokens
+  (scripts/prepare.py makes BPE tokens for bigger texts);
+- the GELU is exact erf, not GPT-2's tanh approximation (which scripts/from_gpt2.py's GPT-2 uses);
 - AdamW's beta2 is 0.99, not 0.999: with small batches the second moment should forget faster.
 microgpt.py computes the same function with plain Python floats; test_gpt.py proves they agree.
 """
-import argparse, math, os, sys, time
+import argparse, json, math, os, sys, time
 import signal, threading  # Ctrl-C and SIGTERM save the run before it stops
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
 from contextlib import contextmanager, nullcontext
@@ -28,30 +28,24 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 # ------------------------------------------------------------ config
-# The architecture of each preset is fixed (SPEC §2). tiny's and small's batch, steps and learning
-# rate are tuned for the best text in about 4 and 20 minutes on a 2-core CPU; medium is nanoGPT's
-# shakespeare_char recipe, for a GPU.
-PRESETS = {
-    "tiny": dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=16, max_iters=1500,
-                 eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4,
-                 warmup_iters=50),
-    "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
-                  eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4,
-                  warmup_iters=50),
-    "medium": dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
-                   eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4,
-                   warmup_iters=100)}
-DEFAULTS = dict(
+# The architecture of each preset is fixed (SPEC §2); tiny and small are tuned for the best text in
+# about 4 and 20 minutes on a 2-core CPU; medium is nanoGPT's shakespeare_char recipe, for a GPU.
+PRESETS = dict(
+    tiny=dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=16, max_iters=1500,
+              eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4, warmup_iters=50),
+    small=dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
+               eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
+    medium=dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
+                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100))
+DEFAULTS = dict(  # compile None: on for CUDA on Linux only; lr_decay_iters None: until max_iters
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto",
-    compile=None,  # None: on for CUDA on Linux, where it pays off; off elsewhere
-    block_size=256, grad_accum=1, lr_decay_iters=None,  # None: decay until max_iters
-    weight_decay=0.1, grad_clip=1.0, log_interval=10, seed=1337,
-    prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1, verbose=False)
+    compile=None, block_size=256, grad_accum=1, lr_decay_iters=None, weight_decay=0.1, seed=1337,
+    grad_clip=1.0, log_interval=10, gelu="exact", prompt="", max_new_tokens=500, temperature=0.8,
+    top_k=None, num_samples=1, verbose=False)
 LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")  # log.csv
-SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # what the flags may not change on --resume
-MODEL_KEYS = (*SHAPE, "vocab_size")  # the GPTConfig fields a checkpoint's config holds
-TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
-                        "tinyshakespeare/input.txt")
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # what flags may not change in a checkpoint
+MODEL_KEYS = (*SHAPE, "vocab_size", "gelu")  # the GPTConfig fields a checkpoint's config holds
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 class GPTError(Exception):
     """A problem the user can fix: main prints it as one line, never a traceback."""
@@ -61,64 +55,87 @@ def say(*args, **kwargs):  # under torchrun, process 0 speaks for all of them
         print(*args, **kwargs, flush=True)
 
 def pick_device(name="auto", dtype="auto"):
-    """Device and precision are decided here, once; the model reads its device from its inputs.
-    bf16 has float32's range, so it trains without loss scaling; fp16 needs a GradScaler. MPS and
-    CPU stay float32: their half-precision math is no faster for models this small, and less exact."""
-    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
-    name = next(d for d in available if available[d]) if name == "auto" else name
-    if not available[name]:
-        raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto or cpu")
+    """Device and precision, decided once; the model reads its device from its inputs. bfloat16 only
+    where computed natively: it needs no loss scaling, float16 a GradScaler."""
+    has = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
+    name = next(d for d in has if has[d]) if name == "auto" else name
+    if not has[name]:
+        raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto")
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if name == "cuda" else name)
-    if dtype == "auto" and device.type == "cuda":  # bf16 where the GPU computes it natively: A100, H100
-        # (compute capability 8.0+). Not torch.cuda.is_bf16_supported(): it says yes on a T4 or V100
-        # too, which only emulate bf16. They get float16 and a GradScaler.
+    if dtype == "auto" and device.type == "cuda":  # A100, H100: compute capability 8.0 and up. Not
+        # torch.cuda.is_bf16_supported(): it says yes on a T4 or V100, which only emulate bf16.
         dtype = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
-    dtype = "float32" if dtype == "auto" else dtype
-    old_torch = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)  # no GradScaler for MPS
-    if device.type == "mps" and dtype == "float16" and old_torch:
-        raise GPTError(f"--dtype float16 on MPS needs PyTorch 2.8 or newer (this is {torch.__version__});"
-                       " use --dtype bfloat16 or float32")
+    elif dtype == "auto":  # MPS: float32, its half precision is no faster for models this small
+        dtype = "bfloat16" if device.type == "cpu" and native_cpu_bf16() else "float32"
     return device, getattr(torch, dtype)
+
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids, most cloud VMs)
+    if not os.path.exists(cpuinfo):  # and AVX-512 BF16 (also AMD's Zen 4) do bf16 matmuls natively,
+        return False  # about twice as fast as float32. Linux lists them; elsewhere: float32
+    with open(cpuinfo, encoding="utf-8") as f:
+        return bool({"amx_bf16", "avx512_bf16"} & set(f.read().split()))
 
 # ------------------------------------------------------------ data and tokenizer
 class CharTokenizer:
     """Each distinct character is one token, numbered in sorted order: one text, one vocabulary."""
-    def __init__(self, vocab):  # the characters in id order, one string (as checkpoints store it)
-        self.vocab, self.vocab_size = vocab, len(vocab)
+    def __init__(self, vocab):  # the characters in id order, one string (as checkpoints keep it)
+        self.vocab, self.vocab_size, self.spec = vocab, len(vocab), {"name": "char", "vocab": vocab}
         self.stoi = {ch: i for i, ch in enumerate(vocab)}
     def encode(self, s):
         unknown = sorted(set(s) - self.stoi.keys())
         if unknown:
-            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} "
-                           f"(it knows {self.vocab!r})")
+            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} (it knows {self.vocab!r})")
         return [self.stoi[ch] for ch in s]
     def decode(self, ids):
         return "".join(self.vocab[i] for i in ids)
 
+class BPETokenizer:
+    """Byte-level BPE run by tiktoken (GPT-2's tokens, or learned by scripts/prepare.py): any text
+    encodes, even characters it never saw, as their UTF-8 bytes."""
+    def __init__(self, spec):  # the split pattern, and each token's bytes (as latin-1) in id order
+        ranks = {token.encode("latin-1"): i for i, token in enumerate(spec["tokens"])}
+        try:  # optional packages are imported only by the feature that needs them
+            import tiktoken
+        except ImportError:
+            raise GPTError('tiktoken is not installed: pip install -e ".[bpe]"') from None
+        self.enc = tiktoken.Encoding(spec["name"], pat_str=spec["pattern"], mergeable_ranks=ranks,
+                                     special_tokens={"<|endoftext|>": len(ranks)})  # ends documents
+        self.spec, self.vocab_size = spec, len(ranks) + 1
+    def encode(self, s):
+        return self.enc.encode_ordinary(s)  # "<|endoftext|>" typed in a text is just text
+    def decode(self, ids):  # a character cut across tokens reads "\ufffd" until it is whole
+        return self.enc.decode(ids)
+
+def make_tokenizer(spec):  # from the plain data a checkpoint or a prepared folder keeps
+    return CharTokenizer(spec["vocab"]) if spec["name"] == "char" else BPETokenizer(spec)
+
 def find_text(path):
-    """The default text is also looked for next to this script, and downloaded when gpt.py runs
-    alone (a notebook with only gpt.py pasted in)."""
-    here = os.path.dirname(os.path.abspath(globals().get("__file__", "gpt.py")))
-    beside = os.path.join(here, path)
-    if os.path.exists(path) or path != DEFAULTS["data"]:
-        return path
-    if os.path.exists(beside):
-        return beside
+    """The default text may sit next to this script, or is downloaded (gpt.py pasted alone)."""
+    beside = os.path.join(os.path.dirname(globals().get("__file__", "")), path)
+    if os.path.exists(path) or path != DEFAULTS["data"] or os.path.exists(beside):
+        return path if os.path.exists(path) or path != DEFAULTS["data"] else beside
     say(f"{path} not found: downloading tiny-shakespeare (1.1 MB) into {os.path.abspath(path)}")
     try:
-        with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=30) as response:
-            text = response.read()
-        with open(path + ".tmp", "wb") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path + ".tmp")
+        os.replace(path + ".tmp", path)  # whole or not at all
     except OSError as e:
-        raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 text file "
-                       f"at {os.path.abspath(path)} or pass --data PATH") from None
+        raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 text file at "
+                       f"{os.path.abspath(path)} or pass --data PATH") from None
     return path
 
-def load_data(path, block_size):
-    """The text as token ids, split 90/10, and its tokenizer."""
+def load_data(path, block_size, tokenizer=None):
+    """Train and val tokens, their tokenizer, val tokens per character. A text file is read whole
+    (its characters the tokens, unless a tokenizer is given); a prepared folder memory-mapped."""
     path = find_text(path)
+    folder = os.path.isdir(path)
+    tokenizer, splits, per_char = (load_prepared if folder else load_text)(path, tokenizer)
+    for name, split in splits.items():
+        if len(split) < block_size + 1:
+            raise GPTError(f"data {'folder' if folder else 'file'} {path} is {'too short' if len(split) else 'empty'}: "
+                           f"its {name} split has {len(split)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    return tokenizer, splits, per_char
+
+def load_text(path, tokenizer):
     if not os.path.isfile(path):
         raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
     with open(path, "rb") as f:
@@ -126,23 +143,43 @@ def load_data(path, block_size):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise GPTError(f"data file {path} is not UTF-8 text "
-                       f"(byte {raw[e.start]:#04x} at offset {e.start})") from None
-    tokenizer = CharTokenizer("".join(sorted(set(text))))
-    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    n = int(0.9 * len(data))  # the first 90% to learn from, the last 10% to measure on
-    splits = {"train": data[:n], "val": data[n:]}
-    for name, split in splits.items():
-        if len(split) < block_size + 1:
-            raise GPTError(f"data file {path} is {'empty' if not text else 'too short'}: its "
-                           f"{name} split has {len(split)} tokens, fewer than block_size + 1 = "
-                           f"{block_size + 1}")
-    return tokenizer, splits
+        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    if len(raw) > 50e6:
+        say(f"{path} is {len(raw) / 1e6:.0f} MB: scripts/prepare.py makes token files that start in seconds")
+    tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
+    n = int(0.9 * len(text))  # the first 90% of the characters to learn from, the rest to test
+    try:
+        train, val = (torch.tensor(tokenizer.encode(part)) for part in (text[:n], text[n:]))
+    except GPTError as e:  # a char model given a text with characters it never saw
+        raise GPTError(f"data file {path}: {e}") from None
+    return tokenizer, dict(train=train, val=val), len(val) / max(len(text) - n, 1)
+
+def load_prepared(folder, tokenizer):
+    """meta.json (the tokenizer and the counts), train.bin and val.bin (the token ids)."""
+    import numpy as np  # memory maps
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        raise GPTError(f"data folder {folder} has no meta.json: it is not one scripts/prepare.py wrote") from None
+    ids_of = lambda spec: spec.get("vocab") or spec.get("tokens")  # what each id stands for
+    if tokenizer is not None and ids_of(tokenizer.spec) != ids_of(meta["tokenizer"]):
+        raise GPTError(f"data folder {folder} was prepared with another tokenizer than the model's")
+    splits = {}
+    for name in ("train", "val"):
+        path = os.path.join(folder, f"{name}.bin")
+        size = meta[name]["tokens"] * np.dtype(meta["dtype"]).itemsize
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            raise GPTError(f"data folder {folder} is incomplete: its {name}.bin is cut short; prepare it again")
+        splits[name] = np.memmap(path, dtype=meta["dtype"], mode="r") if size else np.zeros(0)
+    per_char = meta["val"]["tokens"] / meta["val"]["characters"]
+    return tokenizer or make_tokenizer(meta["tokenizer"]), splits, per_char
 
 def get_batch(data, batch_size, block_size, generator):
-    """batch_size random windows of the tokens, block_size + 1 each: (B, T+1)."""
+    """batch_size random windows of block_size + 1 tokens: (B, T+1). Of a memory map, only these."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window starts
-    return data[ix[:, None] + torch.arange(block_size + 1)]
+    at = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
+    return data[at] if torch.is_tensor(data) else torch.from_numpy(data[at.numpy()].astype("int64"))
 
 def micro_batches(windows, grad_accum, device):
     """This process's share of a batch all processes drew alike, as grad_accum micro-batches."""
@@ -161,6 +198,7 @@ class GPTConfig:
     n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
     n_embd: int = 384  # C, the width of the residual stream
     dropout: float = 0.2  # only while training; 0 for models too small to overfit in their time
+    gelu: str = "exact"  # or "tanh", GPT-2's approximation (checkpoints from scripts/from_gpt2.py)
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
@@ -173,8 +211,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()  # batch, time (positions), channels
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # (B, nh, T, hs) each. Sampling keeps earlier positions' keys and values, not recomputed:
-        if cache is not None:
+        if cache is not None:  # (B, nh, T, hs) each; sampling keeps the keys and values it has seen
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
@@ -184,10 +221,9 @@ class CausalSelfAttention(nn.Module):
         #   att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # -> (B, nh, T, Tk)
         #   y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
         # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att.
-        # No dropout on att (SPEC §4 has none): on a CPU it would push SDPA onto a 1.6x slower path.
-        Tk = k.size(2)
-        causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-        mask = None if T in (1, Tk) else causal  # one new token may see every key
+        # No dropout on att (SPEC §4): on a CPU it would push SDPA onto a 1.6x slower path.
+        Tk = k.size(2)  # one new token may see every key: no mask
+        mask = None if T in (1, Tk) else torch.ones(T, Tk, device=x.device).tril(Tk - T).bool()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -196,8 +232,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        # Exact: 0.5·x·(1 + erf(x/√2)). approximate="tanh" is GPT-2's; the twins would differ.
-        self.gelu = nn.GELU()
+        # Exact: 0.5·x·(1 + erf(x/√2)), as in microgpt.py. GPT-2 was trained with the tanh
+        # approximation, so its weights need that one: the two differ by up to 0.0005.
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
     def forward(self, x):  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
@@ -234,9 +271,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        # Each block adds two branches to the residual stream; scaling their output projections
-        # keeps its variance from growing with depth.
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():  # each block adds two branches to the residual
+            # stream: scaled down, they keep its variance from growing with depth
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
     def forward(self, idx, targets=None, cache=None):
@@ -248,9 +284,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
 
 # ------------------------------------------------------------ optimizer and schedule
@@ -261,8 +295,7 @@ def make_optimizer(model, cfg, device):
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
     # fused on CUDA: one kernel for the whole update, not one per tensor
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8,
-                             fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8, fused=device.type == "cuda")
 
 def get_lr(it, cfg):
     """Linear warmup (random init gives wild first gradients), then cosine decay to min_lr."""
@@ -287,36 +320,50 @@ def load_checkpoint(path, what_to_do):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the first line of torch's message says what is wrong
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise GPTError(f"{path} is not a loadable checkpoint ({reason}); delete it or retrain") \
-            from None
-    if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
+        raise GPTError(f"{path} is not a loadable checkpoint ({reason}); delete it") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys() or "vocab" not in ckpt:
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
     return ckpt
 
+def tokenizer_of(ckpt):  # a char model keeps its vocab, a BPE model its tokenizer
+    return ckpt and make_tokenizer(ckpt.get("tokenizer") or dict(name="char", vocab=ckpt["vocab"]))
+
 def save_run(model, optimizer, batch_generator, tokenizer, cfg, run, best):
-    """Process 0 writes best.pt (when best), ckpt.pt (all that --resume needs) and log.csv, each
-    atomically. model is the plain module, so no DDP or compile prefix gets into the names."""
-    if dist.is_initialized() and dist.get_rank() > 0:
-        return
-    path = lambda name: os.path.join(cfg.out_dir, name)
-    state = dict(model=model.state_dict(), config=vars(cfg).copy(), vocab=tokenizer.vocab,
-                 iter=run.iter, best_val_loss=run.best_val_loss)
+    """best.pt (if best), ckpt.pt (all that --resume needs) and log.csv, each written atomically."""
+    at = lambda name: os.path.join(cfg.out_dir, name)
+    state = dict(model=model.state_dict(), config=vars(cfg).copy(), iter=run.iter, best_val_loss=run.best_val_loss,
+                 vocab=getattr(tokenizer, "vocab", None))
+    if not isinstance(tokenizer, CharTokenizer):
+        state["tokenizer"] = tokenizer.spec
     if best:
-        save_atomic(state, path("best.pt"))
+        save_atomic(state, at("best.pt"))
     rng = dict(torch=torch.get_rng_state(), batch=batch_generator.get_state())
-    state.update(optimizer=optimizer.state_dict(), rng=rng, log=run.log)
-    save_atomic(state, path("ckpt.pt"))
-    with open(path("log.csv.tmp"), "w", encoding="utf-8") as f:
+    save_atomic(dict(state, optimizer=optimizer.state_dict(), rng=rng, log=run.log), at("ckpt.pt"))
+    with open(at("log.csv.tmp"), "w", encoding="utf-8") as f:
         f.writelines(",".join(map(str, row)) + "\n" for row in [LOG_COLUMNS, *run.log])
-    os.replace(path("log.csv.tmp"), path("log.csv"))
+    os.replace(at("log.csv.tmp"), at("log.csv"))
+
+def claim_out_dir(out_dir, fresh):
+    """Before any work: a fresh run never replaces a model, and the folder must be writable."""
+    for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
+        if fresh and os.path.exists(path):
+            c = load_checkpoint(path, "")
+            what = f"n_layer {c['config']['n_layer']}, n_embd {c['config']['n_embd']}, step {c['iter']}"
+            raise GPTError(f"{out_dir} already holds a model ({what}, best val loss {c['best_val_loss']:.4f}); "
+                           "continue it with --resume, train into another --out_dir, or replace it with --overwrite")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test{os.environ.get('RANK', '')}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise GPTError(f"output folder {out_dir} is not writable ({e.strerror})") from None
 
 # ------------------------------------------------------------ training loop
 @contextmanager
 def stop_signals(group):
-    """Ctrl-C and SIGTERM (torchrun stopping, a cluster preempting) raise a flag; after each step
-    the processes vote with agreed_stop(), so all save at the same step. Alone, a second Ctrl-C
-    stops at once. Under torchrun a second one is ignored: torchrun forwards the terminal's Ctrl-C,
-    so workers get it twice."""
+    """Ctrl-C and SIGTERM (torchrun stopping, a cluster preempting) raise a flag; the processes
+    vote after each step, so all save the same one. A second Ctrl-C (alone) stops at once."""
     received = []
     def handler(signum, frame):
         if "RANK" not in os.environ:
@@ -339,7 +386,7 @@ def stop_signals(group):
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, autocast, device):
-    """Mean loss over the same eval_iters batches of each split at every eval (per process: a share)."""
+    """Each split's mean loss over the same eval_iters batches every time (per process: a share)."""
     model.eval()
     totals = []
     for data in splits.values():
@@ -377,9 +424,12 @@ def train_step(step_model, optimizer, scaler, autocast, batches, lr, grad_clip):
     optimizer.zero_grad(set_to_none=True)
     return total / len(batches)
 
+def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays off
+    return cfg.compile or cfg.compile is None and device.type == "cuda" and sys.platform == "linux"
+
 def fast_paths(model, device, dtype, cfg, data):
-    """The speed switches for train() and bench.py: TF32, autocast (+ a GradScaler for float16),
-    torch.compile, tried on a real batch (failing: eager). On a CPU also a step's time, for estimates."""
+    """TF32, autocast (+ a GradScaler for float16) and torch.compile, tried on a real batch (failing:
+    eager), for train() and bench.py; on a CPU also a step's time."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -393,103 +443,108 @@ def fast_paths(model, device, dtype, cfg, data):
             model.zero_grad(set_to_none=True)
         return time.time() - t0
     step_model = model
-    if cfg.compile or cfg.compile is None and device.type == "cuda" and sys.platform == "linux":
+    if compiles(cfg, device):
         try:
             trial(step_model := torch.compile(model))
         except Exception as e:
-            say(f"warning: torch.compile failed, training without it ({type(e).__name__}: "
-                f"{(str(e).splitlines() or [''])[0][:200]})")
+            say(f"warning: torch.compile failed, training without it: {''.join(str(e).splitlines()[:1])[:200]}")
             step_model = model
     # The first trial warms up; on a CPU the faster of two times a step, for the cost estimate.
     step_s = min(trial(step_model), trial(step_model)) if device.type == "cpu" else None
     return step_model, autocast, scaler, step_s
 
 def join_processes(device):
-    """Under torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE) join the other processes: NCCL between
-    GPUs, gloo between CPUs. Returns a gloo group for the stop vote: it must not wait for a GPU."""
+    """torchrun sets RANK: join by NCCL (GPUs) or gloo (CPUs). Returns a gloo group for the stop
+    vote (it must not wait for a GPU), this process's rank and their number."""
     if "RANK" not in os.environ:
-        return None
+        return None, 0, 1
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.new_group(backend="gloo")
+    return dist.new_group(backend="gloo"), dist.get_rank(), dist.get_world_size()
 
-def check_writable(out_dir):
-    try:  # fail now, not after an hour of training
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write_test{os.environ.get('RANK', '')}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise GPTError(f"output folder {out_dir} is not writable ({e.strerror}); "
-                       "pass --out_dir DIR") from None
+def check_memory(cfg, device, dtype):
+    """Refuse a training step that cannot fit, before allocating it; warn near the limit. Counted,
+    as measured on a CPU: 16 bytes a parameter (weights, grads, AdamW); 100 per token, layer and
+    channel (64 in half precision); 12 per logit; without flash attention (MPS) B·nh·T² a layer."""
+    C, L, T, V = cfg.n_embd, cfg.n_layer, cfg.block_size, cfg.vocab_size
+    B = cfg.batch_size // int(os.environ.get("WORLD_SIZE", 1)) // cfg.grad_accum  # a micro-batch
+    kept = 100 if dtype == torch.float32 else 64  # bytes per token, layer and channel
+    need = 16 * (12 * L * C * C + (V + T) * C) + B * T * (L * C * kept + 12 * V)
+    need += 12 * B * cfg.n_head * T * T * L if device.type == "mps" else 0
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else math.inf \
+        if not hasattr(os, "sysconf") else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Mac: shared
+    needs = f"a training step needs about {need / 2**30:.1f} GB of the {have / 2**30:.1f} GB here"
+    if need > have:
+        raise GPTError(f"{needs}: lower --batch_size or --block_size, or raise --grad_accum")
+    if need > 0.6 * have:
+        say(f"warning: {needs}; if it runs out, lower --batch_size or raise --grad_accum")
 
 def say_cost(step_s, cfg, start_iter):
     """On a CPU, what the whole run will cost, from one timed step: before the first (slow) eval."""
+    step_s *= cfg.grad_accum  # the trial timed one micro-batch
     evals = (cfg.max_iters - start_iter) // cfg.eval_interval + 1  # each: 2 x eval_iters forwards
-    steps = cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3
-    total_s = step_s * cfg.grad_accum * steps
-    whole = f"{total_s / 3600:.1f} hours" if total_s > 5400 else f"{total_s / 60:.0f} minutes"
-    say(f"one step takes {step_s * cfg.grad_accum:.2f} s on this CPU: the whole run about {whole}"
-        + ("; --config tiny trains in minutes" if total_s > 1800 else ""))
+    total = step_s * (cfg.max_iters - start_iter + evals * cfg.eval_iters * 2 / 3)
+    hint = "; --config tiny trains in minutes" if total > 1800 else ""
+    say(f"one step takes {step_s:.2f} s on this CPU: the whole run {in_words(total)}{hint}")
+
+def in_words(s):  # a duration in seconds, as people say it
+    minutes = round(s / 60)
+    return "under a minute" if s < 60 else f"about {s / 3600:.1f} hours" if minutes > 90 \
+        else f"about {minutes} minute{'s' * (minutes > 1)}"
 
 def evaluate(model, splits, cfg, autocast, device, run):
-    """Both splits' loss, printed and added to the log. Returns True for the best val loss yet."""
-    seconds = time.time() - run.since_time  # the stretch since the last eval: its tokens per second
-    tokens_per_s = (run.iter - run.since_iter) * cfg.batch_size * cfg.block_size / seconds
-    losses = estimate_loss(model, splits, cfg, autocast, device)
-    say(f"eval at step {run.iter}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}")
-    lr, elapsed = get_lr(max(run.iter - 1, 0), cfg), run.elapsed + time.time() - run.start_time
-    run.log.append([run.iter, round(losses["train"], 4), round(losses["val"], 4), lr,
-                    round(tokens_per_s), round(elapsed, 1)])
-    best = losses["val"] < run.best_val_loss
-    run.best_val_loss = min(losses["val"], run.best_val_loss)
+    """Print and log both splits' loss (BPE: also val per character); True for the best val yet."""
+    seconds, tokens = time.time() - run.since_time, (run.iter - run.since_iter) * cfg.batch_size
+    train, val = estimate_loss(model, splits, cfg, autocast, device).values()
+    per_char = f" ({val * run.per_char:.4f} per character)" if run.per_char != 1 else ""
+    say(f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}{per_char}")
+    elapsed = run.elapsed + time.time() - run.start
+    run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
+                    round(tokens * cfg.block_size / seconds), round(elapsed, 1)])
+    best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
+    run.since_iter, run.since_time = run.iter, time.time()  # the next stretch starts
     return best
 
-def train(cfg, resume=None):
-    """Train per cfg (a SimpleNamespace of the flags); resume: a loaded ckpt.pt. Returns an exit code."""
+def train(cfg, resume=None, init=None):
+    """Train per cfg (the flags). resume: a loaded ckpt.pt to continue; init: a loaded checkpoint whose
+    weights to start from, with a new optimizer. Returns an exit code."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
-    vote_group = join_processes(device)
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if vote_group else (0, 1)
-    tokenizer, splits = load_data(cfg.data, cfg.block_size)
+    vote_group, rank, world_size = join_processes(device)
+    tokenizer, splits, per_char = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
     cfg.vocab_size = tokenizer.vocab_size
-    if resume is not None and resume["vocab"] != tokenizer.vocab:
-        raise GPTError(f"--resume: the vocabulary of {cfg.data} ({tokenizer.vocab_size} characters) "
-                       f"differs from the checkpoint's ({len(resume['vocab'])}); resume with the text "
-                       "it was trained on")
-    check_writable(cfg.out_dir)
+    check_memory(cfg, device, dtype)
     torch.manual_seed(cfg.seed + rank)  # init and dropout (DDP copies rank 0's weights to all)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: the same on every rank
-    config = GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)
-    model = GPT(config).to(device)
+    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    run = SimpleNamespace(iter=0, best_val_loss=float("inf"), log=[], elapsed=0.0)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    run = SimpleNamespace(iter=0, best_val_loss=math.inf, log=[], elapsed=0.0, per_char=per_char)
+    if resume or init:
+        model.load_state_dict((resume or init)["model"])
+    if resume:
         optimizer.load_state_dict(resume["optimizer"])
         if rank == 0:  # the others' dropout keeps its own seed
             torch.set_rng_state(resume["rng"]["torch"])
         batch_generator.set_state(resume["rng"]["batch"])
         run.iter, run.best_val_loss, run.log = (resume[k] for k in ("iter", "best_val_loss", "log"))
         run.elapsed = run.log[-1][-1] if run.log else 0.0  # seconds trained before
-    step_model, autocast, scaler, trial_s = fast_paths(model, device, dtype, cfg, splits["train"])
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     say(f"device {device.type}{gpu}{f' x {world_size} processes' if world_size > 1 else ''}"
-        f" | dtype {str(dtype)[6:]} | compile {'on' if step_model is not model else 'off'}"
-        f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
-        f" | vocab {cfg.vocab_size}"
+        f" | dtype {str(dtype)[6:]} | compile {'on' if compiles(cfg, device) else 'off'} | "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
         f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens")
+    step_model, autocast, scaler, trial_s = fast_paths(model, device, dtype, cfg, splits["train"])
     if trial_s is not None:
         say_cost(trial_s, cfg, run.iter)
     if world_size > 1:  # each process its share; DDP averages the gradients during backward
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    run.start_time = run.since_time = time.time()
+    save = lambda best: rank == 0 and save_run(model, optimizer, batch_generator, tokenizer, cfg, run, best)
+    run.start = run.since_time = time.time()
     run.since_iter = run.iter
-    save = lambda best: save_run(model, optimizer, batch_generator, tokenizer, cfg, run, best)
+    if run.iter == 0:  # a fresh model scores about ln(vocab_size): 4.14 for 63 characters
+        save(evaluate(step_model, splits, cfg, autocast, device, run))
+    # Until here Ctrl-C stops at once (there is nothing to save); from here on it saves first.
     with stop_signals(vote_group) as agreed_stop:
-        if run.iter == 0:  # a fresh model scores about ln(vocab_size): 4.14 for 63 characters
-            save(evaluate(step_model, splits, cfg, autocast, device, run))
-        run.since_iter, run.since_time = run.iter, time.time()
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             windows = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator)
@@ -502,11 +557,10 @@ def train(cfg, resume=None):
             stop = agreed_stop()
             if evaluating or stop:
                 save(evaluating and evaluate(step_model, splits, cfg, autocast, device, run))
-                run.since_iter, run.since_time = run.iter, time.time()
             if stop:
                 how = "torchrun --standalone --nproc_per_node N" if world_size > 1 else "python"
-                say(f"saved {cfg.out_dir}/ckpt.pt at iter {run.iter}; continue with: "
-                    f"{how} gpt.py --resume --out_dir {cfg.out_dir}")
+                say(f"saved {cfg.out_dir}/ckpt.pt at iter {run.iter}; "
+                    f"continue with: {how} gpt.py --resume --out_dir {cfg.out_dir}")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     say(f"best val loss {run.best_val_loss:.4f}, in {cfg.out_dir}/best.pt. A taste of it:")
     taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
@@ -517,25 +571,20 @@ def report(loss, lr, cfg, run, world_size):
     if world_size > 1:
         dist.all_reduce(loss)
     if not math.isfinite(loss := loss.item() / world_size):  # before any eval: no NaN is saved
-        raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt "
-                       f"keep the last good state. Try a lower --learning_rate (now "
-                       f"{cfg.learning_rate})")
+        raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt keep the last "
+                       f"good state; lower --learning_rate (now {cfg.learning_rate})")
     step_s = (time.time() - run.since_time) / (run.iter - run.since_iter)
     eta = divmod(round((cfg.max_iters - run.iter) * step_s), 60)  # (minutes, seconds)
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
-        f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | "
-        f"eta {eta[0]}m{eta[1]:02d}s")
+        f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {eta[0]}m{eta[1]:02d}s")
 
 # ------------------------------------------------------------ sampling
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
-             use_cache=True):
-    """Yield max_new_tokens new token ids, (B, 1) each, continuing idx (B, T), with the
-    probabilities they were drawn from (B, vocab_size). temperature 0 is greedy; top_k keeps the
-    k likeliest."""
-    # The model knows only positions 0..block_size-1. When the context outgrows that, the window
-    # slides a quarter block at once: positions restart from 0, so the cache is rebuilt once per
-    # block_size/4 tokens instead of at every token, and the model always sees 3/4 of a block.
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+    """Yield max_new_tokens ids (B, 1) after idx (B, T), with the probabilities they were drawn from
+    (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
+    # The model knows positions 0..block_size-1 only. Past that the window slides a quarter block at
+    # once: the cache is rebuilt once per block_size/4 tokens, and the model sees 3/4 of a block.
     block_size, start, cache = model.config.block_size, 0, None  # the window is idx[:, start:]
     for _ in range(max_new_tokens):
         if idx.size(1) - start > block_size:
@@ -558,26 +607,27 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         idx = torch.cat([idx, next_id], dim=1)
         yield next_id, probs
 
+def model_from(ckpt, device):
+    config = {**DEFAULTS, **ckpt["config"]}  # a checkpoint from before "gelu" existed is exact
+    model = GPT(GPTConfig(**{k: config[k] for k in MODEL_KEYS})).to(device).eval()
+    model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
+    return model
+
 def sample(cfg):
     """Stream text from best.pt to stdout and all else to stderr (so `> poem.txt` keeps the poem).
     --verbose: first a line per new token with the five likeliest, then the whole text."""
     path = os.path.join(cfg.out_dir, "best.pt")
-    elsewhere = f" --out_dir {cfg.out_dir}" if cfg.out_dir != DEFAULTS["out_dir"] else ""
-    ckpt = load_checkpoint(path, f"train one first: python gpt.py --config tiny{elsewhere}")
+    ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
     device, _ = pick_device(cfg.device)
-    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_KEYS})).to(device).eval()
-    model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
-    tokenizer, prompt = CharTokenizer(ckpt["vocab"]), cfg.prompt or "\n"  # where speeches start
+    model, tokenizer, prompt = model_from(ckpt, device), tokenizer_of(ckpt), cfg.prompt or "\n"
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
-    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}) "
-          f"on {device}", file=sys.stderr)
+    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
     show = lambda i: repr(tokenizer.decode([i]))  # a token as a literal: a newline shows as '\n'
     for i in range(cfg.num_samples):
-        header = "step | chosen | the five likeliest and their probabilities\n"
-        header = header if cfg.verbose else prompt
-        print(("\n---\n" if i else "") + header, end="", flush=True)
-        ids = []
+        table = "step | chosen | the five likeliest and their probabilities\n"
+        print(("\n---\n" if i else "") + (table if cfg.verbose else prompt), end="", flush=True)
+        ids, shown = [], 0  # shown: how many of the ids are printed
         tokens = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator)
         for step, (next_id, probs) in enumerate(tokens, start=1):
             ids.append(next_id.item())
@@ -585,90 +635,105 @@ def sample(cfg):
                 p, top = probs[0].topk(min(5, probs.size(-1)))
                 likeliest = [f"{show(t)} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q]
                 print(f"{step:4d} | {show(ids[-1]):>6} | " + "  ".join(likeliest))
-            else:
-                print(tokenizer.decode(ids[-1:]), end="", flush=True)
-        if cfg.verbose:
-            print(prompt + tokenizer.decode(ids), end="")
+            elif not (text := tokenizer.decode(ids[shown:])).endswith("\ufffd"):  # whole characters
+                print(text, end="", flush=True)
+                shown = len(ids)
+        print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.time() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
 # ------------------------------------------------------------ command line
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # under torchrun all processes find the same usage error: one says it
-        if int(os.environ.get("RANK", "0")) == 0:
-            super().error(message)
-        sys.exit(2)
-
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
     return ("true", "false").index(text.lower()) == 0  # else argparse reports the ValueError
 
+FLAGS = dict(  # what each flag does; --help adds its default, or each preset's value
+    config="the preset; the flags below override its fields", out_dir="for checkpoints, log.csv",
+    data="a UTF-8 text file, or a folder scripts/prepare.py wrote", device="auto: CUDA, MPS, CPU",
+    init_from="a best.pt or ckpt.pt to start from: its weights, shape and tokenizer",
+    dtype="auto: bfloat16 where the chip computes it natively, float16 on older GPUs, else float32",
+    compile="torch.compile the model (default: on for CUDA on Linux)", n_layer="transformer blocks",
+    n_head="attention heads", n_embd="width of the residual stream", block_size="context (tokens)",
+    batch_size="sequences per step, all processes", max_iters="optimizer steps",
+    grad_accum="micro-batches per step: less memory, the same training", warmup_iters="steps",
+    learning_rate="peak learning rate", min_lr="learning rate at the end of the cosine decay",
+    lr_decay_iters="steps of cosine decay (default: max_iters)", dropout="while training",
+    weight_decay="AdamW's, on matrices and embeddings", grad_clip="clip the gradient norm (0: off)",
+    eval_interval="steps between evals and checkpoints", eval_iters="batches per eval",
+    log_interval="steps between progress lines", seed="for the init, the batches and sampling",
+    prompt="--sample: the text to go on from", max_new_tokens="--sample: tokens to write",
+    temperature="--sample: below 1 safer, above 1 wilder, 0 greedy", num_samples="--sample: texts",
+    top_k="--sample: draw from the k likeliest only")
+CHOICES = dict(config=PRESETS, device=("auto", "cpu", "cuda", "mps"),
+               dtype=("auto", "float32", "bfloat16", "float16"))
+FLOATS = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "temperature")
+TEXTS = ("config", "data", "init_from", "out_dir", "device", "dtype", "prompt")
 POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval",
             "eval_iters", "log_interval", "max_new_tokens", "num_samples", "top_k", "grad_accum",
             "learning_rate")
 
 def parse_args(argv):
-    p = ArgumentParser(prog="gpt.py", description="Train a GPT on a text, or --sample from one.",
-                       argument_default=argparse.SUPPRESS, allow_abbrev=False)  # only flags given
-    p.add_argument("--sample", action="store_true", default=False, help="write from out_dir/best.pt")
-    p.add_argument("--resume", action="store_true", default=False, help="continue out_dir/ckpt.pt")
+    p = argparse.ArgumentParser(prog="gpt.py", description="Train a GPT on a text, or --sample.",
+                                argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    if int(os.environ.get("RANK", "0")):  # under torchrun all processes find the same usage error:
+        p.error = lambda message: sys.exit(2)  # process 0 says it
+    p.add_argument("--sample", action="store_true", default=False, help="write from best.pt")
+    p.add_argument("--resume", action="store_true", default=False, help="continue ckpt.pt")
+    p.add_argument("--overwrite", action="store_true", default=False, help="replace out_dir's model")
     p.add_argument("--verbose", action="store_true", help="--sample: each step's likeliest tokens")
-    p.add_argument("--config", choices=PRESETS, help="preset (default medium); flags override it")
-    for name in ("data", "out_dir", "prompt"):
-        p.add_argument(f"--{name}")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--compile", type=boolean, nargs="?", const=True, metavar="BOOL")
-    for name in (*POSITIVE[:-1], "max_iters", "warmup_iters", "lr_decay_iters", "seed"):
-        p.add_argument(f"--{name}", type=int)
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "temperature", "dropout"):
-        p.add_argument(f"--{name}", type=float)
+    for name, text in FLAGS.items():
+        kind = boolean if name == "compile" else float if name in FLOATS else str if name in TEXTS else int
+        presets = "/".join(str(c[name]) for c in PRESETS.values()) if name in PRESETS["tiny"] else ""
+        default = f"tiny/small/medium: {presets}" if presets else f"default: {DEFAULTS.get(name)}"
+        metavar = None if name in CHOICES else {int: "N", float: "F", str: "PATH"}.get(kind, "BOOL")
+        p.add_argument(f"--{name}", type=kind, choices=CHOICES.get(name), metavar=metavar,
+                       help=text + (f" ({default})" if DEFAULTS.get(name) or presets else ""),
+                       **(dict(nargs="?", const=True) if name == "compile" else {}))
     # A prompt may look like a flag ("-x", "--"), so it goes around argparse.
     at = argv.index("--prompt") + 1 if "--prompt" in argv[:-1] else 0
     given = argparse.Namespace(**({"prompt": argv[at]} if at else {}))
     args, unknown = p.parse_known_args([*argv[:at - 1], *argv[at + 1:]] if at else argv, given)
-    # A notebook kernel runs with `-f kernel-….json` in its argv.
-    unknown = [a for i, a in enumerate(unknown)
-               if a != "-f" and not (i and unknown[i - 1] == "-f" and a.endswith(".json"))]
-    if unknown and "ipykernel" not in sys.modules:
+    if unknown and "ipykernel" not in sys.modules:  # a notebook kernel's own: -f kernel.json
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     for name, value in vars(args).items():  # sizes must be > 0; counts, rates and the seed >= 0
-        number = type(value) in (int, float)
-        allowed = not number or value > 0 or value == 0 and name not in POSITIVE
-        if not allowed or number and not math.isfinite(value):
-            p.error(f"argument --{name}: must be {'>' if name in POSITIVE else '>='} 0, got {value}")
+        number, sign = type(value) in (int, float), ">" if name in POSITIVE else ">="
+        if number and not (value > 0 or value == 0 and sign == ">=") or number and not math.isfinite(value):
+            p.error(f"argument --{name}: must be {sign} 0, got {value}")
     if getattr(args, "dropout", 0) >= 1:
         p.error(f"argument --dropout: must be < 1, got {args.dropout}")
     return p, args
 
 def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
-    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
+    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume", "overwrite")}
     try:
-        resume = None
+        resume = init = None
         if args.resume and not args.sample:
             resume = load_checkpoint(os.path.join(given.get("out_dir", "out"), "ckpt.pt"),
                                      "--resume continues a run: start one without --resume first")
-        # Defaults, then the checkpoint's config when resuming, then the preset, then the flags.
-        preset = given.get("config", None if resume else DEFAULTS["config"])
-        saved = resume["config"] if resume else {}
+        elif given.get("init_from") and not args.sample:
+            init = load_checkpoint(given["init_from"], "--init_from needs a gpt.py checkpoint")
+        # Defaults, then the config of the checkpoint we go on from, the preset, the flags.
+        saved = (resume or init or {}).get("config", {})
+        if init:  # its model and training settings, not where it came from
+            saved = {k: v for k, v in saved.items() if k not in ("data", "out_dir", "init_from")}
+        preset = given.get("config", None if saved else DEFAULTS["config"])
         cfg = SimpleNamespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **given})
         if args.sample:
             return sample(cfg)
         if cfg.n_embd % cfg.n_head:
-            parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: "
-                         "heads need equal shares")
+            parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
         if cfg.batch_size % (world_size * cfg.grad_accum):
-            parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes "
-                         f"x --grad_accum {cfg.grad_accum}: every micro-batch must have one size")
-        differ = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in SHAPE
-                  if resume and saved[k] != getattr(cfg, k)]
+            parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x --grad_accum "
+                         f"{cfg.grad_accum}: every micro-batch must have one size")
+        differ = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in SHAPE if saved and saved[k] != getattr(cfg, k)]
         if differ:
-            raise GPTError(f"--resume: the flags change the checkpoint's model "
-                           f"({', '.join(differ)}); drop those flags, or train anew in another --out_dir")
-        return train(cfg, resume)
+            raise GPTError(f"{'--resume' if resume else '--init_from'}: the flags change the model "
+                           f"({', '.join(differ)}); drop them, or train anew in another --out_dir")
+        claim_out_dir(cfg.out_dir, fresh=not resume and not args.overwrite)
+        return train(cfg, resume, init)
     except GPTError as e:
         say(f"error: {e}", file=sys.stderr)
         return 1

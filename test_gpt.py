@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -68,8 +69,8 @@ def test_encode_decode_round_trip(s):
 
 
 def test_vocab_is_sorted_distinct_characters(data_file):
-    tokenizer, splits = gpt.load_data(data_file, block_size=16)
-    assert tokenizer.vocab == "".join(sorted(set(TEXT)))
+    tokenizer, splits, per_char = gpt.load_data(data_file, block_size=16)
+    assert per_char == 1 and tokenizer.vocab == "".join(sorted(set(TEXT)))
     assert len(splits["train"]) == int(0.9 * len(TEXT)) and len(splits["val"]) == len(TEXT) - int(0.9 * len(TEXT))
 
 
@@ -264,7 +265,8 @@ def test_compile_flag_accepts_nanogpt_habits():
         assert getattr(args, "compile", None) is expected, argv
 
 
-def test_notebook_kernel_argv_is_ignored():
+def test_notebook_kernel_argv_is_ignored(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # as in a notebook, whose kernel runs with -f kernel.json
     _, args = gpt.parse_args(["-f", "/root/.local/share/jupyter/runtime/kernel-1234.json", "--config", "tiny"])
     assert args.config == "tiny"
 
@@ -450,7 +452,7 @@ def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", source.as_uri())
     monkeypatch.setitem(gpt.__dict__, "__file__", str(work / "gpt.py"))
-    tokenizer, splits = gpt.load_data("shakespeare.txt", block_size=16)
+    tokenizer, splits, _ = gpt.load_data("shakespeare.txt", block_size=16)
     assert (work / "shakespeare.txt").read_text(encoding="utf-8") == TEXT
     assert len(splits["train"]) + len(splits["val"]) == len(TEXT)
 
@@ -598,6 +600,438 @@ def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, conten
         assert code == 1 and err.startswith(f"error: data file {folder / 'data.bin'}") and err.count("\n") == 1, err
 
 
+# ----------------------------------------------------------------------------- the first hour: nothing lost, nothing silent
+def snapshot(folder):
+    return {f: (os.path.getmtime(os.path.join(folder, f)), open(os.path.join(folder, f), "rb").read())
+            for f in sorted(os.listdir(folder))}
+
+
+def test_a_fresh_run_into_a_trained_folder_is_refused_and_changes_nothing(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    before = snapshot(out)
+    for extra in ([], ["--max_iters", "0"], ["--config", "medium"]):
+        result = run_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), *extra)
+        assert_clean_failure(result, 1, f"{out} already holds a model", "step 60", "best val loss", "--resume",
+                             "--out_dir", "--overwrite")
+        assert result.stdout == ""  # not even the header: nothing started
+    assert snapshot(out) == before  # the same files, the same bytes, the same modification times
+
+
+def test_overwrite_replaces_the_model_and_resume_still_continues_it(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    resumed = run_gpt("--resume", "--out_dir", str(out), "--max_iters", "70")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 70
+    again = run_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), "--max_iters", "20", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 20
+    assert [r[0] for r in losses_in(out)] == [0, 20]  # a new log, not the old one continued
+
+
+def test_the_header_comes_before_the_first_trial_step(data_file, tmp_path, monkeypatch, capsys):
+    forward = gpt.GPT.forward
+    def announce(self, *args, **kwargs):
+        print("FORWARD", flush=True)
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(gpt.GPT, "forward", announce)
+    assert gpt.main([*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--max_iters", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("device cpu | dtype ") and lines[1] == "FORWARD"
+
+
+def interrupt_after(args, line_starts, timeout=20):
+    """Start gpt.py, press Ctrl-C once the line is printed; the exit code and the seconds it took to stop."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(line_starts):
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, time.time() - t0, err
+
+
+def test_ctrl_c_during_the_trial_steps_stops_within_seconds(data_file, tmp_path):
+    # medium's shape on a 2-core CPU: each trial step takes seconds, the first eval minutes
+    args = ["--config", "medium", "--batch_size", "32", "--data", data_file, "--out_dir", str(tmp_path)]
+    code, seconds, err = interrupt_after(args, "device cpu")
+    assert code == 130 and seconds < 10 and "interrupted" in err and "Traceback" not in err, (code, seconds, err)
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_ctrl_c_during_the_first_eval_stops_within_seconds(data_file, tmp_path):
+    args = [*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--eval_iters", "100000"]
+    code, seconds, err = interrupt_after(args, "one step takes")
+    assert code == 130 and seconds < 10 and "Traceback" not in err, (code, seconds, err)
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_a_shape_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    text = os.path.join(HERE, "shakespeare.txt")  # its val split is longer than the block
+    result = run_gpt("--config", "tiny", "--block_size", "100000", "--data", text, "--out_dir", str(tmp_path))
+    assert_clean_failure(result, 1, "a training step needs about", "--batch_size", "--block_size", "--grad_accum")
+    assert result.stdout == "" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("preset", gpt.PRESETS)
+def test_no_preset_raises_a_memory_alarm_on_a_laptop_a_mac_or_a_colab_t4(preset, monkeypatch, capsys):
+    cfg = SimpleNamespace(**{**gpt.DEFAULTS, **gpt.PRESETS[preset], "vocab_size": 65})
+    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 if name == "SC_PHYS_PAGES" else 8)  # an 8 GB laptop
+    gpt.check_memory(cfg, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 if name == "SC_PHYS_PAGES" else 16)  # a 16 GB Mac
+    gpt.check_memory(cfg, torch.device("mps"), torch.float32)  # MPS has no flash kernel: attention is stored
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=15 * 2**30))
+    gpt.check_memory(cfg, torch.device("cuda"), torch.float16)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_shape_near_the_memory_gets_a_warning(monkeypatch, capsys):
+    cfg = SimpleNamespace(**{**gpt.DEFAULTS, **gpt.PRESETS["medium"], "vocab_size": 65})
+    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 if name == "SC_PHYS_PAGES" else 5)  # 5 GB
+    gpt.check_memory(cfg, torch.device("cpu"), torch.float32)  # medium needs about 4 GB on a CPU
+    assert capsys.readouterr().out.startswith("warning: a training step needs about")
+
+
+def test_help_says_what_each_flag_does_and_its_default():
+    result = run_gpt("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps the lines
+    for name in gpt.FLAGS:
+        assert f"--{name}" in text
+    assert "--max_iters N optimizer steps (tiny/small/medium: 1500/1200/5000)" in text
+    assert "(default: shakespeare.txt)" in text and "(default: 0.8)" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize("seconds, words", [(20, "under a minute"), (70, "about 1 minute"),
+                                            (12 * 60, "about 12 minutes"), (3.4 * 3600, "about 3.4 hours")])
+def test_durations_read_naturally(seconds, words):
+    assert gpt.in_words(seconds) == words
+
+
+def test_data_naming_a_folder_says_it_is_a_folder(tmp_path):
+    result = run_gpt(*TINY_RUN, "--data", str(tmp_path), "--out_dir", str(tmp_path / "out"))
+    assert_clean_failure(result, 1, str(tmp_path), "folder")
+    assert "not found" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- bigger texts: prepare once, train from a memory map
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import prepare  # noqa: E402  scripts/prepare.py
+
+
+def run_prepare(*args):
+    return subprocess.run([sys.executable, os.path.join(HERE, "scripts", "prepare.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def prepared_ids(folder):
+    meta = __import__("json").load(open(os.path.join(folder, "meta.json"), encoding="utf-8"))
+    return meta, {s: __import__("numpy").fromfile(os.path.join(folder, f"{s}.bin"), dtype=meta["dtype"]).tolist()
+                  for s in ("train", "val")}
+
+
+@pytest.fixture(scope="session")
+def bpe_folder(tmp_path_factory, data_file):
+    out = tmp_path_factory.mktemp("prepared") / "bpe"
+    result = run_prepare(data_file, "--out", str(out), "--tokenizer", "bpe", "--vocab_size", "300")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_a_prepared_char_folder_trains_exactly_as_the_text_file(data_file, tmp_path):
+    result = run_prepare(data_file, "--out", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "data")) == ["meta.json", "train.bin", "val.bin"]
+    meta, ids = prepared_ids(tmp_path / "data")
+    tokenizer, splits, _ = gpt.load_data(data_file, block_size=16)
+    assert meta["tokenizer"] == {"name": "char", "vocab": tokenizer.vocab} and meta["dtype"] == "uint16"
+    assert ids["train"] == splits["train"].tolist() and ids["val"] == splits["val"].tolist()  # the same splits
+    args = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "10"]
+    runs = [run_gpt(*args, "--data", d, "--out_dir", str(tmp_path / f"out{i}"))
+            for i, d in enumerate((data_file, str(tmp_path / "data")))]
+    assert all(r.returncode == 0 for r in runs), runs[1].stderr
+    assert losses_in(tmp_path / "out0") == losses_in(tmp_path / "out1")  # the same windows, the same losses
+
+
+def test_prepare_train_and_sample_with_bpe(bpe_folder, tmp_path):
+    meta, ids = prepared_ids(bpe_folder)
+    assert meta["tokenizer"]["name"] == "bpe" and len(meta["tokenizer"]["tokens"]) == 299  # and end-of-text
+    assert meta["train"]["tokens"] < meta["train"]["characters"]  # merges: fewer tokens than characters
+    result = run_gpt(*TINY_RUN, "--max_iters", "10", "--eval_interval", "5", "--data", str(bpe_folder),
+                     "--out_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "vocab 300" in result.stdout and re.search(r"val loss [\d.]+ \([\d.]+ per character\)", result.stdout)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["tokenizer"] == meta["tokenizer"] and best["model"]["lm_head.weight"].shape[0] == 300
+    sampled = run_gpt("--sample", "--out_dir", str(tmp_path), "--prompt", "Héllo ✨ ", "--max_new_tokens", "30")
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.startswith("Héllo ✨ ")  # bytes it never saw still encode, as bytes
+
+
+def test_per_character_loss_is_the_token_loss_scaled_by_tokens_per_character(bpe_folder):
+    tokenizer, splits, per_char = gpt.load_data(str(bpe_folder), block_size=16)
+    meta, _ = prepared_ids(bpe_folder)
+    assert per_char == meta["val"]["tokens"] / meta["val"]["characters"] and 0.2 < per_char < 1
+    assert isinstance(tokenizer, gpt.BPETokenizer) and len(splits["val"]) == meta["val"]["tokens"]
+
+
+def small_encoding(name="gpt2"):
+    """A stand-in for tiktoken's GPT-2 encoding (which is a download): its pattern, bytes and a few merges."""
+    tiktoken = pytest.importorskip("tiktoken")
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in (b"th", b"he", b"the", b" t", b"in", b"er", b"an", b" the"):
+        ranks[merge] = len(ranks)
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+
+
+def test_prepare_with_gpt2_tokens_trains_and_samples_offline(data_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__("tiktoken"), "get_encoding", lambda name: small_encoding(name))
+    assert prepare.main([data_file, "--out", str(tmp_path / "data"), "--tokenizer", "gpt2"]) == 0
+    meta, ids = prepared_ids(tmp_path / "data")
+    assert meta["tokenizer"]["name"] == "gpt2" and len(meta["tokenizer"]["tokens"]) == 264
+    assert small_encoding().decode(ids["train"] + ids["val"]) == TEXT
+    result = run_gpt(*TINY_RUN, "--max_iters", "5", "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert "vocab 265" in result.stdout
+
+
+def test_folders_and_jsonl_are_documents_in_path_order(tmp_path):
+    (tmp_path / "in" / "b").mkdir(parents=True)
+    (tmp_path / "in" / "b" / "2.txt").write_text("second file\n", encoding="utf-8")
+    (tmp_path / "in" / "1.txt").write_text("first file\n", encoding="utf-8")
+    (tmp_path / "in" / "skip.md").write_text("not text", encoding="utf-8")
+    lines = ['{"text": "a story"}', "", '{"text": "another, with é", "id": 7}']
+    (tmp_path / "in" / "c.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    meta = prepare.prepare([str(tmp_path / "in")], str(tmp_path / "out"))
+    _, ids = prepared_ids(tmp_path / "out")
+    text = gpt.CharTokenizer(meta["tokenizer"]["vocab"]).decode(ids["train"] + ids["val"])
+    assert text == "first file\n\n\nsecond file\n\n\na story\n\nanother, with é"
+    assert meta["train"]["documents"] + meta["val"]["documents"] >= 4  # the one cut by the split counts twice
+    assert meta["train"]["characters"] == int(0.9 * len(text))
+
+
+def test_an_interrupted_prepare_leaves_no_folder_that_looks_complete(data_file, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    assert prepare.main([data_file, "--out", str(out)]) == 0
+    before = snapshot(out)
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while encoding
+    monkeypatch.setattr(prepare, "split_at", dies)
+    assert prepare.main([data_file, "--out", str(out), "--tokenizer", "bpe", "--vocab_size", "300"]) == 130
+    assert snapshot(out) == before  # the old folder is still whole, no temporary files are left
+    (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:1000])  # now cut it short by hand
+    result = run_gpt(*TINY_RUN, "--data", str(out), "--out_dir", str(tmp_path / "o"))
+    assert_clean_failure(result, 1, str(out), "incomplete", "train.bin")
+
+
+@pytest.mark.parametrize("make, args, expected", [
+    (lambda d: None, [], "not found"),
+    (lambda d: (d / "in.txt").write_text("", encoding="utf-8"), [], "no text"),
+    (lambda d: (d / "in.txt").mkdir(), [], "no .txt or .jsonl files"),
+    (lambda d: (d / "in.txt").write_bytes(b"fine so far\n" * 100_000 + b"\xff oops"), [],
+     "not UTF-8 text (byte 0xff at offset 1200000)"),
+    (lambda d: (d / "in.txt").write_bytes(b"caf\xc3"), [], "not UTF-8 text (byte 0xc3 at offset 3)"),
+    (lambda d: (d / "in.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n', encoding="utf-8"), [],
+     "line 2"),
+    (lambda d: (d / "in.jsonl").write_text('{"text": "ok"}\nnot json\n', encoding="utf-8"), [], "line 2"),
+    (lambda d: (d / "in.txt").write_text("abc", encoding="utf-8"), ["--tokenizer", "bpe", "--vocab_size", "100"],
+     "--vocab_size 100"),
+    (lambda d: (d / "in.txt").write_text("abc", encoding="utf-8"), ["--tokenizer", "bpe", "--vocab_size", "9999999"],
+     "--vocab_size 9999999"),
+    (lambda d: (d / "in.txt").write_text("abc", encoding="utf-8"), ["--vocab_size", "512"], "--tokenizer bpe")])
+def test_bad_prepare_inputs_get_one_line_and_leave_nothing(tmp_path, make, args, expected):
+    make(tmp_path)
+    name = next((p.name for p in tmp_path.iterdir()), "in.txt")
+    result = run_prepare(str(tmp_path / name), "--out", str(tmp_path / "out"), *args)
+    assert result.returncode in (1, 2) and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].count("error") == 1
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+def test_prepare_without_its_packages_names_the_install(tmp_path, monkeypatch, capsys):
+    (tmp_path / "in.txt").write_text("some text " * 50, encoding="utf-8")
+    real = prepare.importlib.import_module
+    monkeypatch.setattr(prepare.importlib, "import_module",
+                        lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "rustbpe" else real(name))
+    assert prepare.main([str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"), "--tokenizer", "bpe"]) == 1
+    assert 'pip install -e ".[bpe]"' in capsys.readouterr().err
+
+
+def test_sample_from_a_bpe_model_without_tiktoken_names_the_install(bpe_folder, tmp_path, monkeypatch, capsys):
+    assert gpt.main([*TINY_RUN, "--max_iters", "2", "--data", str(bpe_folder), "--out_dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if it were not installed
+    assert gpt.main(["--sample", "--out_dir", str(tmp_path)]) == 1
+    assert 'pip install -e ".[bpe]"' in capsys.readouterr().err
+
+
+def test_a_folder_that_was_not_prepared_is_named(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("hello " * 100, encoding="utf-8")
+    result = run_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    assert_clean_failure(result, 1, str(tmp_path / "data"), "scripts/prepare.py")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(min_size=1))
+def test_bpe_round_trips_any_unicode(bpe_folder, text):
+    tokenizer, _, _ = gpt.load_data(str(bpe_folder), block_size=16)
+    assert tokenizer.decode(tokenizer.encode(text)) == text.encode("utf-8", "replace").decode("utf-8")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=300), kind=st.sampled_from(["char", "bpe"]))
+def test_prepare_on_any_text_gives_ids_that_decode_back(tmp_path_factory, text, kind):
+    folder = tmp_path_factory.mktemp("any")
+    (folder / "in.txt").write_text(text, encoding="utf-8")
+    meta = prepare.prepare([str(folder / "in.txt")], str(folder / "out"), kind, 300)
+    _, ids = prepared_ids(folder / "out")
+    assert gpt.make_tokenizer(meta["tokenizer"]).decode(ids["train"] + ids["val"]) == text
+
+
+# ----------------------------------------------------------------------------- fine-tuning: --init_from
+def test_init_from_starts_where_the_source_model_is(trained, tmp_path):
+    best = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    result = run_gpt(*TINY_RUN, "--data", trained.data, "--init_from", os.path.join(trained.out_dir, "best.pt"),
+                     "--out_dir", str(tmp_path), "--max_iters", "20", "--learning_rate", "1e-3")
+    assert result.returncode == 0, result.stderr
+    first = losses_in(tmp_path)[0]
+    assert first[0] == 0 and first[2] == round(best["best_val_loss"], 4)  # the same model, the same eval batches
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["iter"] == 20 and ckpt["optimizer"]["state"][0]["step"] == 20  # a new optimizer and schedule
+
+
+def test_init_from_refuses_a_new_shape_another_tokenizer_and_unseen_characters(trained, bpe_folder, tmp_path):
+    source = os.path.join(trained.out_dir, "best.pt")
+    shaped = run_gpt(*TINY_RUN, "--init_from", source, "--n_layer", "2", "--out_dir", str(tmp_path / "a"))
+    assert_clean_failure(shaped, 1, "--init_from", "n_layer 1 -> 2")
+    other = run_gpt(*TINY_RUN, "--init_from", source, "--data", str(bpe_folder), "--out_dir", str(tmp_path / "b"))
+    assert_clean_failure(other, 1, str(bpe_folder), "another tokenizer")
+    (tmp_path / "new.txt").write_text("Ünïcödé 🙂 " * 500, encoding="utf-8")
+    unseen = run_gpt(*TINY_RUN, "--init_from", source, "--data", str(tmp_path / "new.txt"),
+                     "--out_dir", str(tmp_path / "c"))
+    assert_clean_failure(unseen, 1, str(tmp_path / "new.txt"), "Ü", "🙂")
+    missing = run_gpt(*TINY_RUN, "--init_from", str(tmp_path / "nope.pt"), "--out_dir", str(tmp_path / "d"))
+    assert_clean_failure(missing, 1, str(tmp_path / "nope.pt"))
+
+
+# ----------------------------------------------------------------------------- GPT-2's weights: scripts/from_gpt2.py
+import from_gpt2  # noqa: E402  scripts/from_gpt2.py
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(tmp_path_factory):
+    """A small random GPT-2 in Hugging Face's format (2 layers, width 64, 64 positions), saved with a
+    GPT-2-style vocab.json of 265 tokens, then converted by scripts/from_gpt2.py."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hf_gpt2")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=265, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                     bos_token_id=264, eos_token_id=264)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # gains and biases off their init values, so a mix-up would show
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder / "model")
+    encoding, character = small_encoding(), {b: c for c, b in from_gpt2.byte_of_character().items()}
+    vocab = {"".join(character[b] for b in encoding.decode_single_token_bytes(i)): i for i in range(264)}
+    (folder / "model" / "vocab.json").write_text(__import__("json").dumps({**vocab, "<|endoftext|>": 264}))
+    result = subprocess.run([sys.executable, os.path.join(HERE, "scripts", "from_gpt2.py"), str(folder / "model"),
+                             "--out_dir", str(folder / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(hf=model, out_dir=folder / "out", model_dir=folder / "model", stdout=result.stdout)
+
+
+def converted(out_dir, **overrides):
+    ckpt = torch.load(os.path.join(out_dir, "best.pt"), weights_only=True)
+    ckpt["config"].update(overrides)
+    return gpt.model_from(ckpt, torch.device("cpu")), ckpt
+
+
+def test_from_gpt2_writes_a_gpt_py_checkpoint(hf_gpt2):
+    model, ckpt = converted(hf_gpt2.out_dir)
+    assert ckpt["iter"] == 0 and ckpt["config"]["gelu"] == "tanh" and ckpt["config"]["block_size"] == 64
+    assert ckpt["tokenizer"]["name"] == "gpt2" and len(ckpt["tokenizer"]["tokens"]) == 264
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf_gpt2.hf.parameters())
+
+
+def test_converted_gpt2_computes_what_hugging_face_computes(hf_gpt2):
+    model, _ = converted(hf_gpt2.out_dir)
+    idx = torch.randint(265, (3, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = hf_gpt2.hf(idx).logits
+        ours, _ = model(idx)
+        cache = [{} for _ in model.transformer.h]
+        stepwise = torch.cat([model(idx[:, :5], cache=cache)[0]] +
+                             [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 64)], dim=1)
+    diff, cached_diff = (ours - theirs).abs().max().item(), (stepwise - theirs).abs().max().item()
+    assert diff < 1e-5 and cached_diff < 1e-5, f"max |ours - HF| = {diff:.2e}, with the KV cache {cached_diff:.2e}"
+
+
+def test_converted_gpt2_writes_the_same_greedy_tokens_as_hugging_face(hf_gpt2):
+    model, _ = converted(hf_gpt2.out_dir)
+    prompt = torch.tensor([[17, 42, 99, 3]])
+    ours = torch.cat(ids_of(gpt.generate(model, prompt, 40, temperature=0)), dim=1)
+    theirs = hf_gpt2.hf.generate(prompt, max_new_tokens=40, do_sample=False, attention_mask=torch.ones_like(prompt),
+                                 pad_token_id=264)[:, 4:]
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_the_gelu_setting_changes_the_output_and_old_checkpoints_are_exact(hf_gpt2, trained, tmp_path):
+    tanh, _ = converted(hf_gpt2.out_dir)
+    exact, _ = converted(hf_gpt2.out_dir, gelu="exact")
+    idx = torch.randint(265, (1, 16), generator=torch.Generator().manual_seed(1))
+    x = torch.linspace(-5, 5, 1001)
+    with torch.no_grad():
+        assert not torch.equal(tanh(idx)[0], exact(idx)[0])
+        gap = (tanh.transformer.h[0].mlp.gelu(x) - exact.transformer.h[0].mlp.gelu(x)).abs().max().item()
+    assert 1e-4 < gap < 1e-3  # tanh's approximation is off by up to 0.0005
+    old = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    assert old["config"]["gelu"] == "exact"
+    del old["config"]["gelu"]  # as a checkpoint from before the setting existed
+    assert gpt.model_from(old, torch.device("cpu")).transformer.h[0].mlp.gelu.approximate == "none"
+    torch.save(old, tmp_path / "best.pt")
+    result = run_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "20")
+    assert result.returncode == 0, result.stderr
+
+
+def test_converted_gpt2_samples_from_the_command_line_and_fine_tunes(hf_gpt2, data_file, tmp_path, monkeypatch):
+    result = run_gpt("--sample", "--out_dir", str(hf_gpt2.out_dir), "--prompt", "Hello there", "--max_new_tokens", "20",
+                     "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("step | chosen |") and "Hello there" in result.stdout
+    monkeypatch.setattr(__import__("tiktoken"), "get_encoding", lambda name: small_encoding(name))
+    assert prepare.main([data_file, "--out", str(tmp_path / "data"), "--tokenizer", "gpt2"]) == 0
+    tuned = run_gpt("--init_from", str(hf_gpt2.out_dir / "best.pt"), "--data", str(tmp_path / "data"), "--out_dir",
+                    str(tmp_path / "tuned"), "--block_size", "64", "--batch_size", "4", "--max_iters", "4",
+                    "--eval_interval", "2", "--eval_iters", "2", "--learning_rate", "1e-3", "--device", "cpu")
+    assert tuned.returncode == 0, tuned.stderr
+    losses = losses_in(tmp_path / "tuned")
+    assert [r[0] for r in losses] == [0, 2, 4] and losses[-1][1] < losses[0][1]
+    assert torch.load(tmp_path / "tuned" / "best.pt", weights_only=True)["config"]["gelu"] == "tanh"
+
+
+def test_from_gpt2_explains_what_is_missing_in_one_line(tmp_path, monkeypatch, capsys):
+    script = [sys.executable, os.path.join(HERE, "scripts", "from_gpt2.py")]
+    offline = subprocess.run([*script, "gpt2", "--out_dir", str(tmp_path / "a")], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and "network" in offline.stderr.splitlines()[-1], offline.stderr
+    (tmp_path / "empty").mkdir()
+    foreign = subprocess.run([*script, str(tmp_path / "empty"), "--out_dir", str(tmp_path / "b")],
+                             capture_output=True, text=True, timeout=120)
+    assert foreign.returncode == 1 and str(tmp_path / "empty") in foreign.stderr.splitlines()[-1], foreign.stderr
+    assert "Traceback" not in offline.stderr + foreign.stderr
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    assert from_gpt2.main(["gpt2", "--out_dir", str(tmp_path / "c")]) == 1
+    assert 'pip install -e ".[gpt2]"' in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- bench.py
 def test_bench_prints_its_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
@@ -609,9 +1043,11 @@ def test_bench_prints_its_table_and_writes_json(tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "device", "config", "dtype", "compile", "batch", "train ms/iter", "train tokens/s", "MFU", "peak mem MB",
         "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
-    assert "| cpu | tiny | float32 |" in result.stdout and f"torch {torch.__version__}" in result.stdout
+    chosen = str(gpt.pick_device("cpu")[1])[6:]  # bfloat16 on a CPU with AMX or AVX-512 BF16, else float32
+    assert f"| cpu | tiny | {chosen} |" in result.stdout and f"torch {torch.__version__}" in result.stdout
     records = __import__("json").loads(out.read_text(encoding="utf-8"))
-    assert len(records) == 1 and set(records[0]) == {
+    assert [r["dtype"] for r in records] == [chosen] + (["float32"] if chosen != "float32" else [])
+    assert set(records[0]) == {
         "device", "config", "dtype", "train_ms_per_iter", "train_tokens_per_s", "mfu", "peak_mem_mb",
         "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"}
     assert records[0]["mfu"] is None and records[0]["train_tokens_per_s"] > 0
@@ -630,6 +1066,7 @@ def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch, capabilit
     fake_gpu(monkeypatch, capability)  # 7.5: Colab's T4, 7.0: V100, 8.0: A100, 9.0: H100
     assert gpt.pick_device("auto") == (torch.device("cuda:0"), dtype)
     assert gpt.pick_device("cuda", "float32")[1] == torch.float32  # --dtype overrides
+    monkeypatch.setattr(gpt, "native_cpu_bf16", lambda: False)
     assert gpt.pick_device("cpu") == (torch.device("cpu"), torch.float32)
 
 
@@ -649,17 +1086,27 @@ def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
     assert gpt.pick_device("auto")[0] == torch.device("cuda:3")
 
 
-def test_mps_half_precision_needs_a_torch_with_its_grad_scaler(monkeypatch):
+def test_mps_trains_in_float32_unless_told_otherwise(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpt.pick_device("auto") == (torch.device("mps"), torch.float32)  # MPS trains in float32 by default
+    assert gpt.pick_device("auto") == (torch.device("mps"), torch.float32)  # its half precision is no faster
     assert gpt.pick_device("mps", "bfloat16")[1] == torch.bfloat16
-    monkeypatch.setattr(torch, "__version__", "2.7.1")
-    with pytest.raises(gpt.GPTError, match="float16 on MPS needs PyTorch 2.8"):
-        gpt.pick_device("mps", "float16")
-    monkeypatch.setattr(torch, "__version__", "2.10.0")  # compared as numbers: 2.10 is newer than 2.8
-    assert gpt.pick_device("mps", "float16")[1] == torch.float16
 
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f amx_bf16 amx_tile", True),  # Sapphire Rapids
+                                           ("fpu avx2 avx512f avx512_bf16", True),  # Cooper Lake, AMD Zen 4
+                                           ("fpu avx2 avx512f avx512bw", False),  # Skylake: would emulate bf16
+                                           ("fpu avx2 fma", False)])  # AMD Zen 2/3, older Intel
+def test_a_cpu_trains_in_bfloat16_only_where_it_computes_it_natively(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert gpt.native_cpu_bf16(str(cpuinfo)) == native
+    assert gpt.native_cpu_bf16(str(tmp_path / "not_linux")) is False  # no /proc/cpuinfo: float32
+    monkeypatch.setattr(gpt, "native_cpu_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert gpt.pick_device("auto") == (torch.device("cpu"), torch.bfloat16 if native else torch.float32)
+    assert gpt.pick_device("cpu", "float32")[1] == torch.float32  # --dtype float32 forces it
 
 def test_fused_adamw_only_on_cuda():
     cfg = SimpleNamespace(weight_decay=0.1, learning_rate=1e-3)
@@ -694,7 +1141,7 @@ def test_compiled_model_trains_and_saves_without_orig_mod_prefix(data_file, tmp_
 def test_a_cpu_run_says_what_the_whole_run_costs_before_the_first_eval(trained):
     lines = trained.stdout.splitlines()
     estimate = next(i for i, line in enumerate(lines) if line.startswith("one step takes"))
-    assert "s on this CPU: the whole run about" in lines[estimate] and "minutes" in lines[estimate]
+    assert "s on this CPU: the whole run " in lines[estimate] and "minute" in lines[estimate]
     assert estimate < next(i for i, line in enumerate(lines) if line.startswith("eval at step 0"))
 
 
@@ -708,7 +1155,8 @@ def torchrun(*args, nproc=2, **popen):
     return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=300)
 
 
-DDP_RUN = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "5", "--log_interval", "5", "--dropout", "0",
+# float32: bfloat16 (chosen on CPUs with AMX) rounds each micro-batch's matmuls differently, by more than 1e-4
+DDP_RUN = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "5", "--log_interval", "5", "--dropout", "0", "--dtype", "float32",
            "--max_new_tokens", "10"]
 
 
