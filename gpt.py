@@ -70,9 +70,8 @@ def pick_device(name="auto", dtype="auto"):
     return device, getattr(torch, dtype)
 
 def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids, most cloud VMs)
-    if not os.path.exists(cpuinfo):  # and AVX-512 BF16 (also AMD's Zen 4) do bf16 matmuls natively,
-        return False  # about twice as fast as float32. Linux lists them; elsewhere: float32
-    with open(cpuinfo, encoding="utf-8") as f:
+    # and AVX-512 BF16 (also AMD's Zen 4) do bf16 matmuls natively, 2x float32; Linux lists them.
+    with open(cpuinfo if os.path.exists(cpuinfo) else os.devnull, encoding="utf-8") as f:
         return bool({"amx_bf16", "avx512_bf16"} & set(f.read().split()))
 
 # ------------------------------------------------------------ data and tokenizer
@@ -160,20 +159,21 @@ def load_prepared(folder, tokenizer):
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, ValueError):
-        raise GPTError(f"data folder {folder} has no meta.json: it is not one scripts/prepare.py wrote") from None
-    ids_of = lambda spec: spec.get("vocab") or spec.get("tokens")  # what each id stands for
-    if tokenizer is not None and ids_of(tokenizer.spec) != ids_of(meta["tokenizer"]):
-        raise GPTError(f"data folder {folder} was prepared with another tokenizer than the model's")
+        sizes = {s: meta[s]["tokens"] * np.dtype(meta["dtype"]).itemsize for s in ("train", "val")}
+        per_char = meta["val"]["tokens"] / max(meta["val"]["characters"], 1)
+        ids_of = lambda spec: spec.get("vocab") or spec.get("tokens")  # what each id stands for
+        if tokenizer is not None and ids_of(tokenizer.spec) != ids_of(meta["tokenizer"]):
+            raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
+        tokenizer = tokenizer or make_tokenizer(meta["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise GPTError(f"data folder {folder} has no meta.json from scripts/prepare.py") from None
     splits = {}
     for name in ("train", "val"):
         path = os.path.join(folder, f"{name}.bin")
-        size = meta[name]["tokens"] * np.dtype(meta["dtype"]).itemsize
-        if not os.path.isfile(path) or os.path.getsize(path) != size:
+        if not os.path.isfile(path) or os.path.getsize(path) != sizes[name]:
             raise GPTError(f"data folder {folder} is incomplete: its {name}.bin is cut short; prepare it again")
-        splits[name] = np.memmap(path, dtype=meta["dtype"], mode="r") if size else np.zeros(0)
-    per_char = meta["val"]["tokens"] / meta["val"]["characters"]
-    return tokenizer or make_tokenizer(meta["tokenizer"]), splits, per_char
+        splits[name] = np.memmap(path, meta["dtype"], "r") if sizes[name] else np.zeros(0)
+    return tokenizer, splits, per_char
 
 def get_batch(data, batch_size, block_size, generator):
     """batch_size random windows of block_size + 1 tokens: (B, T+1). Of a memory map, only these."""
@@ -320,7 +320,7 @@ def load_checkpoint(path, what_to_do):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the first line of torch's message says what is wrong
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise GPTError(f"{path} is not a loadable checkpoint ({reason}); delete it") from None
+        raise GPTError(f"{path} is not a loadable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys() or "vocab" not in ckpt:
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
     return ckpt
@@ -434,14 +434,14 @@ def fast_paths(model, device, dtype, cfg, data):
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     def trial(step_model):  # forward and backward, undone: the RNG and gradients stay as they were
-        t0 = time.time()
+        t0 = time.perf_counter()
         try:  # get_batch(..., None) draws from torch's generator, restored by fork_rng
             with torch.random.fork_rng(devices=[]), autocast:
                 windows = get_batch(data, cfg.batch_size, cfg.block_size, None)
                 step_model(*micro_batches(windows, cfg.grad_accum, device)[0])[1].backward()
         finally:
             model.zero_grad(set_to_none=True)
-        return time.time() - t0
+        return time.perf_counter() - t0
     step_model = model
     if compiles(cfg, device):
         try:
@@ -495,15 +495,15 @@ def in_words(s):  # a duration in seconds, as people say it
 
 def evaluate(model, splits, cfg, autocast, device, run):
     """Print and log both splits' loss (BPE: also val per character); True for the best val yet."""
-    seconds, tokens = time.time() - run.since_time, (run.iter - run.since_iter) * cfg.batch_size
+    dt, tokens = time.perf_counter() - run.since_time, (run.iter - run.since_iter) * cfg.batch_size
     train, val = estimate_loss(model, splits, cfg, autocast, device).values()
     per_char = f" ({val * run.per_char:.4f} per character)" if run.per_char != 1 else ""
     say(f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}{per_char}")
-    elapsed = run.elapsed + time.time() - run.start
+    elapsed = run.elapsed + time.perf_counter() - run.start
     run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
-                    round(tokens * cfg.block_size / seconds), round(elapsed, 1)])
+                    round(tokens * cfg.block_size / dt), round(elapsed, 1)])
     best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
-    run.since_iter, run.since_time = run.iter, time.time()  # the next stretch starts
+    run.since_iter, run.since_time = run.iter, time.perf_counter()  # the next stretch starts
     return best
 
 def train(cfg, resume=None, init=None):
@@ -539,9 +539,9 @@ def train(cfg, resume=None, init=None):
     if world_size > 1:  # each process its share; DDP averages the gradients during backward
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     save = lambda best: rank == 0 and save_run(model, optimizer, batch_generator, tokenizer, cfg, run, best)
-    run.start = run.since_time = time.time()
+    run.start = run.since_time = time.perf_counter()
     run.since_iter = run.iter
-    if run.iter == 0:  # a fresh model scores about ln(vocab_size): 4.14 for 63 characters
+    if run.iter == 0 and not resume:  # a fresh model scores about ln(vocab_size): 4.14 for 63 chars
         save(evaluate(step_model, splits, cfg, autocast, device, run))
     # Until here Ctrl-C stops at once (there is nothing to save); from here on it saves first.
     with stop_signals(vote_group) as agreed_stop:
@@ -573,7 +573,7 @@ def report(loss, lr, cfg, run, world_size):
     if not math.isfinite(loss := loss.item() / world_size):  # before any eval: no NaN is saved
         raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt keep the last "
                        f"good state; lower --learning_rate (now {cfg.learning_rate})")
-    step_s = (time.time() - run.since_time) / (run.iter - run.since_iter)
+    step_s = (time.perf_counter() - run.since_time) / (run.iter - run.since_iter)
     eta = divmod(round((cfg.max_iters - run.iter) * step_s), 60)  # (minutes, seconds)
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
         f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {eta[0]}m{eta[1]:02d}s")
@@ -622,7 +622,7 @@ def sample(cfg):
     model, tokenizer, prompt = model_from(ckpt, device), tokenizer_of(ckpt), cfg.prompt or "\n"
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
-    generator, t0 = torch.Generator().manual_seed(cfg.seed), time.time()
+    generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
     show = lambda i: repr(tokenizer.decode([i]))  # a token as a literal: a newline shows as '\n'
     for i in range(cfg.num_samples):
         table = "step | chosen | the five likeliest and their probabilities\n"
@@ -640,7 +640,7 @@ def sample(cfg):
                 shown = len(ids)
         print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
-    n, seconds = cfg.max_new_tokens * cfg.num_samples, time.time() - t0
+    n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
@@ -716,8 +716,8 @@ def main(argv=None):
             init = load_checkpoint(given["init_from"], "--init_from needs a gpt.py checkpoint")
         # Defaults, then the config of the checkpoint we go on from, the preset, the flags.
         saved = (resume or init or {}).get("config", {})
-        if init:  # its model and training settings, not where it came from
-            saved = {k: v for k, v in saved.items() if k not in ("data", "out_dir", "init_from")}
+        if init:  # its model and training settings, not its data, folder or device
+            saved = {k: v for k, v in saved.items() if k in MODEL_KEYS or k in PRESETS["tiny"]}
         preset = given.get("config", None if saved else DEFAULTS["config"])
         cfg = SimpleNamespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **given})
         if args.sample:

@@ -853,6 +853,44 @@ def test_bad_prepare_inputs_get_one_line_and_leave_nothing(tmp_path, make, args,
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
 
 
+def test_prepare_in_small_pieces_gives_the_same_tokens_as_the_whole_text(data_file, tmp_path, monkeypatch):
+    assert prepare.main([data_file, "--out", str(tmp_path / "whole"), "--tokenizer", "bpe", "--vocab_size", "300"]) == 0
+    monkeypatch.setattr(prepare, "PIECE", 997)  # cuts everywhere: before a space, never inside " word"
+    assert prepare.main([data_file, "--out", str(tmp_path / "small"), "--tokenizer", "bpe", "--vocab_size", "300"]) == 0
+    assert prepared_ids(tmp_path / "whole") == prepared_ids(tmp_path / "small")
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: [(d / "in").mkdir(), (d / "in" / "a.txt").write_text(""), (d / "in" / "b.txt").write_text("")], "no text"),
+    (lambda d: (d / "in.jsonl").write_text('{"text": "half an emoji \\ud83d"}\n'), "lone surrogate"),
+    (lambda d: (d / "in.jsonl").write_bytes(b'{"text": "caf\xe9"}\n'), "not UTF-8"),
+    (lambda d: [(d / "in.txt").write_text("some text " * 50), (d / "out").write_text("a file")], "is a file")])
+def test_more_bad_prepare_inputs_get_one_line(tmp_path, make, expected):
+    make(tmp_path)
+    name = next(p.name for p in tmp_path.iterdir() if p.name != "out")
+    result = run_prepare(str(tmp_path / name), "--out", str(tmp_path / "out"), "--tokenizer", "bpe")
+    assert result.returncode == 1 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").is_dir() or os.listdir(tmp_path / "out") == []
+
+
+def test_prepare_refuses_vocab_size_zero(tmp_path):
+    (tmp_path / "in.txt").write_text("abc", encoding="utf-8")
+    result = run_prepare(str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"), "--tokenizer", "bpe",
+                         "--vocab_size", "0")
+    assert result.returncode == 2 and "--vocab_size 0" in result.stderr
+
+
+@pytest.mark.parametrize("meta", ["garbage{", "[]", "{}", '{"tokenizer": {"name": "bpe"}, "dtype": "uint16", '
+                                  '"train": {"tokens": 0}, "val": {"tokens": 0, "characters": 0}}',
+                                  '{"tokenizer": {"name": "char", "vocab": "ab"}, "dtype": "foo", "train": {"tokens": 1},'
+                                  ' "val": {"tokens": 1, "characters": 1}}'])
+def test_a_prepared_folder_with_a_broken_meta_json_is_named(tmp_path, meta):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text(meta, encoding="utf-8")
+    result = run_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    assert_clean_failure(result, 1, str(tmp_path / "data"), "meta.json")
+
+
 def test_prepare_without_its_packages_names_the_install(tmp_path, monkeypatch, capsys):
     (tmp_path / "in.txt").write_text("some text " * 50, encoding="utf-8")
     real = prepare.importlib.import_module
@@ -904,6 +942,24 @@ def test_init_from_starts_where_the_source_model_is(trained, tmp_path):
     assert first[0] == 0 and first[2] == round(best["best_val_loss"], 4)  # the same model, the same eval batches
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["iter"] == 20 and ckpt["optimizer"]["state"][0]["step"] == 20  # a new optimizer and schedule
+
+
+def test_init_from_keeps_the_model_and_training_settings_but_not_the_device_or_precision(trained, tmp_path):
+    source = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    source["config"].update(device="cuda", dtype="float16", compile=True)  # as if trained on a GPU
+    torch.save(source, tmp_path / "gpu.pt")
+    result = run_gpt("--init_from", str(tmp_path / "gpu.pt"), "--data", trained.data, "--out_dir", str(tmp_path / "o"),
+                     "--max_iters", "2")
+    assert result.returncode == 0, result.stderr
+    assert "device cpu" in result.stdout and "compile off" in result.stdout and "n_embd" not in result.stderr
+    assert torch.load(tmp_path / "o" / "best.pt", weights_only=True)["config"]["n_embd"] == 32
+
+
+def test_resume_after_max_iters_zero_logs_step_zero_once(trained, tmp_path):
+    args = [*TINY_RUN, "--data", trained.data, "--out_dir", str(tmp_path)]
+    assert run_gpt(*args, "--max_iters", "0").returncode == 0
+    assert run_gpt("--resume", "--out_dir", str(tmp_path), "--max_iters", "20").returncode == 0
+    assert [r[0] for r in losses_in(tmp_path)] == [0, 20]
 
 
 def test_init_from_refuses_a_new_shape_another_tokenizer_and_unseen_characters(trained, bpe_folder, tmp_path):
@@ -1015,6 +1071,17 @@ def test_converted_gpt2_samples_from_the_command_line_and_fine_tunes(hf_gpt2, da
     losses = losses_in(tmp_path / "tuned")
     assert [r[0] for r in losses] == [0, 2, 4] and losses[-1][1] < losses[0][1]
     assert torch.load(tmp_path / "tuned" / "best.pt", weights_only=True)["config"]["gelu"] == "tanh"
+
+
+def test_from_gpt2_never_replaces_a_trained_model(hf_gpt2, trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    before = snapshot(out)
+    script = [sys.executable, os.path.join(HERE, "scripts", "from_gpt2.py"), str(hf_gpt2.model_dir), "--out_dir", str(out)]
+    refused = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "already holds a model" in refused.stderr and snapshot(out) == before
+    replaced = subprocess.run([*script, "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert replaced.returncode == 0 and torch.load(out / "best.pt", weights_only=True)["config"]["gelu"] == "tanh"
 
 
 def test_from_gpt2_explains_what_is_missing_in_one_line(tmp_path, monkeypatch, capsys):

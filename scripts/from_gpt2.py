@@ -48,7 +48,11 @@ def tokenizer_spec(source, vocab_size):
             raise gpt.GPTError(f"{source} has no vocab.json: GPT-2's tokens are needed beside its weights")
     else:
         from huggingface_hub import hf_hub_download
-        path = hf_hub_download(source, "vocab.json")
+        try:
+            path = hf_hub_download(source, "vocab.json")
+        except Exception as e:  # no network and no cached copy
+            raise gpt.GPTError(f"cannot get {source}'s vocab.json (no network and no cached copy?): "
+                               f"{str(e).splitlines()[0][:200]}") from None
     with open(path, encoding="utf-8") as f:
         vocab = json.load(f)
     decode = byte_of_character()
@@ -64,6 +68,9 @@ def convert(hf_model):
     c = hf_model.config
     if c.model_type != "gpt2" or c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn:
         raise gpt.GPTError(f"this is not a plain GPT-2 model (model_type {c.model_type})")
+    if c.n_inner not in (None, 4 * c.n_embd) or c.layer_norm_epsilon != 1e-5:
+        raise gpt.GPTError(f"this GPT-2 has an MLP of {c.n_inner} or a LayerNorm eps of {c.layer_norm_epsilon}: "
+                           "gpt.py's model has 4 x n_embd and 1e-5")
     gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}.get(c.activation_function)
     if gelu is None:
         raise gpt.GPTError(f"GPT-2 with activation {c.activation_function} is not one gpt.py computes")
@@ -80,6 +87,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Write OpenAI's GPT-2 as a gpt.py checkpoint.")
     p.add_argument("source", nargs="?", default="gpt2", help=f"{', '.join(SIZES)}, or a local folder")
     p.add_argument("--out_dir", default="out_gpt2", help="where best.pt goes (default out_gpt2)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model that out_dir holds")
     args = p.parse_args(argv)
     try:
         try:
@@ -95,7 +103,7 @@ def main(argv=None):
             raise gpt.GPTError(f"cannot load {args.source} ({where}): {str(e).splitlines()[0]}") from None
         model, config = convert(hf_model)
         spec = tokenizer_spec(args.source, config["vocab_size"])
-        os.makedirs(args.out_dir, exist_ok=True)
+        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)  # never replaces a trained model unasked
         path = os.path.join(args.out_dir, "best.pt")
         gpt.save_atomic(dict(model=model.state_dict(), config=config, tokenizer=spec, vocab=None, iter=0,
                              best_val_loss=float("nan")), path)

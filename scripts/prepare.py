@@ -84,7 +84,8 @@ def read_text(path, progress):
                 if text:
                     yield text
                 return
-            cut = max(text.rfind("\n"), text.rfind(" ")) + 1 or len(text)
+            # Cut before the last space: " word" stays whole, as BPE's split pattern keeps it.
+            cut = max(text.rfind(" "), 0) or text.rfind("\n") + 1 or len(text)
             if text[:cut]:
                 yield text[:cut]
             carry = text[cut:]
@@ -98,11 +99,20 @@ def read_jsonl(path, progress):
             if not line.strip():
                 continue
             try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PrepareError(f"{path}, line {number}: not UTF-8 text (byte {line[e.start]:#04x})") from None
+            try:
                 text = json.loads(line)["text"]
             except (ValueError, TypeError, KeyError):  # not JSON, not an object, no "text"
                 raise PrepareError(f'{path}, line {number}: not a JSON object with a "text" field') from None
             if not isinstance(text, str):
                 raise PrepareError(f'{path}, line {number}: "text" is not a string')
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # "\ud83d" alone: half of an emoji, cut off
+                raise PrepareError(f'{path}, line {number}: "text" holds a lone surrogate escape, '
+                                   "not a character") from None
             yield [text[i:i + PIECE] for i in range(0, len(text), PIECE)]
 
 
@@ -151,7 +161,11 @@ def make_tokenizer(kind, vocab_size, chars, train_pieces):
         return {"name": "char", "vocab": vocab}, encode
     tiktoken = need("tiktoken")
     if kind == "gpt2":
-        enc = tiktoken.get_encoding("gpt2")
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # tiktoken downloads GPT-2's tokens once, then keeps them
+            raise PrepareError(f"could not get GPT-2's tokens (tiktoken downloads them once: is there a "
+                               f"network?): {str(e).splitlines()[0][:200]}") from None
         tokens = [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab - 1)]  # EOT is the last
         pattern = enc._pat_str
     else:
@@ -173,12 +187,13 @@ def prepare(inputs, out, kind="char", vocab_size=None):
     total_bytes = sum(os.path.getsize(f) for f in files)
     boundary = 2 if kind == "char" else 0  # char joins documents with a blank line, BPE with EOT
     # 1. Read everything once: is it all UTF-8 and well-formed, how many characters, which ones.
-    chars, n_chars = set(), 0
+    chars, n_chars, n_text = set(), 0, 0  # n_text: characters of the documents themselves
     with bar(tqdm, total_bytes, "reading") as progress:
         for piece in corpus(files, progress):
             n_chars += boundary if piece is None else len(piece)
+            n_text += 0 if piece is None else len(piece)
             chars.update("\n" if piece is None else piece)
-    if n_chars == 0:
+    if n_text == 0:
         raise PrepareError(f"the input has no text: {', '.join(inputs)}")
     n_train = int(0.9 * n_chars)  # the first 90% of the characters to learn from, as gpt.py does
     # 2. The tokenizer (bpe: learned from the training part only).
@@ -194,12 +209,16 @@ def prepare(inputs, out, kind="char", vocab_size=None):
     vocab_size = len(spec["vocab"]) if kind == "char" else len(spec["tokens"]) + 1
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     # 3. Encode, a batch of pieces on every core at once, and append to the token files.
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PrepareError(f"--out {out} is a file, not a folder")
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("train.bin", "val.bin", "meta.json")}
     counts = {s: dict(documents=0, characters=0, tokens=0) for s in ("train", "val")}
     separator = "\n\n" if kind == "char" else None  # None: the end-of-text token
-    files_out = {s: open(paths[f"{s}.bin"] + ".tmp", "wb") for s in ("train", "val")}
+    files_out = {}
     try:
+        for s in ("train", "val"):
+            files_out[s] = open(paths[f"{s}.bin"] + ".tmp", "wb")
         with bar(tqdm, total_bytes, "encoding") as progress, ThreadPoolExecutor() as pool:
             batch = []
             def flush():
@@ -241,7 +260,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.vocab_size is not None and args.tokenizer != "bpe":
         p.error(f"--vocab_size is for --tokenizer bpe (the {args.tokenizer} vocabulary is fixed)")
-    vocab_size = args.vocab_size or DEFAULT_VOCAB
+    vocab_size = DEFAULT_VOCAB if args.vocab_size is None else args.vocab_size
     if not 257 <= vocab_size <= 200_000:
         p.error(f"--vocab_size {vocab_size}: byte-level BPE needs 256 byte tokens and the end-of-text "
                 "token, so at least 257; at most 200,000")
@@ -249,6 +268,9 @@ def main(argv=None):
         meta = prepare(args.inputs, args.out, args.tokenizer, vocab_size)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file that cannot be read, a folder that cannot be written, a full disk
+        print(f"error: {e.filename or args.out}: {e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)
