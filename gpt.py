@@ -14,8 +14,7 @@ embedding, N(0, 0.02) init, residual projections scaled by 1/sqrt(2·n_layer)), 
 - AdamW's beta2 is 0.99, not 0.999: with small batches the second moment should forget faster.
 microgpt.py computes the same function with plain Python floats; test_gpt.py proves they agree.
 """
-import argparse, json, math, os, sys, time
-import signal, threading  # Ctrl-C and SIGTERM save the run before it stops
+import argparse, json, math, os, signal, sys, threading, time
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -232,8 +231,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        # Exact: 0.5·x·(1 + erf(x/√2)), as in microgpt.py. GPT-2 was trained with the tanh
-        # approximation, so its weights need that one: the two differ by up to 0.0005.
+        # Exact: 0.5·x·(1 + erf(x/√2)), as microgpt.py; GPT-2's weights need the tanh approximation
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
@@ -619,7 +617,9 @@ def sample(cfg):
     path = os.path.join(cfg.out_dir, "best.pt")
     ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
     device, _ = pick_device(cfg.device)
-    model, tokenizer, prompt = model_from(ckpt, device), tokenizer_of(ckpt), cfg.prompt or "\n"
+    model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
+    newline = "\n" in tokenizer.spec.get("vocab", "\n")  # BPE writes any character, a char model its own
+    prompt = cfg.prompt or ("\n" if newline else tokenizer.vocab[0])
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -109,14 +110,20 @@ def test_lm_head_is_the_token_embedding():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
-def test_init_follows_gpt2():
+def test_init_follows_gpt2_in_every_layer():
     torch.manual_seed(0)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
-    sd = model.state_dict()
-    assert abs(sd["transformer.wte.weight"].std().item() - 0.02) < 0.001
-    assert abs(sd["transformer.h.0.mlp.c_proj.weight"].std().item() - 0.02 / math.sqrt(12)) < 0.0005
-    assert torch.all(sd["transformer.h.0.attn.c_attn.bias"] == 0)
-    assert torch.all(sd["transformer.h.0.ln_1.weight"] == 1) and torch.all(sd["transformer.h.0.ln_1.bias"] == 0)
+    n_layer = 3
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=65, block_size=256, n_layer=n_layer, n_head=4, n_embd=256))
+    for name, p in model.named_parameters():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            assert torch.all(p == 1), name
+        elif p.dim() == 1:  # every bias, of the linear layers and the LayerNorms
+            assert torch.all(p == 0), name
+        else:  # residual projections (attention's and the MLP's, in every block) scaled by 1/sqrt(2 n_layer)
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+            assert abs(p.std().item() - std) < 0.03 * std, (name, p.std().item(), std)
+            assert abs(p.mean().item()) < 4 * std / math.sqrt(p.numel()), name
+    assert sum(name.endswith("c_proj.weight") for name, _ in model.named_parameters()) == 2 * n_layer
 
 
 @settings(max_examples=20, deadline=None)
@@ -215,7 +222,110 @@ def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
     assert torch.equal(greedy, top1)
 
 
+def hand_softmax(logits, temperature=1.0):  # in plain Python floats, not the code under test
+    scaled = [z / temperature for z in logits]
+    top = max(scaled)
+    weights = [math.exp(z - top) for z in scaled]
+    return [w / sum(weights) for w in weights]
+
+
+def peaked_model(block_size=8, seed=0):
+    """Weights 10-25x GPT-2's init: sharp attention, so the next token depends on the whole context."""
+    model = tiny_model(block_size=block_size, seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5 if p.size(0) > 32 else 0.2, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def first_distribution(model, prompt, **sampling):
+    _, probs = next(gpt.generate(model, prompt, 1, generator=torch.Generator().manual_seed(0), **sampling))
+    return probs[0].tolist()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_divides_the_logits_before_the_softmax(temperature):
+    model, prompt = peaked_model(), torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        logits = model(prompt)[0][0, -1].tolist()
+    probs = first_distribution(model, prompt, temperature=temperature)
+    assert probs == pytest.approx(hand_softmax(logits, temperature), abs=1e-6)
+
+
+def test_a_lower_temperature_sharpens_and_a_higher_one_flattens():
+    model, prompt = peaked_model(), torch.tensor([[1, 2, 3]])
+    entropy = lambda probs: -sum(p * math.log(p) for p in probs if p > 0)
+    cold, warm, hot = (first_distribution(model, prompt, temperature=t) for t in (0.5, 1.0, 2.0))
+    assert max(cold) > max(warm) > max(hot)
+    assert entropy(cold) < entropy(warm) < entropy(hot) < math.log(len(hot))
+
+
+@pytest.mark.parametrize("top_k", [2, 3, 5, 11, 50])
+def test_top_k_keeps_the_k_likeliest_tokens_renormalised(top_k):
+    model, prompt = peaked_model(), torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        logits = model(prompt)[0][0, -1].tolist()
+    likeliest = sorted(range(len(logits)), key=lambda i: -logits[i])[:top_k]
+    kept = hand_softmax([logits[i] for i in likeliest], 0.8)
+    expected = [kept[likeliest.index(i)] if i in likeliest else 0.0 for i in range(len(logits))]
+    assert first_distribution(model, prompt, temperature=0.8, top_k=top_k) == pytest.approx(expected, abs=1e-6)
+    drawn = ids_of(gpt.generate(model, prompt, 1, temperature=0.8, top_k=top_k,
+                                generator=torch.Generator().manual_seed(1)))
+    assert drawn[0].item() in likeliest
+
+
+def test_past_block_size_the_model_sees_the_latest_tokens_as_a_window_of_at_least_three_quarters():
+    class Recorder(torch.nn.Module):  # a stand-in model: remembers each context it is shown
+        config, transformer = SimpleNamespace(block_size=8), SimpleNamespace(h=[])
+        seen = []
+        def forward(self, idx, targets=None, cache=None):
+            self.seen.append(idx[0].tolist())
+            return torch.eye(11)[len(self.seen) % 11].expand(1, idx.size(1), 11), None
+    model, prompt = Recorder(), torch.tensor([[1, 2, 3]])
+    ids = [1, 2, 3] + [i.item() for i in ids_of(gpt.generate(model, prompt, 30, temperature=0, use_cache=False))]
+    for step, window in enumerate(model.seen):
+        context = ids[:3 + step]  # all tokens before the one this step writes
+        assert window == context[-len(window):], f"step {step}: not the latest tokens"
+        assert min(len(context), 6) <= len(window) <= 8, f"step {step}: a window of {len(window)}"
+    assert max(len(window) for window in model.seen) == 8  # the whole block is used before it slides
+
+
+@pytest.mark.parametrize("block_size, prompt_length", [(4, 2), (8, 3), (8, 11), (9, 1)])
+def test_kv_cache_draws_from_the_same_distributions_as_the_uncached_path_past_block_size(block_size, prompt_length):
+    model = peaked_model(block_size=block_size)
+    prompt = torch.randint(11, (1, prompt_length), generator=torch.Generator().manual_seed(2))
+    runs = [list(gpt.generate(model, prompt, 4 * block_size, temperature=1.0,
+                              generator=torch.Generator().manual_seed(5), use_cache=c)) for c in (True, False)]
+    for (id_a, probs_a), (id_b, probs_b) in zip(*runs):
+        assert torch.equal(id_a, id_b)
+        assert (probs_a - probs_b).abs().max().item() < 1e-5
+
+
+def test_the_peaked_model_depends_on_more_than_the_last_token():  # or the two tests above would prove little
+    model = peaked_model()
+    a, b = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[7, 2, 3, 4]])
+    with torch.no_grad():
+        assert (model(a)[0][0, -1] - model(b)[0][0, -1]).abs().max().item() > 0.1
+
+
+def test_kv_cache_with_several_new_tokens_at_once_equals_the_full_forward():
+    model = peaked_model(block_size=8)
+    idx = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = [{} for _ in model.transformer.h]
+        chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 3), (3, 5), (5, 8))]  # 3, then 2, then 3
+    diff = (torch.cat(chunks, dim=1) - full).abs().max().item()
+    assert diff < 1e-5, f"max |cached - full| = {diff}"
+
+
 # ----------------------------------------------------------------------------- training and the files it writes
+def losses_in(out_dir):
+    rows = open(os.path.join(out_dir, "log.csv"), encoding="utf-8").read().splitlines()[1:]
+    return [(int(r.split(",")[0]), float(r.split(",")[1]), float(r.split(",")[2])) for r in rows]
+
+
 def test_training_lowers_the_loss_and_writes_its_files(trained):
     rows = open(os.path.join(trained.out_dir, "log.csv"), encoding="utf-8").read().splitlines()
     assert rows[0] == "iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s"
@@ -224,6 +334,55 @@ def test_training_lowers_the_loss_and_writes_its_files(trained):
     assert iters == [0, 20, 40, 60]
     assert val[-1] < val[0] - 0.5, f"val loss went {val[0]} -> {val[-1]}"
     assert "best val loss" in trained.stdout
+
+
+def test_the_first_90_percent_of_the_text_trains_and_the_last_10_percent_is_val(tmp_path):
+    text = "".join(chr(ord("a") + i % 7) for i in range(900)) + "XYZ" * 33 + "!"  # 900 + 100 characters
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    tokenizer, splits, _ = gpt.load_data(str(tmp_path / "text.txt"), block_size=8)
+    assert tokenizer.decode(splits["train"].tolist()) == text[:900]
+    assert tokenizer.decode(splits["val"].tolist()) == text[900:]
+
+
+def test_the_model_learns_from_the_train_split_only(tmp_path):
+    (tmp_path / "text.txt").write_text("ab" * 450 + "cd" * 50, encoding="utf-8")  # val: pairs never trained on
+    args = [*TINY_RUN, "--n_layer", "1", "--n_embd", "16", "--block_size", "8", "--max_iters", "80",
+            "--eval_interval", "80", "--learning_rate", "1e-2", "--data", str(tmp_path / "text.txt"),
+            "--out_dir", str(tmp_path / "run"), "--dtype", "float32"]
+    assert gpt.main(args) == 0
+    *_, (step, train_loss, val_loss) = losses_in(tmp_path / "run")
+    assert step == 80 and train_loss < 0.3 and val_loss > 1.0, (train_loss, val_loss)
+
+
+class MeanTarget(torch.nn.Module):
+    """A stand-in model whose loss is the mean of its targets: 0 on a split of zeros, 1 on a split of ones."""
+    def forward(self, idx, targets):
+        return None, targets.float().mean()
+
+
+EVAL_CFG = SimpleNamespace(seed=0, eval_iters=3, batch_size=4, block_size=8, grad_accum=2, learning_rate=1e-3,
+                           min_lr=1e-4, warmup_iters=10, max_iters=50, lr_decay_iters=None)
+SPLITS = dict(train=torch.zeros(100, dtype=torch.long), val=torch.ones(100, dtype=torch.long))
+
+
+def test_eval_measures_each_split_on_its_own_data():
+    losses = gpt.estimate_loss(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"))
+    assert losses == {"train": 0.0, "val": 1.0}
+
+
+def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch):
+    monkeypatch.setattr(gpt.time, "perf_counter", lambda: 12.0)  # a clock that reads 12 s now
+    run = SimpleNamespace(iter=30, since_iter=20, since_time=10.0, start=2.0, elapsed=100.0, best_val_loss=1.5,
+                          log=[], per_char=1)
+    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"), run) is True
+    progress = (29 - 10) / (50 - 10)  # the lr of the step just taken, step 29: 19 of the 40 cosine steps
+    lr = 1e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (1e-3 - 1e-4)
+    # 10 steps x 4 sequences x 8 tokens in the 2 s since the last eval; 100 s before this run, 10 s in it
+    assert run.log == [[30, 0.0, 1.0, pytest.approx(lr), 160, 110.0]]
+    assert run.best_val_loss == 1.0
+    run.iter, run.since_time, run.best_val_loss = 40, 11.0, 0.5
+    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"), run) is False
+    assert run.best_val_loss == 0.5
 
 
 def test_checkpoints_load_with_weights_only_and_carry_the_spec_keys(trained):
@@ -271,11 +430,19 @@ def test_notebook_kernel_argv_is_ignored(monkeypatch):
     assert args.config == "tiny"
 
 
-def test_flags_override_one_field_of_the_preset():
-    _, args = gpt.parse_args(["--config", "small", "--n_layer", "3", "--learning_rate=0.01"])
-    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume")}
-    cfg = {**gpt.DEFAULTS, **gpt.PRESETS["small"], **given}
-    assert cfg["n_layer"] == 3 and cfg["n_embd"] == 256 and cfg["learning_rate"] == 0.01
+def test_flags_override_one_field_of_the_preset(data_file, tmp_path):
+    args = ["--config", "small", "--n_layer", "3", "--learning_rate=0.01", "--block_size", "16", "--batch_size", "2",
+            "--eval_iters", "1", "--max_iters", "0", "--max_new_tokens", "1", "--data", data_file, "--out_dir",
+            str(tmp_path), "--device", "cpu"]
+    assert gpt.main(args) == 0
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    small, cfg = gpt.PRESETS["small"], ckpt["config"]
+    assert (cfg["n_layer"], cfg["learning_rate"], cfg["block_size"]) == (3, 0.01, 16)  # the flags
+    assert all(cfg[k] == small[k] for k in small if k not in ("n_layer", "learning_rate", "batch_size",
+                                                               "eval_iters", "max_iters"))  # the preset
+    assert cfg["weight_decay"] == 0.1 and cfg["grad_clip"] == 1.0  # the defaults
+    assert {int(k.split(".")[2]) for k in ckpt["model"] if k.startswith("transformer.h.")} == {0, 1, 2}
+    assert ckpt["model"]["transformer.wpe.weight"].shape == (16, small["n_embd"])
 
 
 # ----------------------------------------------------------------------------- microgpt.py computes the same function
@@ -621,9 +788,15 @@ def test_a_fresh_run_into_a_trained_folder_is_refused_and_changes_nothing(traine
 def test_overwrite_replaces_the_model_and_resume_still_continues_it(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained.out_dir, out)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    ckpt["log"][-1][-1] = 1000.0  # as if the first 60 steps had taken 1000 s
+    torch.save(ckpt, out / "ckpt.pt")
+    t0 = time.time()
     resumed = run_gpt("--resume", "--out_dir", str(out), "--max_iters", "70")
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 70
+    last = open(out / "log.csv", encoding="utf-8").read().splitlines()[-1].split(",")
+    assert last[0] == "70" and 1000 < float(last[-1]) < 1000 + time.time() - t0  # the time trained goes on
     again = run_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), "--max_iters", "20", "--overwrite")
     assert again.returncode == 0, again.stderr
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 20
@@ -1147,6 +1320,40 @@ def test_only_float16_gets_a_grad_scaler_and_autocast_follows_the_dtype(dtype, s
     assert trial_s > 0 and all(p.grad is None for p in model.parameters())  # the timed trial step is undone
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # float16: with loss scaling
+@pytest.mark.parametrize("clip", [0.0, 0.5, 2.0])  # grad_clip as a fraction of the true gradient norm; 0: off
+def test_train_step_hands_the_optimizer_the_true_gradient_clipped_to_grad_clip(dtype, clip):
+    model = tiny_model()
+    windows = torch.randint(11, (4, 9), generator=torch.Generator().manual_seed(0))
+    batches = gpt.micro_batches(windows, 2, torch.device("cpu"))
+    cfg = SimpleNamespace(compile=False, batch_size=4, block_size=8, grad_accum=2)
+    step_model, autocast, scaler, _ = gpt.fast_paths(model, torch.device("cpu"), dtype, cfg, windows.flatten())
+    assert scaler.is_enabled() == (dtype == torch.float16)
+    reference = tiny_model()  # the same weights: the batch's mean loss, one backward, no scaling
+    with autocast:
+        loss = sum(reference(x, y)[1] for x, y in batches) / len(batches)
+    loss.backward()
+    true_grads = [p.grad.clone() for p in reference.parameters()]
+    true_norm = torch.cat([g.flatten() for g in true_grads]).norm().item()
+    optimizer = gpt.make_optimizer(model, SimpleNamespace(weight_decay=0.1, learning_rate=1.0), torch.device("cpu"))
+    handed = []
+    step = optimizer.step
+    def record(*args, **kwargs):  # what the optimizer is given, after the scaler and the clipping
+        handed.append([p.grad.clone() for p in model.parameters()])
+        return step(*args, **kwargs)
+    optimizer.step = record
+    mean_loss = gpt.train_step(step_model, optimizer, scaler, autocast, batches, lr=3e-4, grad_clip=clip * true_norm)
+    assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-3)
+    assert len(handed) == 1 and all(p.grad is None for p in model.parameters())
+    assert [g["lr"] for g in optimizer.param_groups] == [3e-4, 3e-4]
+    expected = [g * min(1.0, clip or 1.0) for g in true_grads]
+    norm = torch.cat([g.flatten() for g in handed[0]]).norm().item()
+    assert norm == pytest.approx(true_norm * min(1.0, clip or 1.0), rel=1e-2)
+    cosine = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in handed[0]]),
+                                                   torch.cat([g.flatten() for g in expected]), dim=0).item()
+    assert cosine > 0.999
+
+
 def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
     fake_gpu(monkeypatch, (9, 0))
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -1237,11 +1444,6 @@ def three_ways(tmp_path_factory, data_file):
     for name, result in runs.items():
         assert result.returncode == 0, (name, result.stderr[-3000:])
     return SimpleNamespace(root=root, **runs)
-
-
-def losses_in(out_dir):
-    rows = open(os.path.join(out_dir, "log.csv"), encoding="utf-8").read().splitlines()[1:]
-    return [(int(r.split(",")[0]), float(r.split(",")[1]), float(r.split(",")[2])) for r in rows]
 
 
 def test_one_process_grad_accum_and_two_processes_train_the_same_model(three_ways):
@@ -1361,6 +1563,21 @@ def test_verbose_shows_each_choice_and_then_the_same_text(trained, sampling):
         if "--temperature" in sampling and "0" in sampling or "--top_k" in sampling:
             assert ast.literal_eval(row.group(2)) in [t for t, _ in candidates]
     assert "\n".join(lines[41:]) == plain.stdout  # the same seed, the same text
+
+
+def test_verbose_probabilities_are_the_model_softmax_at_the_temperature(trained, capsys):
+    args = ["--sample", "--verbose", "--out_dir", trained.out_dir, "--max_new_tokens", "1", "--prompt", "KING",
+            "--temperature", "0.7"]
+    assert gpt.main(args) == 0
+    row = TABLE_ROW.match(capsys.readouterr().out.split("\n")[1])
+    shown = [(ast.literal_eval(t), float(p)) for t, p in CANDIDATE.findall(row.group(3))]
+    ckpt = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    model = gpt.model_from(ckpt, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(torch.tensor([[ckpt["vocab"].index(ch) for ch in "KING"]]))[0][0, -1].tolist()
+    expected = sorted(zip(hand_softmax(logits, 0.7), ckpt["vocab"]), reverse=True)[:5]
+    assert [t for t, _ in shown] == [ch for _, ch in expected]
+    assert [p for _, p in shown] == pytest.approx([p for p, _ in expected], rel=5e-3)  # printed to 3 digits
 
 
 def test_plot_log_draws_two_runs_into_a_png(trained, three_ways, tmp_path):
