@@ -3,6 +3,8 @@
     python -m pytest
 """
 import ast
+import contextlib
+import io
 import math
 import os
 import re
@@ -11,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -27,10 +28,22 @@ TINY_RUN = ["--config", "tiny", "--n_layer", "1", "--n_head", "2", "--n_embd", "
             "--log_interval", "20", "--learning_rate", "3e-3", "--warmup_iters", "5", "--device", "cpu"]
 
 
-def run_gpt(*args, cwd=HERE):
+def run_gpt(*args):
     """gpt.py as a user runs it: a fresh process, its exit code and both output streams."""
-    return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), *args], cwd=cwd,
+    return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), *args], cwd=HERE,
                           capture_output=True, text=True, timeout=300)
+
+
+def call_gpt(*args):
+    """gpt.py's main in this process, as run_gpt but without a second start of Python and torch (seconds on
+    a small CPU): its exit code and both output streams. An exception escaping main fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = gpt.main(list(args))
+        except SystemExit as e:  # argparse's own exit: --help, usage errors
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def ids_of(generation):  # generate yields (next_id, probs) pairs; the ids alone
@@ -366,7 +379,7 @@ SPLITS = dict(train=torch.zeros(100, dtype=torch.long), val=torch.ones(100, dtyp
 
 
 def test_eval_measures_each_split_on_its_own_data():
-    losses = gpt.estimate_loss(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"))
+    losses = gpt.estimate_loss(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"))
     assert losses == {"train": 0.0, "val": 1.0}
 
 
@@ -374,14 +387,14 @@ def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_tr
     monkeypatch.setattr(gpt.time, "perf_counter", lambda: 12.0)  # a clock that reads 12 s now
     run = SimpleNamespace(iter=30, since_iter=20, since_time=10.0, start=2.0, elapsed=100.0, best_val_loss=1.5,
                           log=[], per_char=1)
-    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"), run) is True
+    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"), run) is True
     progress = (29 - 10) / (50 - 10)  # the lr of the step just taken, step 29: 19 of the 40 cosine steps
     lr = 1e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (1e-3 - 1e-4)
     # 10 steps x 4 sequences x 8 tokens in the 2 s since the last eval; 100 s before this run, 10 s in it
     assert run.log == [[30, 0.0, 1.0, pytest.approx(lr), 160, 110.0]]
     assert run.best_val_loss == 1.0
     run.iter, run.since_time, run.best_val_loss = 40, 11.0, 0.5
-    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, nullcontext(), torch.device("cpu"), run) is False
+    assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"), run) is False
     assert run.best_val_loss == 0.5
 
 
@@ -401,17 +414,17 @@ def test_checkpoints_load_with_weights_only_and_carry_the_spec_keys(trained):
 
 def test_sample_with_the_same_seed_prints_the_same_text(trained):
     args = ["--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "80", "--seed", "5", "--prompt", "KING"]
-    first, second = run_gpt(*args), run_gpt(*args)
+    first, second = call_gpt(*args), call_gpt(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     assert first.stdout.startswith("KING") and len(first.stdout) == len("KING") + 80 + 1  # text, then a newline
     assert "tokens/s" in first.stderr and "tokens/s" not in first.stdout  # stdout carries the text alone
-    other = run_gpt(*args[:-4], "--seed", "6", "--prompt", "KING")
+    other = call_gpt(*args[:-4], "--seed", "6", "--prompt", "KING")
     assert other.stdout != first.stdout
 
 
 def test_num_samples_are_separated_by_a_dashes_line(trained):
-    result = run_gpt("--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "20", "--num_samples", "3")
+    result = call_gpt("--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "20", "--num_samples", "3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n---\n") == 2
 
@@ -580,7 +593,7 @@ def test_a_usage_error_in_a_real_process_is_one_line_and_exit_2():
 
 
 def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
-    result = run_gpt("--config", "tiny", "--n_embd", "100", "--n_head", "3", "--data", data_file,
+    result = call_gpt("--config", "tiny", "--n_embd", "100", "--n_head", "3", "--data", data_file,
                      "--out_dir", str(tmp_path))
     assert_clean_failure(result, 2, "--n_embd 100", "--n_head 3")
 
@@ -591,14 +604,14 @@ def test_bad_data_files_are_named_with_their_problem(tmp_path, content, problem)
     path = tmp_path / "text.txt"
     if content is not None:
         path.write_bytes(content)
-    result = run_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
+    result = call_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
     assert_clean_failure(result, 1, str(path), problem)
 
 
 def test_a_val_split_shorter_than_a_block_is_refused(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("abcdefgh" * 20, encoding="utf-8")  # 160 characters: the val split gets 16, block needs 17
-    result = run_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
+    result = call_gpt(*TINY_RUN, "--data", str(path), "--out_dir", str(tmp_path / "out"))
     assert_clean_failure(result, 1, str(path), "val split", "block_size + 1 = 17")
 
 
@@ -625,25 +638,25 @@ def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch)
 
 
 def test_prompt_with_unknown_characters_lists_them(trained):
-    result = run_gpt("--sample", "--out_dir", trained.out_dir, "--prompt", "Hello, wörld ✨")
+    result = call_gpt("--sample", "--out_dir", trained.out_dir, "--prompt", "Hello, wörld ✨")
     assert_clean_failure(result, 1, "ö", "✨")
     assert result.stdout == ""  # nothing is printed before the check
 
 
 def test_sample_without_a_checkpoint_says_where_it_looked_and_how_to_train(tmp_path):
-    result = run_gpt("--sample", "--out_dir", str(tmp_path / "nowhere"))
+    result = call_gpt("--sample", "--out_dir", str(tmp_path / "nowhere"))
     assert_clean_failure(result, 1, str(tmp_path / "nowhere" / "best.pt"), "python gpt.py --config tiny")
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    assert_clean_failure(run_gpt("--resume", "--out_dir", str(tmp_path)), 1, str(tmp_path / "ckpt.pt"))
+    assert_clean_failure(call_gpt("--resume", "--out_dir", str(tmp_path)), 1, str(tmp_path / "ckpt.pt"))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.9, 0.999])
 def test_truncated_checkpoint_is_named_not_loaded(trained, tmp_path, fraction):
     blob = open(os.path.join(trained.out_dir, "best.pt"), "rb").read()
     (tmp_path / "best.pt").write_bytes(blob[:int(len(blob) * fraction)])
-    result = run_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "5")
+    result = call_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "5")
     assert_clean_failure(result, 1, str(tmp_path / "best.pt"), "not a loadable checkpoint")
 
 
@@ -658,7 +671,7 @@ class Exploit:  # a pickle that would create a file when loaded without weights_
 def test_checkpoint_with_foreign_pickled_objects_is_refused_and_never_runs(tmp_path):
     target = tmp_path / "pwned.txt"
     torch.save({"model": Exploit(str(target)), "config": {}, "vocab": "ab"}, tmp_path / "best.pt")
-    result = run_gpt("--sample", "--out_dir", str(tmp_path))
+    result = call_gpt("--sample", "--out_dir", str(tmp_path))
     assert_clean_failure(result, 1, str(tmp_path / "best.pt"))
     assert not target.exists()
 
@@ -666,7 +679,7 @@ def test_checkpoint_with_foreign_pickled_objects_is_refused_and_never_runs(tmp_p
 def test_resume_with_another_model_shape_says_what_differs(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained.out_dir, out)
-    result = run_gpt("--resume", "--out_dir", str(out), "--n_layer", "2", "--n_embd", "48")
+    result = call_gpt("--resume", "--out_dir", str(out), "--n_layer", "2", "--n_embd", "48")
     assert_clean_failure(result, 1, "n_layer 1 -> 2", "n_embd 32 -> 48")
 
 
@@ -675,14 +688,14 @@ def test_resume_with_another_vocabulary_says_what_differs(trained, tmp_path):
     shutil.copytree(trained.out_dir, out)
     other = tmp_path / "other.txt"
     other.write_text("0123456789 " * 500, encoding="utf-8")
-    result = run_gpt("--resume", "--out_dir", str(out), "--data", str(other))
+    result = call_gpt("--resume", "--out_dir", str(out), "--data", str(other))
     assert_clean_failure(result, 1, "vocabulary", str(other))
 
 
 def test_unwritable_output_folder_fails_before_training(data_file, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder", encoding="utf-8")
-    result = run_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(blocker / "out"))
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(blocker / "out"))
     assert_clean_failure(result, 1, str(blocker / "out"), "not writable")
     assert "step 1 " not in result.stdout and "eval" not in result.stdout
 
@@ -690,7 +703,7 @@ def test_unwritable_output_folder_fails_before_training(data_file, tmp_path):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_file, tmp_path):
     args = [*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--eval_interval", "5", "--log_interval", "1",
             "--learning_rate", "1e6", "--warmup_iters", "0", "--grad_clip", "0"]
-    result = run_gpt(*args)
+    result = call_gpt(*args)
     assert_clean_failure(result, 1, "loss became nan at step", "last good state")
     for name in ("ckpt.pt", "best.pt"):
         ckpt = torch.load(tmp_path / name, weights_only=True)
@@ -778,7 +791,7 @@ def test_a_fresh_run_into_a_trained_folder_is_refused_and_changes_nothing(traine
     shutil.copytree(trained.out_dir, out)
     before = snapshot(out)
     for extra in ([], ["--max_iters", "0"], ["--config", "medium"]):
-        result = run_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), *extra)
+        result = call_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), *extra)
         assert_clean_failure(result, 1, f"{out} already holds a model", "step 60", "best val loss", "--resume",
                              "--out_dir", "--overwrite")
         assert result.stdout == ""  # not even the header: nothing started
@@ -792,12 +805,12 @@ def test_overwrite_replaces_the_model_and_resume_still_continues_it(trained, tmp
     ckpt["log"][-1][-1] = 1000.0  # as if the first 60 steps had taken 1000 s
     torch.save(ckpt, out / "ckpt.pt")
     t0 = time.time()
-    resumed = run_gpt("--resume", "--out_dir", str(out), "--max_iters", "70")
+    resumed = call_gpt("--resume", "--out_dir", str(out), "--max_iters", "70")
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 70
     last = open(out / "log.csv", encoding="utf-8").read().splitlines()[-1].split(",")
     assert last[0] == "70" and 1000 < float(last[-1]) < 1000 + time.time() - t0  # the time trained goes on
-    again = run_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), "--max_iters", "20", "--overwrite")
+    again = call_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(out), "--max_iters", "20", "--overwrite")
     assert again.returncode == 0, again.stderr
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 20
     assert [r[0] for r in losses_in(out)] == [0, 20]  # a new log, not the old one continued
@@ -870,7 +883,7 @@ def test_a_shape_near_the_memory_gets_a_warning(monkeypatch, capsys):
 
 
 def test_help_says_what_each_flag_does_and_its_default():
-    result = run_gpt("--help")
+    result = call_gpt("--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps the lines
     for name in gpt.FLAGS:
@@ -886,7 +899,7 @@ def test_durations_read_naturally(seconds, words):
 
 
 def test_data_naming_a_folder_says_it_is_a_folder(tmp_path):
-    result = run_gpt(*TINY_RUN, "--data", str(tmp_path), "--out_dir", str(tmp_path / "out"))
+    result = call_gpt(*TINY_RUN, "--data", str(tmp_path), "--out_dir", str(tmp_path / "out"))
     assert_clean_failure(result, 1, str(tmp_path), "folder")
     assert "not found" not in result.stderr
 
@@ -924,7 +937,7 @@ def test_a_prepared_char_folder_trains_exactly_as_the_text_file(data_file, tmp_p
     assert meta["tokenizer"] == {"name": "char", "vocab": tokenizer.vocab} and meta["dtype"] == "uint16"
     assert ids["train"] == splits["train"].tolist() and ids["val"] == splits["val"].tolist()  # the same splits
     args = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "10"]
-    runs = [run_gpt(*args, "--data", d, "--out_dir", str(tmp_path / f"out{i}"))
+    runs = [call_gpt(*args, "--data", d, "--out_dir", str(tmp_path / f"out{i}"))
             for i, d in enumerate((data_file, str(tmp_path / "data")))]
     assert all(r.returncode == 0 for r in runs), runs[1].stderr
     assert losses_in(tmp_path / "out0") == losses_in(tmp_path / "out1")  # the same windows, the same losses
@@ -934,13 +947,13 @@ def test_prepare_train_and_sample_with_bpe(bpe_folder, tmp_path):
     meta, ids = prepared_ids(bpe_folder)
     assert meta["tokenizer"]["name"] == "bpe" and len(meta["tokenizer"]["tokens"]) == 299  # and end-of-text
     assert meta["train"]["tokens"] < meta["train"]["characters"]  # merges: fewer tokens than characters
-    result = run_gpt(*TINY_RUN, "--max_iters", "10", "--eval_interval", "5", "--data", str(bpe_folder),
+    result = call_gpt(*TINY_RUN, "--max_iters", "10", "--eval_interval", "5", "--data", str(bpe_folder),
                      "--out_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "vocab 300" in result.stdout and re.search(r"val loss [\d.]+ \([\d.]+ per character\)", result.stdout)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["tokenizer"] == meta["tokenizer"] and best["model"]["lm_head.weight"].shape[0] == 300
-    sampled = run_gpt("--sample", "--out_dir", str(tmp_path), "--prompt", "Héllo ✨ ", "--max_new_tokens", "30")
+    sampled = call_gpt("--sample", "--out_dir", str(tmp_path), "--prompt", "Héllo ✨ ", "--max_new_tokens", "30")
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.startswith("Héllo ✨ ")  # bytes it never saw still encode, as bytes
 
@@ -968,7 +981,7 @@ def test_prepare_with_gpt2_tokens_trains_and_samples_offline(data_file, tmp_path
     meta, ids = prepared_ids(tmp_path / "data")
     assert meta["tokenizer"]["name"] == "gpt2" and len(meta["tokenizer"]["tokens"]) == 264
     assert small_encoding().decode(ids["train"] + ids["val"]) == TEXT
-    result = run_gpt(*TINY_RUN, "--max_iters", "5", "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    result = call_gpt(*TINY_RUN, "--max_iters", "5", "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     assert "vocab 265" in result.stdout
 
@@ -998,7 +1011,7 @@ def test_an_interrupted_prepare_leaves_no_folder_that_looks_complete(data_file, 
     assert prepare.main([data_file, "--out", str(out), "--tokenizer", "bpe", "--vocab_size", "300"]) == 130
     assert snapshot(out) == before  # the old folder is still whole, no temporary files are left
     (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:1000])  # now cut it short by hand
-    result = run_gpt(*TINY_RUN, "--data", str(out), "--out_dir", str(tmp_path / "o"))
+    result = call_gpt(*TINY_RUN, "--data", str(out), "--out_dir", str(tmp_path / "o"))
     assert_clean_failure(result, 1, str(out), "incomplete", "train.bin")
 
 
@@ -1060,7 +1073,7 @@ def test_prepare_refuses_vocab_size_zero(tmp_path):
 def test_a_prepared_folder_with_a_broken_meta_json_is_named(tmp_path, meta):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(meta, encoding="utf-8")
-    result = run_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    result = call_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
     assert_clean_failure(result, 1, str(tmp_path / "data"), "meta.json")
 
 
@@ -1084,7 +1097,7 @@ def test_sample_from_a_bpe_model_without_tiktoken_names_the_install(bpe_folder, 
 def test_a_folder_that_was_not_prepared_is_named(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "notes.txt").write_text("hello " * 100, encoding="utf-8")
-    result = run_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    result = call_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
     assert_clean_failure(result, 1, str(tmp_path / "data"), "scripts/prepare.py")
 
 
@@ -1108,7 +1121,7 @@ def test_prepare_on_any_text_gives_ids_that_decode_back(tmp_path_factory, text, 
 # ----------------------------------------------------------------------------- fine-tuning: --init_from
 def test_init_from_starts_where_the_source_model_is(trained, tmp_path):
     best = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
-    result = run_gpt(*TINY_RUN, "--data", trained.data, "--init_from", os.path.join(trained.out_dir, "best.pt"),
+    result = call_gpt(*TINY_RUN, "--data", trained.data, "--init_from", os.path.join(trained.out_dir, "best.pt"),
                      "--out_dir", str(tmp_path), "--max_iters", "20", "--learning_rate", "1e-3")
     assert result.returncode == 0, result.stderr
     first = losses_in(tmp_path)[0]
@@ -1121,7 +1134,7 @@ def test_init_from_keeps_the_model_and_training_settings_but_not_the_device_or_p
     source = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
     source["config"].update(device="cuda", dtype="float16", compile=True)  # as if trained on a GPU
     torch.save(source, tmp_path / "gpu.pt")
-    result = run_gpt("--init_from", str(tmp_path / "gpu.pt"), "--data", trained.data, "--out_dir", str(tmp_path / "o"),
+    result = call_gpt("--init_from", str(tmp_path / "gpu.pt"), "--data", trained.data, "--out_dir", str(tmp_path / "o"),
                      "--max_iters", "2")
     assert result.returncode == 0, result.stderr
     assert "device cpu" in result.stdout and "compile off" in result.stdout and "n_embd" not in result.stderr
@@ -1130,22 +1143,22 @@ def test_init_from_keeps_the_model_and_training_settings_but_not_the_device_or_p
 
 def test_resume_after_max_iters_zero_logs_step_zero_once(trained, tmp_path):
     args = [*TINY_RUN, "--data", trained.data, "--out_dir", str(tmp_path)]
-    assert run_gpt(*args, "--max_iters", "0").returncode == 0
-    assert run_gpt("--resume", "--out_dir", str(tmp_path), "--max_iters", "20").returncode == 0
+    assert call_gpt(*args, "--max_iters", "0").returncode == 0
+    assert call_gpt("--resume", "--out_dir", str(tmp_path), "--max_iters", "20").returncode == 0
     assert [r[0] for r in losses_in(tmp_path)] == [0, 20]
 
 
 def test_init_from_refuses_a_new_shape_another_tokenizer_and_unseen_characters(trained, bpe_folder, tmp_path):
     source = os.path.join(trained.out_dir, "best.pt")
-    shaped = run_gpt(*TINY_RUN, "--init_from", source, "--n_layer", "2", "--out_dir", str(tmp_path / "a"))
+    shaped = call_gpt(*TINY_RUN, "--init_from", source, "--n_layer", "2", "--out_dir", str(tmp_path / "a"))
     assert_clean_failure(shaped, 1, "--init_from", "n_layer 1 -> 2")
-    other = run_gpt(*TINY_RUN, "--init_from", source, "--data", str(bpe_folder), "--out_dir", str(tmp_path / "b"))
+    other = call_gpt(*TINY_RUN, "--init_from", source, "--data", str(bpe_folder), "--out_dir", str(tmp_path / "b"))
     assert_clean_failure(other, 1, str(bpe_folder), "another tokenizer")
     (tmp_path / "new.txt").write_text("Ünïcödé 🙂 " * 500, encoding="utf-8")
-    unseen = run_gpt(*TINY_RUN, "--init_from", source, "--data", str(tmp_path / "new.txt"),
+    unseen = call_gpt(*TINY_RUN, "--init_from", source, "--data", str(tmp_path / "new.txt"),
                      "--out_dir", str(tmp_path / "c"))
     assert_clean_failure(unseen, 1, str(tmp_path / "new.txt"), "Ü", "🙂")
-    missing = run_gpt(*TINY_RUN, "--init_from", str(tmp_path / "nope.pt"), "--out_dir", str(tmp_path / "d"))
+    missing = call_gpt(*TINY_RUN, "--init_from", str(tmp_path / "nope.pt"), "--out_dir", str(tmp_path / "d"))
     assert_clean_failure(missing, 1, str(tmp_path / "nope.pt"))
 
 
@@ -1226,18 +1239,18 @@ def test_the_gelu_setting_changes_the_output_and_old_checkpoints_are_exact(hf_gp
     del old["config"]["gelu"]  # as a checkpoint from before the setting existed
     assert gpt.model_from(old, torch.device("cpu")).transformer.h[0].mlp.gelu.approximate == "none"
     torch.save(old, tmp_path / "best.pt")
-    result = run_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "20")
+    result = call_gpt("--sample", "--out_dir", str(tmp_path), "--max_new_tokens", "20")
     assert result.returncode == 0, result.stderr
 
 
 def test_converted_gpt2_samples_from_the_command_line_and_fine_tunes(hf_gpt2, data_file, tmp_path, monkeypatch):
-    result = run_gpt("--sample", "--out_dir", str(hf_gpt2.out_dir), "--prompt", "Hello there", "--max_new_tokens", "20",
+    result = call_gpt("--sample", "--out_dir", str(hf_gpt2.out_dir), "--prompt", "Hello there", "--max_new_tokens", "20",
                      "--verbose")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("step | chosen |") and "Hello there" in result.stdout
     monkeypatch.setattr(__import__("tiktoken"), "get_encoding", lambda name: small_encoding(name))
     assert prepare.main([data_file, "--out", str(tmp_path / "data"), "--tokenizer", "gpt2"]) == 0
-    tuned = run_gpt("--init_from", str(hf_gpt2.out_dir / "best.pt"), "--data", str(tmp_path / "data"), "--out_dir",
+    tuned = call_gpt("--init_from", str(hf_gpt2.out_dir / "best.pt"), "--data", str(tmp_path / "data"), "--out_dir",
                     str(tmp_path / "tuned"), "--block_size", "64", "--batch_size", "4", "--max_iters", "4",
                     "--eval_interval", "2", "--eval_iters", "2", "--learning_rate", "1e-3", "--device", "cpu")
     assert tuned.returncode == 0, tuned.stderr
@@ -1403,7 +1416,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsy
 
 
 def test_compiled_model_trains_and_saves_without_orig_mod_prefix(data_file, tmp_path):
-    result = run_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--max_iters", "4",
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--max_iters", "4",
                      "--eval_interval", "2", "--compile")
     if "torch.compile failed" in result.stdout:
         pytest.skip("torch.compile does not work on this machine")
@@ -1548,7 +1561,7 @@ CANDIDATE = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") ([0-9.e+-]+)(?
 def test_verbose_shows_each_choice_and_then_the_same_text(trained, sampling):
     args = ["--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "40", "--seed", "3", "--prompt", "KING",
             *sampling]
-    plain, verbose = run_gpt(*args), run_gpt(*args, "--verbose")
+    plain, verbose = call_gpt(*args), call_gpt(*args, "--verbose")
     assert verbose.returncode == 0, verbose.stderr
     lines = verbose.stdout.split("\n")
     assert lines[0].startswith("step | chosen |")
