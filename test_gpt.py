@@ -21,6 +21,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import gpt
 
+# A loaded machine makes hypothesis's data generation slow, which is not what these tests are about
+settings.register_profile("patient", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("patient")
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = open(os.path.join(HERE, "shakespeare.txt"), encoding="utf-8").read()[:20_000]
 TINY_RUN = ["--config", "tiny", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16",
@@ -357,14 +360,32 @@ def test_the_first_90_percent_of_the_text_trains_and_the_last_10_percent_is_val(
     assert tokenizer.decode(splits["val"].tolist()) == text[900:]
 
 
-def test_the_model_learns_from_the_train_split_only(tmp_path):
-    (tmp_path / "text.txt").write_text("ab" * 450 + "cd" * 50, encoding="utf-8")  # val: pairs never trained on
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory):
+    """A run on a text whose last tenth (val) is pairs the first nine tenths never show: it learns, then overfits."""
+    folder = tmp_path_factory.mktemp("held_out")
+    (folder / "text.txt").write_text("ab" * 450 + "cd" * 50, encoding="utf-8")  # no newline, either
     args = [*TINY_RUN, "--n_layer", "1", "--n_embd", "16", "--block_size", "8", "--max_iters", "80",
-            "--eval_interval", "80", "--learning_rate", "1e-2", "--data", str(tmp_path / "text.txt"),
-            "--out_dir", str(tmp_path / "run"), "--dtype", "float32"]
+            "--learning_rate", "1e-2", "--data", str(folder / "text.txt"), "--out_dir", str(folder / "run"),
+            "--dtype", "float32"]
     assert gpt.main(args) == 0
-    *_, (step, train_loss, val_loss) = losses_in(tmp_path / "run")
+    return SimpleNamespace(out_dir=folder / "run", data=str(folder / "text.txt"), log=losses_in(folder / "run"))
+
+
+def test_the_model_learns_from_the_train_split_only(held_out):
+    *_, (step, train_loss, val_loss) = held_out.log
     assert step == 80 and train_loss < 0.3 and val_loss > 1.0, (train_loss, val_loss)
+
+
+def test_best_pt_keeps_the_weights_of_the_best_eval_not_the_last(held_out):
+    best, last = (torch.load(held_out.out_dir / f, weights_only=True) for f in ("best.pt", "ckpt.pt"))
+    best_step, _, best_val = min(held_out.log, key=lambda row: row[2])
+    assert best["iter"] == best_step < last["iter"] == 80  # val rose after its best: overfitting
+    _, splits, _ = gpt.load_data(held_out.data, 8)
+    cfg = SimpleNamespace(seed=1337, eval_iters=4, batch_size=8, block_size=8, grad_accum=1)
+    val = gpt.estimate_loss(gpt.model_from(best, torch.device("cpu")), splits, cfg, contextlib.nullcontext(),
+                            torch.device("cpu"))["val"]
+    assert val == pytest.approx(best_val, abs=1e-4)  # the weights in best.pt score the best val loss
 
 
 class MeanTarget(torch.nn.Module):
@@ -750,7 +771,7 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     assert losses[0] == losses[1]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(prompt=st.text(min_size=1, max_size=12))
 @example(prompt="-:")  # found by hypothesis: argparse took a prompt starting with "-" for a flag
 @example(prompt="--")  # and turned `--prompt=--` into an empty prompt
@@ -765,7 +786,7 @@ def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, pro
         assert code == 0 and out.startswith(prompt) and len(out) == len(prompt) + 3 + 1
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(content=st.binary(max_size=400))
 def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, content, capsys):
     folder = tmp_path_factory.mktemp("bytes")
@@ -1108,7 +1129,7 @@ def test_bpe_round_trips_any_unicode(bpe_folder, text):
     assert tokenizer.decode(tokenizer.encode(text)) == text.encode("utf-8", "replace").decode("utf-8")
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=st.text(min_size=1, max_size=300), kind=st.sampled_from(["char", "bpe"]))
 def test_prepare_on_any_text_gives_ids_that_decode_back(tmp_path_factory, text, kind):
     folder = tmp_path_factory.mktemp("any")
