@@ -771,7 +771,7 @@ def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     assert losses[0] == losses[1]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(prompt=st.text(min_size=1, max_size=12))
 @example(prompt="-:")  # found by hypothesis: argparse took a prompt starting with "-" for a flag
 @example(prompt="--")  # and turned `--prompt=--` into an empty prompt
@@ -786,7 +786,7 @@ def test_any_unicode_prompt_samples_or_names_its_unknown_characters(trained, pro
         assert code == 0 and out.startswith(prompt) and len(out) == len(prompt) + 3 + 1
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(content=st.binary(max_size=400))
 def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, content, capsys):
     folder = tmp_path_factory.mktemp("bytes")
@@ -1129,7 +1129,7 @@ def test_bpe_round_trips_any_unicode(bpe_folder, text):
     assert tokenizer.decode(tokenizer.encode(text)) == text.encode("utf-8", "replace").decode("utf-8")
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=st.text(min_size=1, max_size=300), kind=st.sampled_from(["char", "bpe"]))
 def test_prepare_on_any_text_gives_ids_that_decode_back(tmp_path_factory, text, kind):
     folder = tmp_path_factory.mktemp("any")
