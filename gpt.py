@@ -541,8 +541,7 @@ def train(cfg, resume=None, init=None):
     run.since_iter = run.iter
     if run.iter == 0 and not resume:  # a fresh model scores about ln(vocab_size): 4.14 for 63 chars
         save(evaluate(step_model, splits, cfg, autocast, device, run))
-    # Until here Ctrl-C stops at once (there is nothing to save); from here on it saves first.
-    with stop_signals(vote_group) as agreed_stop:
+    with stop_signals(vote_group) as agreed_stop:  # from here on Ctrl-C saves before it stops
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             windows = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator)
@@ -676,8 +675,8 @@ POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_int
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="gpt.py", description="Train a GPT on a text, or --sample.",
                                 argument_default=argparse.SUPPRESS, allow_abbrev=False)
-    if int(os.environ.get("RANK", "0")):  # under torchrun all processes find the same usage error:
-        p.error = lambda message: sys.exit(2)  # process 0 says it
+    if int(os.environ.get("RANK", "0")):  # every process finds the same usage error: process 0 says
+        p.error = lambda message: time.sleep(3) or sys.exit(2)  # it while the others wait to exit
     p.add_argument("--sample", action="store_true", default=False, help="write from best.pt")
     p.add_argument("--resume", action="store_true", default=False, help="continue ckpt.pt")
     p.add_argument("--overwrite", action="store_true", default=False, help="replace out_dir's model")
@@ -686,7 +685,7 @@ def parse_args(argv):
         kind = boolean if name == "compile" else float if name in FLOATS else str if name in TEXTS else int
         presets = "/".join(str(c[name]) for c in PRESETS.values()) if name in PRESETS["tiny"] else ""
         default = f"tiny/small/medium: {presets}" if presets else f"default: {DEFAULTS.get(name)}"
-        metavar = None if name in CHOICES else {int: "N", float: "F", str: "PATH"}.get(kind, "BOOL")
+        metavar = {int: "N", float: "F", boolean: "BOOL"}.get(kind)  # else --data DATA
         p.add_argument(f"--{name}", type=kind, choices=CHOICES.get(name), metavar=metavar,
                        help=text + (f" ({default})" if DEFAULTS.get(name) or presets else ""),
                        **(dict(nargs="?", const=True) if name == "compile" else {}))
@@ -714,8 +713,7 @@ def main(argv=None):
                                      "--resume continues a run: start one without --resume first")
         elif given.get("init_from") and not args.sample:
             init = load_checkpoint(given["init_from"], "--init_from needs a gpt.py checkpoint")
-        # Defaults, then the config of the checkpoint we go on from, the preset, the flags.
-        saved = (resume or init or {}).get("config", {})
+        saved = (resume or init or {}).get("config", {})  # under the preset and the flags
         if init:  # its model and training settings, not its data, folder or device
             saved = {k: v for k, v in saved.items() if k in MODEL_KEYS or k in PRESETS["tiny"]}
         preset = given.get("config", None if saved else DEFAULTS["config"])
@@ -745,6 +743,8 @@ def main(argv=None):
             dist.destroy_process_group()
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE") and "ipykernel" not in sys.modules:  # `| head`: end quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     code = main()
     if code and "ipykernel" not in sys.modules:  # in a notebook, SystemExit only prints a warning
         sys.exit(code)
