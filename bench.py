@@ -184,7 +184,7 @@ def bench_microgpt(steps):
           f"| file | ms/step | tokens/s |\n|---|---|---|\n"
           f"| microgpt.py (pure Python) | {micro_s * 1000:.1f} | {block_size / micro_s:,.0f} |\n"
           f"| gpt.py (PyTorch, eager) | {torch_s * 1000:.2f} | {block_size / torch_s:,.0f} |\n"
-          f"gpt.py is {micro_s / torch_s:,.0f}x faster: everything else is just efficiency.")
+          f"gpt.py is {micro_s / torch_s:,.1f}x as fast: everything else is just efficiency.")
     return dict(microgpt_ms_per_step=micro_s * 1000, gpt_ms_per_step=torch_s * 1000, ratio=micro_s / torch_s)
 
 

@@ -7,7 +7,7 @@ whose texts are Project Gutenberg's public-domain editions. We keep the plays' d
 `SPEAKER:` / speech / blank-line form: front matter, act and scene headings and [stage directions]
 are dropped, and abbreviated speaker names ("Ham.") are spelled out from the cast list ("HAMLET:").
 """
-import glob, os, re, subprocess, sys, tarfile, tempfile
+import argparse, glob, os, re, subprocess, sys, tarfile, tempfile
 
 PLAYS = [  # a fixed, ordered selection that adds up to ~1.1 MB
     "hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "julius_caesar", "tempest",
@@ -65,4 +65,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
