@@ -1568,6 +1568,22 @@ def test_sigterm_to_torchrun_stops_every_process_and_resume_under_torchrun_finis
     assert torch.load(out_dir / "ckpt.pt", weights_only=True)["iter"] == stopped_at + 20
 
 
+def test_a_signal_to_one_process_stops_them_all_at_the_same_step(data_file, tmp_path):  # a scheduler's kill
+    out_dir = tmp_path / "run"
+    args = [*TINY_RUN, "--data", data_file, "--out_dir", str(out_dir), "--max_iters", "4000", "--eval_interval",
+            "2000", "--log_interval", "50", "--max_new_tokens", "10"]
+    proc = torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("step 100 "):
+            for pid in processes_naming(out_dir):  # torchrun and both workers name it; only rank 1 is told
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if b"\0RANK=1\0" in b"\0" + f.read():
+                        os.kill(int(pid), signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    assert rest.count("saved ") == 1 and proc.returncode != 0, rest  # process 0 saved for both, and stopped
+    assert 100 <= torch.load(out_dir / "ckpt.pt", weights_only=True)["iter"] < 4000
+
 def test_sigterm_alone_saves_like_ctrl_c_and_exits_143(data_file, tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *TINY_RUN, "--data", data_file,
                              "--out_dir", str(tmp_path), "--max_iters", "4000", "--eval_interval", "2000"],
