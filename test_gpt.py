@@ -404,7 +404,7 @@ def test_eval_measures_each_split_on_its_own_data():
     assert losses == {"train": 0.0, "val": 1.0}
 
 
-def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch):
+def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch, capsys):
     monkeypatch.setattr(gpt.time, "perf_counter", lambda: 12.0)  # a clock that reads 12 s now
     run = SimpleNamespace(iter=30, since_iter=20, since_time=10.0, start=2.0, elapsed=100.0, best_val_loss=1.5,
                           log=[], per_char=1)
@@ -414,9 +414,10 @@ def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_tr
     # 10 steps x 4 sequences x 8 tokens in the 2 s since the last eval; 100 s before this run, 10 s in it
     assert run.log == [[30, 0.0, 1.0, pytest.approx(lr), 160, 110.0]]
     assert run.best_val_loss == 1.0
-    run.iter, run.since_time, run.best_val_loss = 40, 11.0, 0.5
+    run.iter, run.since_time, run.best_val_loss, run.per_char = 40, 11.0, 0.5, 0.25  # BPE: 0.25 tokens a character
     assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"), run) is False
     assert run.best_val_loss == 0.5
+    assert capsys.readouterr().out.splitlines()[-1].endswith("val loss 1.0000 (0.2500 per character)")
 
 
 def test_checkpoints_load_with_weights_only_and_carry_the_spec_keys(trained):
@@ -1511,6 +1512,11 @@ def test_one_process_grad_accum_and_two_processes_train_the_same_model(three_way
         wdiff = max((weights[k] - theirs[k]).abs().max().item() for k in weights)
         assert wdiff < 1e-4, f"{name}: final weights differ by {wdiff}"
 
+
+def test_the_progress_line_shows_the_whole_batch_loss_under_torchrun_too(three_ways):
+    progress = {name: [float(x) for x in re.findall(r"^step \d+ / 20 \| loss ([0-9.]+)", run.stdout, re.M)]
+                for name, run in (("one", three_ways.one), ("two", three_ways.two))}
+    assert len(progress["one"]) == 4 and progress["one"] == pytest.approx(progress["two"], abs=2e-4)
 
 def test_two_processes_print_one_header_and_write_each_file_once(three_ways):
     out = three_ways.two.stdout
