@@ -231,7 +231,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        # Exact: 0.5·x·(1 + erf(x/√2)), as microgpt.py; GPT-2's weights need the tanh approximation
+        # Exact erf, as in microgpt.py; GPT-2's weights need its tanh approximation
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
@@ -464,7 +464,7 @@ def join_processes(device):
 def check_memory(cfg, device, dtype):
     """Refuse a training step that cannot fit, before allocating it; warn near the limit. Counted,
     as measured on a CPU: 16 bytes a parameter (weights, grads, AdamW); 100 per token, layer and
-    channel (64 in half precision); 12 per logit; without flash attention (MPS) B·nh·T² a layer."""
+    channel (64 in half precision); 12 per logit; no flash attention (MPS): B·nh·T² a layer."""
     C, L, T, V = cfg.n_embd, cfg.n_layer, cfg.block_size, cfg.vocab_size
     B = cfg.batch_size // int(os.environ.get("WORLD_SIZE", 1)) // cfg.grad_accum  # a micro-batch
     kept = 100 if dtype == torch.float32 else 64  # bytes per token, layer and channel
