@@ -206,6 +206,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v of all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.by_hand = False  # True: attention computed step by step below, its weights kept in self.att
     def forward(self, x, cache=None):
         B, T, C = x.size()  # batch, time (positions), channels
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
@@ -214,16 +215,16 @@ class CausalSelfAttention(nn.Module):
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
-        # Causal: query i may attend to key j only if j <= i. With a cache, the Tk - T cached keys
-        # come first, so the mask is the lower triangle shifted right by Tk - T. By hand:
-        #   att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, hs) x (B, nh, hs, Tk)
-        #   att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # -> (B, nh, T, Tk)
-        #   y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
-        # scaled_dot_product_attention runs it as one fused (flash) kernel that never stores att.
-        # No dropout on att (SPEC §4): on a CPU it would push SDPA onto a 1.6x slower path.
-        Tk = k.size(2)  # one new token may see every key: no mask
-        mask = None if T in (1, Tk) else torch.ones(T, Tk, device=x.device).tril(Tk - T).bool()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)
+        Tk = k.size(2)  # the cached keys come first, so query i is position Tk - T + i
+        if self.by_hand:  # the formula itself, for reading and for looking inside (scripts/serve.py)
+            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
+            causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)  # key j <= query i
+            att = F.softmax(att.masked_fill(~causal, float("-inf")), dim=-1)  # each row sums to 1
+            self.att = att  # the weights, kept for anyone who wants to look
+            y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
+        else:  # the same in one fused (flash) kernel that never stores att: what training runs
+            mask = None if T in (1, Tk) else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -642,6 +643,35 @@ def sample(cfg):
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
+
+def chat_turn(message, template):
+    """One turn as the text pieces training saw: the role's prefix, the content, for the assistant the
+    end marker, then a newline (scripts/prepare.py renders conversations the same way)."""
+    end = [template["end"]] if message["role"] == "assistant" else []
+    return [template[message["role"]], message["content"], *end, "\n"]
+
+def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
+    """Stream the assistant's answer to messages, as text pieces, until the end marker. The oldest turns
+    go when the conversation no longer fits 3/4 of a block (a quarter is left for the answer)."""
+    turns = [[i for piece in chat_turn(m, template) for i in tokenizer.encode(piece)] for m in messages]
+    ids = tokenizer.encode(template["assistant"])
+    while len(turns) > 1 and sum(map(len, turns)) + len(ids) > model.config.block_size * 3 // 4:
+        turns.pop(0)
+    idx = torch.tensor([[i for turn in turns for i in turn] + ids], device=next(model.parameters()).device)
+    end, new, shown = template["end"], [], 0
+    for next_id, _ in generate(model, idx, max_new_tokens, temperature, top_k, generator):
+        new.append(next_id.item())
+        text = tokenizer.decode(new)
+        if end in text:
+            yield text[shown:text.index(end)]
+            return
+        # hold back what may be the start of the end marker, or a character cut across tokens
+        keep = next((k for k in range(len(end) - 1, 0, -1) if text.endswith(end[:k])), 0)
+        if len(text) - keep > shown and not text.endswith("\ufffd"):
+            yield text[shown:len(text) - keep]
+            shown = len(text) - keep
+    if new:
+        yield tokenizer.decode(new)[shown:]
 
 # ------------------------------------------------------------ command line
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
