@@ -113,7 +113,9 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:  # sampling: the keys and values of earlier tokens are kept, not recomputed
-            k, v = remember(cache, k, v)  # (B, nh, Tk, hs): the Tk - T cached ones come first
+            if cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs): the Tk - T cached ones come first
         Tk = k.size(2)
         # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
         causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
@@ -176,7 +178,7 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.size()
-        start = cached_positions(cache)  # 0, unless a sampling cache holds earlier tokens
+        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a sampling cache holds
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
@@ -339,6 +341,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 LOG_COLUMNS = ("iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")  # log.csv
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # what flags may not change in a checkpoint
 MODEL_KEYS = (*SHAPE, "vocab_size", "gelu")  # the GPTConfig fields a checkpoint's config holds
+# A Mac's half precision: bfloat16 autocast from torch 2.6 (macOS 14), float16's loss scaler from 2.8;
+# older ones fail deep inside, or train in float32 under a bfloat16 label
+MAC_HALF = dict(bfloat16=(2, 6), float16=(2, 8))
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 class GPTError(Exception):
@@ -363,24 +368,20 @@ def pick_device(name="auto", dtype="auto"):
         dtype = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
     elif dtype == "auto":  # MPS: float32, its half precision is no faster for models this small
         dtype = "bfloat16" if device.type == "cpu" and native_cpu_bf16() else "float32"
-    if device.type == "mps" and dtype != "float32":
-        check_mps_precision(dtype)
+    version = tuple(int(n) for n in torch.__version__.split(".")[:2])
+    if device.type == "mps" and dtype != "float32" and version < MAC_HALF[dtype]:
+        raise GPTError(f"--dtype {dtype} on a Mac needs PyTorch {'.'.join(map(str, MAC_HALF[dtype]))} or newer "
+                       f"(this is {torch.__version__}); upgrade it, or train in float32 (the default)")
     return device, getattr(torch, dtype)
 
 def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):
     """AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD Zen 4 and later, Cooper Lake) multiply
     bfloat16 natively: 1.5-2.3x faster training steps, measured. Elsewhere it is emulated, slower.
     Linux lists the features; elsewhere (and on ARM, unmeasured) float32."""
-    with open(cpuinfo if os.path.exists(cpuinfo) else os.devnull, encoding="utf-8") as f:
+    if not os.path.exists(cpuinfo):
+        return False
+    with open(cpuinfo, encoding="utf-8") as f:
         return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
-
-def check_mps_precision(dtype):
-    """A Mac's half precision: autocast from torch 2.5 (float16), bfloat16 from 2.6 on macOS 14, and the
-    float16 loss scaler from 2.8. Older ones raise deep inside, or train in float32 under a bfloat16 label."""
-    need = {"float16": (2, 8), "bfloat16": (2, 6)}[dtype]
-    if tuple(int(n) for n in torch.__version__.split(".")[:2]) < need:
-        raise GPTError(f"--dtype {dtype} on a Mac needs PyTorch {need[0]}.{need[1]} or newer (this is "
-                       f"{torch.__version__}); upgrade it, or train in float32 (the default)")
 
 # ------------------------------------------------------------ texts, BPE and prepared folders
 class BPETokenizer:
@@ -401,10 +402,7 @@ class BPETokenizer:
         return self.enc.decode(ids)
 
 def make_tokenizer(spec, chat=None):  # from the plain data a checkpoint or a prepared folder keeps
-    if spec["name"] == "char":
-        tokenizer = CharTokenizer(spec["vocab"])
-    else:
-        tokenizer = BPETokenizer(spec)
+    tokenizer = CharTokenizer(spec["vocab"]) if spec["name"] == "char" else BPETokenizer(spec)
     tokenizer.chat = chat
     return tokenizer
 
@@ -432,11 +430,11 @@ def load_data(path, block_size, tokenizer=None):
         tokenizer, splits, masks, per_char = load_prepared(path, tokenizer)
     else:
         tokenizer, splits, masks, per_char = load_text(path, tokenizer)
+    what = f"data folder {path}" if os.path.isdir(path) else f"data file {path}"
     for name, split in splits.items():
         if len(split) < block_size + 1:
-            kind, problem = "folder" if os.path.isdir(path) else "file", "too short" if len(split) else "empty"
-            raise GPTError(f"data {kind} {path} is {problem}: its {name} split has {len(split)} tokens, "
-                           f"fewer than block_size + 1 = {block_size + 1}")
+            raise GPTError(f"{what} is {'too short' if len(split) else 'empty'}: its {name} split has {len(split)} "
+                           f"tokens, fewer than block_size + 1 = {block_size + 1}")
     return tokenizer, splits, masks, per_char
 
 def load_text(path, tokenizer):
@@ -488,15 +486,12 @@ def load_prepared(folder, tokenizer):
             masks[name] = np.memmap(os.path.join(folder, f"{name}_mask.bin"), "uint8", "r")
     return tokenizer, splits, masks, per_char
 
-def fits(model_spec, data_spec):
-    """A model's tokenizer can read data prepared with the same one, or (char) with its vocabulary grown
-    at the end (prepare.py --vocab_from): --init_from then adds embeddings for the new characters."""
+def fits(model_spec, data_spec):  # the same tokenizer, or a char vocabulary grown at its end (--vocab_from)
     if model_spec["name"] == "char" == data_spec["name"]:
         return data_spec["vocab"].startswith(model_spec["vocab"])
     return model_spec.get("tokens") == data_spec.get("tokens")
 
-def tokens_at(data, at):
-    """data[at] as a tensor of int64: of a memory map (numpy), only those tokens are read."""
+def tokens_at(data, at):  # data[at] as int64: of a memory map (numpy), only those tokens are read
     if torch.is_tensor(data):
         return data[at]
     return torch.from_numpy(data[at.numpy()].astype("int64"))
@@ -512,19 +507,23 @@ def join_processes(device):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.new_group(backend="gloo"), dist.get_rank(), dist.get_world_size()
 
+def processes():  # this process's rank, and how many there are
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
 def micro_batches(batch, grad_accum, device):
     """This process's share of a batch all processes drew alike, as grad_accum micro-batches (x, y)."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    pieces = world_size * grad_accum
+    rank, world_size = processes()
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
-    pinned = device.type == "cuda"  # from pinned memory, the copy to the GPU overlaps its work
-    xs, ys = (t.chunk(pieces)[mine] for t in batch)
-    return [tuple(t.pin_memory().to(device, non_blocking=True) if pinned else t.to(device) for t in xy)
-            for xy in zip(xs, ys)]
+    cuda, shares = device.type == "cuda", []
+    for x, y in zip(*(t.chunk(world_size * grad_accum)[mine] for t in batch)):
+        if cuda:  # from pinned memory, the copy to the GPU overlaps its work
+            x, y = x.pin_memory(), y.pin_memory()
+        shares.append((x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)))
+    return shares
 
-def gradients_shared(model, last):
-    """Under DDP the processes average their gradients during backward; with micro-batches only the
-    last one's backward needs to (no_sync for the others)."""
+def gradients_shared(model, last):  # DDP averages gradients in backward: of micro-batches, the last's only
     if isinstance(model, DDP) and not last:
         return model.no_sync()
     return nullcontext()
@@ -592,7 +591,7 @@ def fast_paths(model, device, dtype, cfg, data):
             step_model.train()
             model.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
-    step_model = wrap(model, device)
+    step_model = None
     if compiles(cfg, device):
         torch._dynamo.reset()  # a second model in one process (a notebook, bench.py) starts afresh
         try:  # compiled, then wrapped: dynamo sees DDP's forward and splits backward at its buckets
@@ -600,7 +599,9 @@ def fast_paths(model, device, dtype, cfg, data):
             trial(step_model)
         except Exception as e:
             say(f"warning: torch.compile failed, training without it: {''.join(str(e).splitlines()[:1])[:200]}")
-            step_model = wrap(model, device)
+            step_model = None
+    if step_model is None:
+        step_model = wrap(model, device)
     if device.type != "cpu":
         return step_model, autocast, scaler, None
     # The first trial warms up; on a CPU the faster of two times a step, for the cost estimate.
@@ -610,18 +611,6 @@ def wrap(model, device):  # under torchrun, even with one process: the whole DDP
     if not dist.is_initialized():
         return model
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-def remember(cache, k, v):
-    """The KV cache of one block: the keys and values so far, with this step's appended."""
-    if cache:
-        k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-    cache["k"], cache["v"] = k, v
-    return k, v
-
-def cached_positions(cache):
-    if cache and cache[0]:
-        return cache[0]["k"].size(2)
-    return 0
 
 # ------------------------------------------------------------ memory and the cost of a run
 def check_memory(cfg, device, dtype):
@@ -683,7 +672,7 @@ def estimate_loss(model, splits, cfg, autocast, device, masks=None):
                 with autocast:
                     total += model(x, y)[1].float()
         totals.append(total)
-    totals, world_size = torch.stack(totals), dist.get_world_size() if dist.is_initialized() else 1
+    totals, (_, world_size) = torch.stack(totals), processes()
     if world_size > 1:
         dist.all_reduce(totals)
     model.train()
@@ -772,6 +761,9 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init, rank):
         model.load_state_dict(weights)
     if not resume:
         return
+    if len(resume["model"]["transformer.wte.weight"]) != model.config.vocab_size:
+        raise GPTError(f"--resume: the data has {model.config.vocab_size} tokens, the model "
+                       f"{len(resume['model']['transformer.wte.weight'])}; grow a vocabulary with --init_from")
     model.load_state_dict(resume["model"])
     optimizer.load_state_dict(resume["optimizer"])
     if "scaler" in resume:  # float16: the loss scale it had found, not 65,536 again
@@ -819,7 +811,8 @@ def sample(cfg):
     ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    prompt = cfg.prompt or first_character(tokenizer)
+    newline = "\n" in tokenizer.spec.get("vocab", "\n")  # BPE writes any character, a char model its own
+    prompt = cfg.prompt or ("\n" if newline else tokenizer.vocab[0])
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
@@ -835,29 +828,23 @@ def sample(cfg):
         for step, (next_id, probs) in enumerate(tokens, start=1):
             ids.append(next_id.item())
             if cfg.verbose:
-                print(f"{step:4d} | {shown_as(tokenizer, ids[-1]):>6} | {likeliest(tokenizer, probs[0])}")
+                print(f"{step:4d} | {tokenizer.decode(ids[-1:])!r:>6} | {likeliest(tokenizer, probs[0])}")
                 continue
             text = tokenizer.decode(ids[shown:])
             if not text.endswith("\ufffd"):  # whole characters only
                 print(text, end="", flush=True)
                 shown = len(ids)
-        print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
+        if cfg.verbose:
+            print(prompt, end="")
+        print(tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
-def first_character(tokenizer):  # an empty prompt starts from a newline (a char model's first character
-    if "\n" in tokenizer.spec.get("vocab", "\n"):  # if it has none; BPE writes any character)
-        return "\n"
-    return tokenizer.vocab[0]
-
-def shown_as(tokenizer, i):  # a token as a literal: a newline shows as '\n'
-    return repr(tokenizer.decode([i]))
-
-def likeliest(tokenizer, probs, k=5):  # the k likeliest tokens and their probabilities, to 3 digits
+def likeliest(tokenizer, probs, k=5):  # the k likeliest tokens as literals ('\n'), probabilities to 3 digits
     p, top = probs.topk(min(k, probs.size(-1)))
-    return "  ".join(f"{shown_as(tokenizer, t)} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q)
+    return "  ".join(f"{tokenizer.decode([t])!r} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q)
 
 def write_a_taste(cfg):  # the end of a training run: 300 characters from best.pt
     return sample(argparse.Namespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1, "prompt": "",
@@ -986,10 +973,11 @@ def parse_args(argv):
         metavar = {int: "N", float: "F", boolean: "BOOL"}.get(kind)  # else --data DATA
         optional = dict(nargs="?", const=True) if kind is boolean else {}
         p.add_argument(f"--{name}", type=kind, choices=CHOICES.get(name), metavar=metavar, help=text, **optional)
-    # A prompt may look like a flag ("-x", "--"), so it goes around argparse.
-    at = argv.index("--prompt") + 1 if "--prompt" in argv[:-1] else 0
-    given = argparse.Namespace(**({"prompt": argv[at]} if at else {}))
-    args, unknown = p.parse_known_args([*argv[:at - 1], *argv[at + 1:]] if at else argv, given)
+    given = argparse.Namespace()
+    if "--prompt" in argv[:-1]:  # a prompt may look like a flag ("-x", "--"): it goes around argparse
+        at = argv.index("--prompt")
+        given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
+    args, unknown = p.parse_known_args(argv, given)
     if unknown and "ipykernel" not in sys.modules:  # a notebook kernel's own: -f kernel.json
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     for name, value in vars(args).items():  # sizes must be > 0; counts, rates and the seed >= 0
@@ -1005,10 +993,10 @@ def settings(args, parser):
     """The run's settings, weakest first: the defaults, a checkpoint's, the preset's, the flags."""
     given = {k: v for k, v in vars(args).items() if k not in ("sample", "chat", "resume", "overwrite")}
     resume = init = None
-    if args.resume and not (args.sample or args.chat):
+    if args.resume:
         resume = load_checkpoint(os.path.join(given.get("out_dir", "out"), "ckpt.pt"),
                                  "--resume continues a run: start one without --resume first")
-    elif given.get("init_from") and not (args.sample or args.chat):
+    elif given.get("init_from"):
         init = load_checkpoint(given["init_from"], "--init_from needs a gpt.py checkpoint")
     saved = (resume or init or {}).get("config", {})
     if init:  # its model and training settings, not its data, folder or device
@@ -1031,9 +1019,10 @@ def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
     made = None  # the output folder, if this run made it: one that fails before saving anything removes it
     try:
-        if args.sample or args.chat:
-            cfg = argparse.Namespace(**{**DEFAULTS, **vars(args)})
-            return sample(cfg) if args.sample else chat(cfg)
+        if args.sample:
+            return sample(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
+        if args.chat:
+            return chat(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
         cfg, resume, init = settings(args, parser)
         if claim_out_dir(cfg.out_dir, fresh=not resume and not args.overwrite):
             made = cfg.out_dir

@@ -3,7 +3,7 @@ microgpt.py: the GPT of gpt.py in pure Python, every multiplication in plain sig
 
     python microgpt.py    # trains a 1-layer model on shakespeare.txt in minutes, then samples
 
-It computes the very same function as gpt.py (SPEC §4): GPT-2 with pre-LayerNorm, learned
+It computes the very same function as gpt.py: GPT-2 with pre-LayerNorm, learned
 positions, biases, the head tied to the token embedding, exact-erf GELU, LayerNorm with eps 1e-5
 and biased variance; and the same optimizer: AdamW (0.9, 0.99, eps 1e-8, decay on matrices only),
 warmup + cosine LR and global-norm clipping. test_gpt.py loads gpt.py's weights into it and checks
@@ -16,14 +16,14 @@ import os  # finds shakespeare.txt next to this file
 import random  # init, batches and sampling, each from its own seeded generator
 import time  # ms/step
 
-# ------------------------------------------------------------ data and tokenizer
+# ------------------------------------------------------------ the text (its characters are the tokens)
 def load_text(path):
     if not os.path.exists(path):  # the default text also sits next to this file
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
     with open(path, encoding="utf-8") as f:
         return f.read()
 
-# ------------------------------------------------------------ autograd
+# ------------------------------------------------------------ autograd: what PyTorch does for gpt.py
 class Value:
     """A scalar that remembers how it was made: its children and d(self)/d(child) for each."""
     __slots__ = ("data", "grad", "children", "local_grads")  # no dict per object: smaller, faster
@@ -87,7 +87,7 @@ def total(xs):
     """sum(xs) as one node (a chain of + would make len(xs) nodes)."""
     return Value(sum(x.data for x in xs), tuple(xs), (1.0,) * len(xs))
 
-# ------------------------------------------------------------ model
+# ------------------------------------------------------------ the model
 def init_state_dict(vocab_size, block_size, n_layer, n_embd, rng):
     """Random weights keyed like gpt.py's state_dict: N(0, 0.02), residual projections smaller."""
     def matrix(rows, cols, std=0.02):
@@ -173,6 +173,10 @@ def gpt(token, pos, keys, values, sd, n_head):
     x = layernorm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
     return [dot(row, x) for row in sd["lm_head.weight"]]
 
+# ------------------------------------------------------------ the loss
+def next_token_loss(logits, target):  # -log(the probability given to the true next token)
+    return -softmax(logits)[target].log()
+
 def forward(sd, n_head, idx, targets=None):
     """idx: B sequences of T token ids. Returns the logits (B x T x vocab_size Values) and the mean
     cross-entropy over all B*T positions, as gpt.py's GPT.forward does."""
@@ -182,10 +186,10 @@ def forward(sd, n_head, idx, targets=None):
         keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
         logits.append([gpt(t, pos, keys, values, sd, n_head) for pos, t in enumerate(sequence)])
         if targets is not None:
-            losses += [-softmax(row)[target].log() for row, target in zip(logits[-1], targets[b])]
+            losses += [next_token_loss(row, target) for row, target in zip(logits[-1], targets[b])]
     return logits, (total(losses) * (1.0 / len(losses)) if targets is not None else None)
 
-# ------------------------------------------------------------ optimizer and schedule
+# ------------------------------------------------------------ the optimizer and the learning rate
 def get_lr(it, cfg):
     """Linear warmup, then cosine decay to min_lr: the very same schedule as gpt.py's."""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
@@ -205,6 +209,7 @@ def parameters(sd):
                 params.setdefault(id(p), (p, isinstance(w[0], list)))  # the tied matrix only once
     return list(params.values())
 
+# ------------------------------------------------------------ one training step
 def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
     """Clip the gradients to a global L2 norm of grad_clip, then AdamW as torch.optim.AdamW does."""
     norm = math.sqrt(sum(p.grad * p.grad for p, _ in params))
@@ -219,30 +224,7 @@ def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
         p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)
         p.grad = 0.0
 
-# ------------------------------------------------------------ sampling
-def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None):
-    """New token ids after ids, with gpt.py's window: past block_size it slides a quarter block."""
-    n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
-    ids, start, keys, new = list(ids), 0, None, []
-    for _ in range(max_new_tokens):
-        if len(ids) - start > block_size:
-            start, keys = len(ids) - (block_size - block_size // 4), None
-        if keys is None:  # positions restart at 0: fill the cache with the window
-            keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
-            logits = [gpt(t, pos, keys, values, sd, n_head) for pos, t in enumerate(ids[start:])]
-            logits = logits[-1]
-        else:
-            logits = gpt(ids[-1], len(ids) - 1 - start, keys, values, sd, n_head)
-        if temperature == 0:
-            token = max(range(len(logits)), key=lambda i: logits[i].data)
-        else:
-            probs = softmax([l * (1.0 / temperature) for l in logits])
-            token = rng.choices(range(len(probs)), weights=[p.data for p in probs])[0]
-        ids.append(token)
-        new.append(token)
-    return new
-
-# ------------------------------------------------------------ training loop and command line
+# ------------------------------------------------------------ the training loop (and the command line)
 def main():
     p = argparse.ArgumentParser(description="Train the pure-Python GPT on a text, then sample from it.")
     p.add_argument("--data", default="shakespeare.txt")
@@ -286,6 +268,29 @@ def main():
     start = [stoi["\n"]] if "\n" in stoi else [0]
     ids = generate(sd, args.n_head, args.block_size, start, 200, 0.8, random.Random(args.seed))
     print("".join(vocab[i] for i in ids))
+
+# ------------------------------------------------------------ sampling
+def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None):
+    """New token ids after ids, with gpt.py's window: past block_size it slides a quarter block."""
+    n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
+    ids, start, keys, new = list(ids), 0, None, []
+    for _ in range(max_new_tokens):
+        if len(ids) - start > block_size:
+            start, keys = len(ids) - (block_size - block_size // 4), None
+        if keys is None:  # positions restart at 0: fill the cache with the window
+            keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+            logits = [gpt(t, pos, keys, values, sd, n_head) for pos, t in enumerate(ids[start:])]
+            logits = logits[-1]
+        else:
+            logits = gpt(ids[-1], len(ids) - 1 - start, keys, values, sd, n_head)
+        if temperature == 0:
+            token = max(range(len(logits)), key=lambda i: logits[i].data)
+        else:
+            probs = softmax([l * (1.0 / temperature) for l in logits])
+            token = rng.choices(range(len(probs)), weights=[p.data for p in probs])[0]
+        ids.append(token)
+        new.append(token)
+    return new
 
 if __name__ == "__main__":
     main()
