@@ -14,8 +14,9 @@ second part is the machinery that makes it a dependable tool: devices and precis
 prepared token files, several processes, Ctrl-C, compiling, memory, checkpoint files, --verbose,
 --chat and the command line. The first part calls it by names that say what they do.
 
-The model is GPT-2 (pre-LayerNorm blocks, learned positions, biases, output head tied to the token
-embedding, N(0, 0.02) init, residual projections scaled by 1/sqrt(2·n_layer)), small, but:
+For readers who know GPT-2 (each detail is shown below): it is GPT-2 (pre-LayerNorm blocks, learned
+positions, biases, output head tied to the token embedding, N(0, 0.02) init, residual projections
+scaled by 1/sqrt(2·n_layer)), small, but:
 - tokens are the text's own characters (63 for shakespeare.txt), not GPT-2's 50257 BPE tokens
   (scripts/prepare.py makes BPE tokens for bigger texts);
 - the GELU is exact erf, not GPT-2's tanh approximation (which scripts/from_gpt2.py's GPT-2 uses);
@@ -35,8 +36,9 @@ import torch.nn.functional as F
 # n_embd: numbers that describe each token inside the model. dropout: the share of numbers zeroed at
 # random while training, so the model cannot lean on any one of them (0: none).
 # batch_size: text windows per optimizer step. max_iters: optimizer steps in the whole run.
-# eval_interval: steps between measurements of the loss (and checkpoints); eval_iters: batches per measurement.
+# eval_interval: steps between measurements of the loss (and checkpoints); eval_iters: batches each.
 # learning_rate: the largest step size, reached after warmup_iters steps; then it falls to min_lr.
+# grad_accum: each batch in this many pieces, one after another: less memory, the same result.
 # tiny and small are tuned for the best text in about 2 and 10 minutes on a 2-core CPU; medium is
 # nanoGPT's shakespeare_char recipe, made for a GPU.
 PRESETS = dict(
@@ -45,7 +47,8 @@ PRESETS = dict(
     small=dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
                eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
     medium=dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
-                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100))
+                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4,
+                warmup_iters=100))
 DEFAULTS = dict(  # what every preset shares; a flag overrides any of these
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto",
     compile=None,  # None: on for CUDA on Linux only, where it pays off
@@ -64,19 +67,21 @@ class CharTokenizer:
     def encode(self, s):
         unknown = sorted(set(s) - self.stoi.keys())
         if unknown:
-            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} (it knows {self.vocab!r})")
+            raise GPTError(f"characters not in the model's vocabulary: {''.join(unknown)!r} "
+                           f"(it knows {self.vocab!r})")
         return [self.stoi[ch] for ch in s]
     def decode(self, ids):
         return "".join(self.vocab[i] for i in ids)
 
 # ------------------------------------------------------------ the text, its split and a batch
 def split_text(text, tokenizer):
-    """The first 90% of the characters to learn from, the last 10% to measure on: text it never trains on."""
+    """The first 90% of the characters to learn from, the last 10% to measure on (never trained)."""
     n = int(0.9 * len(text))
-    return dict(train=torch.tensor(tokenizer.encode(text[:n])), val=torch.tensor(tokenizer.encode(text[n:])))
+    train, val = tokenizer.encode(text[:n]), tokenizer.encode(text[n:])
+    return dict(train=torch.tensor(train), val=torch.tensor(val))
 
 def get_batch(data, batch_size, block_size, generator, mask=None):
-    """batch_size windows of block_size tokens from random places: inputs x and targets y, (B, T) each.
+    """batch_size windows of block_size tokens from random places: inputs x, targets y, (B, T) each.
     The target at each position is the token that follows it, so y is x shifted by one."""
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
     at = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1): where each window's tokens are
@@ -89,7 +94,7 @@ def get_batch(data, batch_size, block_size, generator, mask=None):
 # ------------------------------------------------------------ the model
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65  # distinct tokens; set from the data
+    vocab_size: int = 65  # distinct tokens; always set from the data (63 for shakespeare.txt)
     block_size: int = 256  # the longest context the model sees, in tokens (T at most)
     n_layer: int = 6
     n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
@@ -106,13 +111,15 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.by_hand = False  # True: the formula step by step, its weights kept in self.att
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None):  # cache: only while sampling (see generate); skip it at first
         B, T, C = x.size()  # batch, time (positions), channels
+        # Each token asks a query (what am I looking for?), offers a key (what do I hold?) and a
+        # value (what I pass on if chosen). Heads move next to the batch: each attends on its own.
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:  # sampling: the keys and values of earlier tokens are kept, not recomputed
+        if cache is not None:  # sampling: earlier tokens' keys and values are kept, not recomputed
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs): the Tk - T cached ones come first
@@ -120,14 +127,18 @@ class CausalSelfAttention(nn.Module):
         # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
         causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
         if self.by_hand:  # for reading, and for looking inside (scripts/serve.py)
-            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
+            # how well each query matches each key; / sqrt(hs) keeps scores near 1 whatever hs is
+            # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
+            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
             att = att.masked_fill(~causal, float("-inf"))  # no looking ahead
             att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
             self.att = att
             y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
-        else:  # the same in one fused kernel that never stores att; is_causal: the mask, unbuilt (flash)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T in (1, Tk) else causal, is_causal=T == Tk)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        else:  # the same in one fused kernel that never stores att; is_causal: the causal mask
+            # without building it, which lets a GPU use its fastest (flash) kernel
+            mask = None if T in (1, Tk) else causal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again, in memory too
         return self.resid_dropout(self.c_proj(y))
 
 class MLP(nn.Module):
@@ -144,13 +155,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
+        # LayerNorm rescales each token's numbers to mean 0, variance 1, then a learned gain, bias
         self.ln_1 = nn.LayerNorm(config.n_embd)  # eps 1e-5, biased variance (÷ n): as in GPT-2
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
     def forward(self, x, cache=None):
+        # x is the residual stream: each sublayer reads it and adds its result to it
         x = x + self.attn(self.ln_1(x), cache)  # tokens look at earlier tokens
-        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
+        x = x + self.mlp(self.ln_2(x))  # each position is transformed on its own, no mixing
         return x
 
 class GPT(nn.Module):
@@ -158,8 +171,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # a learned vector per token id
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # and per position, added to it
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd)))
@@ -178,20 +191,22 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.size()
-        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a sampling cache holds
+        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size): a score for every next token
+        # logits: a score for every possible next token; softmax turns them into probabilities
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         loss = None if targets is None else next_token_loss(logits, targets)
         return logits, loss
 
 # ------------------------------------------------------------ the loss
 def next_token_loss(logits, targets):
-    """Cross-entropy: -log(the probability the model gave the true next token), averaged over positions.
-    A fresh model spreads its bets evenly: ln(vocab_size), 4.14 for 63 characters. Targets of -1 are skipped."""
+    """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
+    positions; targets of -1 are skipped. A fresh model bets evenly: ln(vocab_size), 4.14 for 63."""
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 # ------------------------------------------------------------ the optimizer and the learning rate
@@ -217,15 +232,15 @@ def get_lr(it, cfg):
 # ------------------------------------------------------------ one training step
 def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip):
     """One optimizer step on this process's micro-batches [(x, y), ...]; returns their mean loss.
-    autocast runs the matmuls in bfloat16 or float16 where that is faster; float32 leaves it empty."""
+    autocast runs the matmuls in bfloat16 or float16 where that is faster (float32: it does nothing)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
     for i, (x, y) in enumerate(batches):
-        with gradients_shared(model, last=i == len(batches) - 1):  # torchrun: averaged after the last
+        with gradients_shared(model, last=i == len(batches) - 1):  # torchrun only; else nothing
             with autocast:
                 _, loss = model(x, y)
-            loss = loss / len(batches)  # the micro-batches' gradients add up to the whole batch's mean
+            loss = loss / len(batches)  # the micro-batches' gradients add up to the batch's mean
             if scaler.is_enabled():  # float16: scaled up first, or small gradients would round to 0
                 scaler.scale(loss).backward()
             else:
@@ -233,14 +248,15 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip):
         total += loss.detach()
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
-    if grad_clip > 0:  # one freak batch must not undo hours of training
+    if grad_clip > 0:  # shrink the whole gradient to length grad_clip at most: one freak batch
+        # must not undo hours of training
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if scaler.is_enabled():  # float16: steps, unless a gradient overflowed; then scales down
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()  # AdamW moves every parameter a little against its gradient
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)  # backward adds into .grad: clear it for the next step
     return total
 
 # ------------------------------------------------------------ the training loop
@@ -257,16 +273,20 @@ class Run:
     since_time: float = 0.0
 
 def train(cfg, resume=None, init=None):
-    """Train per cfg (the flags). resume: a loaded ckpt.pt to continue; init: a loaded checkpoint whose
-    weights to start from, with a new optimizer. Returns an exit code."""
+    """Train per cfg (the flags). resume: a loaded ckpt.pt to continue; init: a loaded checkpoint
+    whose weights to start from, with a new optimizer. Returns an exit code."""
+    # The setup is machinery (below the line). On one machine rank is 0 and world_size 1 (torchrun
+    # starts one process per GPU, each a rank); step_model is the model, maybe compiled (faster).
     device, dtype = pick_device(cfg.device, cfg.dtype)
     vote_group, rank, world_size = join_processes(device)
-    tokenizer, splits, masks, per_char = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
+    tokenizer = tokenizer_of(resume or init)  # None: the data's own characters
+    tokenizer, splits, masks, per_char = load_data(cfg.data, cfg.block_size, tokenizer)
     cfg.vocab_size = tokenizer.vocab_size
     check_memory(cfg, device, dtype)
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies rank 0's weights to all)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: the same on every rank
-    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
+    config = GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)
+    model = GPT(config).to(device)
     optimizer = make_optimizer(model, cfg, device)
     run = Run(per_char=per_char)
     say_what_runs(cfg, device, dtype, model, splits, world_size)
@@ -282,16 +302,18 @@ def train(cfg, resume=None, init=None):
     with stop_signals(vote_group) as agreed_stop:  # from here on Ctrl-C saves before it stops
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
-            batch = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator, masks["train"])
-            loss = train_step(step_model, optimizer, scaler, autocast, micro_batches(batch, cfg.grad_accum, device),
-                              lr, cfg.grad_clip)
+            x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator, masks["train"])
+            batches = micro_batches((x, y), cfg.grad_accum, device)
+            loss = train_step(step_model, optimizer, scaler, autocast, batches, lr, cfg.grad_clip)
             run.iter = it + 1
             evaluating = run.iter % cfg.eval_interval == 0 or run.iter == cfg.max_iters
             stop = agreed_stop()
-            if run.iter % cfg.log_interval == 0 or evaluating or stop:  # not every step: .item() waits
+            if run.iter % cfg.log_interval == 0 or evaluating or stop:  # not each step: .item() waits
                 report(loss, lr, cfg, run, world_size)
             if evaluating or stop:
-                best = evaluate(step_model, splits, cfg, autocast, device, run, masks) if evaluating else False
+                best = False
+                if evaluating:
+                    best = evaluate(step_model, splits, cfg, autocast, device, run, masks)
                 save_run(model, optimizer, scaler, batch_generator, tokenizer, cfg, run, best, rank)
             if stop:
                 say_how_to_resume(cfg, run, world_size)
@@ -301,13 +323,14 @@ def train(cfg, resume=None, init=None):
 
 # ------------------------------------------------------------ sampling
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
+             use_cache=True):
     """Yield max_new_tokens ids (B, 1) after idx (B, T), with the probabilities they were drawn from
     (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
     block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
     for _ in range(max_new_tokens):
-        # It knows positions 0..block_size-1 only. Past that the window slides a quarter block at once:
-        # the cache is rebuilt once per block_size/4 tokens, and the model sees 3/4 of a block or more.
+        # It knows positions 0..block_size-1 only. Past that the window slides a quarter block at
+        # once (block 256: at 257 tokens it keeps the last 192): the cache is rebuilt every 64 tokens.
         if idx.size(1) - start > block_size:
             start, cache = idx.size(1) - (block_size - block_size // 4), None
         if cache:  # the KV cache: only the newest token goes through the model, O(context) work
@@ -315,7 +338,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         else:  # the whole window: to fill a fresh cache, or every time without one
             cache = [{} for _ in model.transformer.h] if use_cache else None
             logits, _ = model(idx[:, start:], cache=cache)
-        logits = logits[:, -1, :].float() / (temperature or 1.0)  # the last position's: (B, vocab_size)
+        # the last position's scores: (B, vocab_size). Temperature below 1 sharpens, above 1 flattens
+        logits = logits[:, -1, :].float() / (temperature or 1.0)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -328,9 +352,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         idx = torch.cat([idx, next_id], dim=1)  # the drawn token joins the context
         yield next_id, probs
 
-# ============================================================ the GPT is complete above this line. Below it,
-# the machinery that makes it a dependable tool: devices and precision, BPE and prepared folders,
-# torchrun, stop signals, compile, memory, checkpoint files, --verbose, --chat and the command line.
+# ============================================================ the GPT is complete above this line.
+# Below it, the machinery that makes it a dependable tool: devices and precision, BPE and prepared
+# folders, torchrun, stop signals, compile, memory, checkpoint files, --verbose, --chat, the command line.
 import argparse, json, os, signal, sys, threading
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
 from contextlib import contextmanager, nullcontext
@@ -370,8 +394,9 @@ def pick_device(name="auto", dtype="auto"):
         dtype = "bfloat16" if device.type == "cpu" and native_cpu_bf16() else "float32"
     version = tuple(int(n) for n in torch.__version__.split(".")[:2])
     if device.type == "mps" and dtype != "float32" and version < MAC_HALF[dtype]:
-        raise GPTError(f"--dtype {dtype} on a Mac needs PyTorch {'.'.join(map(str, MAC_HALF[dtype]))} or newer "
-                       f"(this is {torch.__version__}); upgrade it, or train in float32 (the default)")
+        need = ".".join(map(str, MAC_HALF[dtype]))
+        raise GPTError(f"--dtype {dtype} on a Mac needs PyTorch {need} or newer (this is {torch.__version__}); "
+                       "upgrade it, or train in float32 (the default)")
     return device, getattr(torch, dtype)
 
 def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):
@@ -433,8 +458,8 @@ def load_data(path, block_size, tokenizer=None):
     what = f"data folder {path}" if os.path.isdir(path) else f"data file {path}"
     for name, split in splits.items():
         if len(split) < block_size + 1:
-            raise GPTError(f"{what} is {'too short' if len(split) else 'empty'}: its {name} split has {len(split)} "
-                           f"tokens, fewer than block_size + 1 = {block_size + 1}")
+            raise GPTError(f"{what} is {'too short' if len(split) else 'empty'}: its {name} split has "
+                           f"{len(split)} tokens, fewer than block_size + 1 = {block_size + 1}")
     return tokenizer, splits, masks, per_char
 
 def load_text(path, tokenizer):
@@ -445,7 +470,8 @@ def load_text(path, tokenizer):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                       f"{e.start})") from None
     if len(raw) > 50e6:
         say(f"{path} is {len(raw) / 1e6:.0f} MB: scripts/prepare.py makes token files that start in seconds")
     tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
@@ -486,7 +512,7 @@ def load_prepared(folder, tokenizer):
             masks[name] = np.memmap(os.path.join(folder, f"{name}_mask.bin"), "uint8", "r")
     return tokenizer, splits, masks, per_char
 
-def fits(model_spec, data_spec):  # the same tokenizer, or a char vocabulary grown at its end (--vocab_from)
+def fits(model_spec, data_spec):  # the same tokenizer, or a char vocabulary grown at its end
     if model_spec["name"] == "char" == data_spec["name"]:
         return data_spec["vocab"].startswith(model_spec["vocab"])
     return model_spec.get("tokens") == data_spec.get("tokens")
@@ -523,7 +549,7 @@ def micro_batches(batch, grad_accum, device):
         shares.append((x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)))
     return shares
 
-def gradients_shared(model, last):  # DDP averages gradients in backward: of micro-batches, the last's only
+def gradients_shared(model, last):  # DDP averages gradients in backward: the last micro-batch's
     if isinstance(model, DDP) and not last:
         return model.no_sync()
     return nullcontext()
@@ -578,11 +604,14 @@ def fast_paths(model, device, dtype, cfg, data):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    def trial(step_model):  # training and eval forwards, undone: the RNG and gradients stay as they were
+    # training and eval forwards, undone: the RNG and gradients stay as they were
+    def trial(step_model):
         t0 = time.perf_counter()
-        try:  # get_batch(..., None) draws from torch's generator, which fork_rng restores (GPU's too)
+        # get_batch(..., None) draws from torch's generator, which fork_rng restores (GPU's too)
+        try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
-                batch = micro_batches(get_batch(data, cfg.batch_size, cfg.block_size, None), cfg.grad_accum, device)
+                batch = get_batch(data, cfg.batch_size, cfg.block_size, None)
+                batch = micro_batches(batch, cfg.grad_accum, device)
                 step_model(*batch[0])[1].backward()
                 with torch.no_grad():  # eval's graph: compiled now, not at the first eval
                     step_model.eval()
@@ -598,7 +627,8 @@ def fast_paths(model, device, dtype, cfg, data):
             step_model = wrap(torch.compile(model), device)
             trial(step_model)
         except Exception as e:
-            say(f"warning: torch.compile failed, training without it: {''.join(str(e).splitlines()[:1])[:200]}")
+            reason = "".join(str(e).splitlines()[:1])[:200]
+            say(f"warning: torch.compile failed, training without it: {reason}")
             step_model = None
     if step_model is None:
         step_model = wrap(model, device)
@@ -638,7 +668,8 @@ def check_memory(cfg, device, dtype):
 def say_what_runs(cfg, device, dtype, model, splits, world_size):
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     processes = f" x {world_size} processes" if world_size > 1 else ""
-    say(f"device {device.type}{gpu}{processes} | dtype {str(dtype)[6:]} | compile {'on' if compiles(cfg, device) else 'off'}"
+    compiling = "on" if compiles(cfg, device) else "off"
+    say(f"device {device.type}{gpu}{processes} | dtype {str(dtype)[6:]} | compile {compiling}"
         f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
         f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens")
 
@@ -734,8 +765,8 @@ def save_run(model, optimizer, scaler, batch_generator, tokenizer, cfg, run, bes
     """best.pt (if best), ckpt.pt (all that --resume needs) and log.csv, each written atomically."""
     if rank != 0:
         return
-    state = dict(model=model.state_dict(), config=vars(cfg).copy(), iter=run.iter, best_val_loss=run.best_val_loss,
-                 vocab=getattr(tokenizer, "vocab", None), chat=tokenizer.chat)
+    state = dict(model=model.state_dict(), config=vars(cfg).copy(), iter=run.iter,
+                 best_val_loss=run.best_val_loss, vocab=getattr(tokenizer, "vocab", None), chat=tokenizer.chat)
     if not isinstance(tokenizer, CharTokenizer):
         state["tokenizer"] = tokenizer.spec
     if best:
@@ -743,8 +774,8 @@ def save_run(model, optimizer, scaler, batch_generator, tokenizer, cfg, run, bes
     rng = dict(torch=torch.get_rng_state(), batch=batch_generator.get_state())
     if torch.cuda.is_initialized():  # the GPU's dropout stream: resume draws the same masks
         rng["cuda"] = torch.cuda.get_rng_state()
-    save_atomic(dict(state, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng, log=run.log),
-                os.path.join(cfg.out_dir, "ckpt.pt"))
+    everything = dict(state, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng, log=run.log)
+    save_atomic(everything, os.path.join(cfg.out_dir, "ckpt.pt"))
     path = os.path.join(cfg.out_dir, "log.csv")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(",".join(map(str, row)) + "\n" for row in [LOG_COLUMNS, *run.log])
@@ -755,7 +786,8 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init, rank):
     has new characters, their embeddings start fresh)."""
     if init:
         weights = dict(init["model"])
-        old, new = weights["transformer.wte.weight"], model.transformer.wte.weight.detach().cpu().clone()
+        old = weights["transformer.wte.weight"]
+        new = model.transformer.wte.weight.detach().cpu().clone()  # fresh rows for new characters
         new[:len(old)] = old  # the new characters' ids come after the old ones
         weights["transformer.wte.weight"] = weights["lm_head.weight"] = new
         model.load_state_dict(weights)
@@ -784,7 +816,8 @@ def claim_out_dir(out_dir, fresh):
             c = load_checkpoint(path, "")
             what = f"n_layer {c['config']['n_layer']}, n_embd {c['config']['n_embd']}, step {c['iter']}"
             raise GPTError(f"{out_dir} already holds a model ({what}, best val loss {c['best_val_loss']:.4f}); "
-                           "continue it with --resume, train into another --out_dir, or replace it with --overwrite")
+                           "continue it with --resume, train into another --out_dir, or replace it with "
+                           "--overwrite")
     made = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -800,8 +833,9 @@ def model_from(ckpt, device):
     config = {**DEFAULTS, **ckpt["config"]}  # a checkpoint from before "gelu" existed is exact
     model = GPT(GPTConfig(**{k: config[k] for k in MODEL_KEYS})).to(device).eval()
     model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
-    for block in model.transformer.h:  # MPS's one-query attention kernel has given wrong results
-        block.attn.by_hand = device.type == "mps"  # (pytorch issues 163597, 169222): the formula instead
+    # MPS's one-query attention kernel has given wrong results (pytorch issues 163597, 169222)
+    for block in model.transformer.h:
+        block.attn.by_hand = device.type == "mps"  # the formula instead
     return model
 
 def sample(cfg):
@@ -811,10 +845,12 @@ def sample(cfg):
     ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    newline = "\n" in tokenizer.spec.get("vocab", "\n")  # BPE writes any character, a char model its own
+    # BPE writes any character, a char model its own
+    newline = "\n" in tokenizer.spec.get("vocab", "\n")
     prompt = cfg.prompt or ("\n" if newline else tokenizer.vocab[0])
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
-    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
+    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})",
+          file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
     for i in range(cfg.num_samples):
         if i:
@@ -842,16 +878,17 @@ def sample(cfg):
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
-def likeliest(tokenizer, probs, k=5):  # the k likeliest tokens as literals ('\n'), probabilities to 3 digits
+def likeliest(tokenizer, probs, k=5):  # as literals ('\n'), their probabilities to 3 digits
     p, top = probs.topk(min(k, probs.size(-1)))
     return "  ".join(f"{tokenizer.decode([t])!r} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q)
 
 def write_a_taste(cfg):  # the end of a training run: 300 characters from best.pt
-    return sample(argparse.Namespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1, "prompt": "",
-                                        "verbose": False}))
+    taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
+    return sample(argparse.Namespace(**{**vars(cfg), **taste}))
 
 # ------------------------------------------------------------ --chat: talking to a fine-tuned model
-CHAT_TEMPLATE = dict(system="System: ", user="User: ", assistant="Assistant: ", end="<end>")  # prepare.py's
+# scripts/prepare.py's template; a model never fine-tuned on it ends its answers with a newline
+CHAT_TEMPLATE = dict(system="System: ", user="User: ", assistant="Assistant: ", end="<end>")
 
 def chat_turn(message, template):
     """One turn as the text pieces training saw: the role's prefix, the content, for the assistant the
@@ -888,17 +925,19 @@ def chat(cfg):
     ckpt = load_checkpoint(path, f"fine-tune one on conversations (README: Teach it to answer)")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    template = tokenizer.chat or CHAT_TEMPLATE
+    template = tokenizer.chat or dict(CHAT_TEMPLATE, end="\n")
     if tokenizer.chat is None:
-        print(f"note: {path} was never fine-tuned on conversations: it answers as its text goes on", file=sys.stderr)
+        print(f"note: {path} was never fine-tuned on conversations: it answers as its text goes on",
+              file=sys.stderr)
     generator, messages = torch.Generator().manual_seed(cfg.seed), []
     try:
         for line in lines_typed():
             messages.append(dict(role="user", content=line))
             answer = []
             try:
-                for piece in chat_reply(model, tokenizer, template, messages, cfg.max_new_tokens, cfg.temperature,
-                                        cfg.top_k, generator):
+                reply = chat_reply(model, tokenizer, template, messages, cfg.max_new_tokens, cfg.temperature,
+                                   cfg.top_k, generator)
+                for piece in reply:
                     print(piece, end="", flush=True)
                     answer.append(piece)
             except GPTError as e:  # a character the model never saw: say so, and go on
@@ -943,9 +982,9 @@ FLAGS = dict(  # what each flag does; --help adds its default, or each preset's 
     top_k="--sample: draw from the k likeliest only")
 CHOICES = dict(config=PRESETS, device=("auto", "cpu", "cuda", "mps"),
                dtype=("auto", "float32", "bfloat16", "float16"))
-KINDS = dict(compile=boolean, **{name: float for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip",
-                                                           "dropout", "temperature")},
-             **{name: str for name in ("config", "data", "init_from", "out_dir", "device", "dtype", "prompt")})
+KINDS = dict(compile=boolean)  # the type of each flag's value; the others' are int
+KINDS.update(dict.fromkeys(("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "temperature"), float))
+KINDS.update(dict.fromkeys(("config", "data", "init_from", "out_dir", "device", "dtype", "prompt"), str))
 POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval",
             "eval_iters", "log_interval", "max_new_tokens", "num_samples", "top_k", "grad_accum",
             "learning_rate")
@@ -972,9 +1011,11 @@ def parse_args(argv):
             text += f" (default: {DEFAULTS[name]})"
         metavar = {int: "N", float: "F", boolean: "BOOL"}.get(kind)  # else --data DATA
         optional = dict(nargs="?", const=True) if kind is boolean else {}
-        p.add_argument(f"--{name}", type=kind, choices=CHOICES.get(name), metavar=metavar, help=text, **optional)
+        p.add_argument(f"--{name}", type=kind, choices=CHOICES.get(name), metavar=metavar, help=text,
+                       **optional)
     given = argparse.Namespace()
-    if "--prompt" in argv[:-1]:  # a prompt may look like a flag ("-x", "--"): it goes around argparse
+    # a prompt may look like a flag ("-x", "--"): it goes around argparse
+    if "--prompt" in argv[:-1]:
         at = argv.index("--prompt")
         given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
     args, unknown = p.parse_known_args(argv, given)
@@ -1004,7 +1045,8 @@ def settings(args, parser):
     preset = given.get("config", None if saved else DEFAULTS["config"])
     cfg = argparse.Namespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **given})
     if cfg.n_embd % cfg.n_head:
-        parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
+        parser.error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal "
+                     "shares")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     if cfg.batch_size % (world_size * cfg.grad_accum):
         parser.error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x --grad_accum "
@@ -1017,7 +1059,8 @@ def settings(args, parser):
 
 def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
-    made = None  # the output folder, if this run made it: one that fails before saving anything removes it
+    # the output folder, if this run made it: one that fails before saving anything removes it
+    made = None
     try:
         if args.sample:
             return sample(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
