@@ -1,0 +1,137 @@
+"""
+eval_chat.py: how often a chat model answers held-out questions exactly right, skill by skill (SPEC §14).
+
+    python scripts/eval_chat.py out_chat chats/test.jsonl
+    python scripts/eval_chat.py out_chat chats/test.jsonl --device cpu --max_new_tokens 32
+
+For every conversation of the test file (one a line, as scripts/prepare.py reads them; the
+"skill" beside "messages" groups them), the model in OUT_DIR/best.pt writes the last assistant turn
+from the turns before it, greedily (temperature 0), with gpt.py's chat_reply and the chat template
+its checkpoint keeps. An answer is right when it equals the expected one exactly, surrounding spaces
+aside. Prints the accuracy of each skill and overall, and a few wrong answers.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpt  # noqa: E402  the model, its checkpoint and chat_reply
+import prepare  # noqa: E402  scripts/prepare.py: the chat template, and the check of a conversation
+
+SHOWN = 5  # wrong answers printed
+
+
+def read_tests(path):
+    """(skill, turns) for every conversation of the file; its last turn, the assistant's, is the answer
+    expected."""
+    tests = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise prepare.PrepareError(f"{path} not found") from None
+    except UnicodeDecodeError:
+        raise prepare.PrepareError(f"{path} is not UTF-8 text") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not {"messages", "prompt", "completion"} & record.keys():
+            raise prepare.PrepareError(f'{where}: not a conversation ({{"messages": [...]}} or '
+                                       '{"prompt": ..., "completion": ...})')
+        turns = prepare.conversation(record, where)
+        if turns[-1]["role"] != "assistant":
+            raise prepare.PrepareError(f"{where}: the last turn is not the assistant's: no answer to "
+                                       "compare with")
+        tests.append((str(record.get("skill", "(none)")), turns))
+    if not tests:
+        raise prepare.PrepareError(f"{path} holds no conversations")
+    return tests
+
+
+def answer_all(model, tokenizer, template, tests, max_new_tokens):
+    """(skill, question, expected, answer) for every test; answer None where the question has
+    characters the model's vocabulary lacks."""
+    results = []
+    for skill, turns in tests:
+        try:
+            pieces = gpt.chat_reply(model, tokenizer, template, turns[:-1], max_new_tokens, 0, None, None)
+            answer = "".join(pieces).strip()
+        except gpt.GPTError:  # a char model cannot read a character it never saw
+            answer = None
+        results.append((skill, turns[-2]["content"], turns[-1]["content"].strip(), answer))
+    return results
+
+
+def report(results):
+    """The accuracy of each skill and overall, then a few wrong answers."""
+    rows = [(skill, [r for r in results if r[0] == skill]) for skill in sorted({r[0] for r in results})]
+    rows.append(("overall", results))
+    width = max(len(name) for name, _ in rows)
+    print(f"{'skill':<{width}}  right / total  accuracy")
+    for name, group in rows:
+        right = sum(answer == expected for _, _, expected, answer in group)
+        print(f"{name:<{width}}  {right:5d} / {len(group):<5d}  {100 * right / len(group):6.1f}%")
+    wrong = [r for r in results if r[3] != r[2]]
+    if wrong:
+        print(f"\nwrong answers ({min(SHOWN, len(wrong))} of {len(wrong)}):")
+    for skill, question, expected, answer in wrong[:SHOWN]:
+        said = "(unreadable)" if answer is None else repr(answer)
+        print(f"  {skill}: {question!r} -> {said}, expected {expected!r}")
+    unreadable = sum(r[3] is None for r in results)
+    if unreadable:
+        print(f"\n{unreadable} questions had characters the model's vocabulary lacks, and count as wrong: "
+              "fine-tune it on chats prepared with scripts/prepare.py --vocab_from")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Exact-match accuracy of a chat model on held-out conversations.")
+    p.add_argument("out_dir", help="the folder of a gpt.py run: its best.pt answers")
+    p.add_argument("test_file", help="held-out conversations, one a line (scripts/make_chats.py writes "
+                   "chats/test.jsonl)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--max_new_tokens", type=int, default=32, help="the longest answer in tokens (default 32)")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 1:
+        p.error(f"--max_new_tokens {args.max_new_tokens}: must be at least 1")
+    threads = torch.get_num_threads()
+    try:
+        path = os.path.join(args.out_dir, "best.pt")
+        ckpt = gpt.load_checkpoint(path, "fine-tune one on chats: python gpt.py --init_from out/best.pt "
+                                   f"--data data/chats --out_dir {args.out_dir}")
+        tests = read_tests(args.test_file)
+        device, _ = gpt.pick_device(args.device)
+        if device.type == "cpu":  # one question at a time is too little work to share out: on a busy
+            torch.set_num_threads(1)  # CPU, threads wait for each other (20x slower on a busy 2-core VM)
+        model, tokenizer = gpt.model_from(ckpt, device), gpt.tokenizer_of(ckpt)
+        template = ckpt.get("chat")
+        if template is None:
+            print(f"warning: {path} was never fine-tuned on chats; asking in scripts/prepare.py's template",
+                  file=sys.stderr)
+            template = prepare.TEMPLATE
+        started = time.perf_counter()
+        results = answer_all(model, tokenizer, template, tests, args.max_new_tokens)
+    except (gpt.GPTError, prepare.PrepareError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:  # as they were, for a caller that goes on (the tests)
+        torch.set_num_threads(threads)
+    print(f"{path} (step {ckpt['iter']}) on {args.test_file}: {len(tests)} questions, answered greedily in "
+          f"{time.perf_counter() - started:.1f}s on {device}")
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
