@@ -887,8 +887,8 @@ def write_a_taste(cfg):  # the end of a training run: 300 characters from best.p
     return sample(argparse.Namespace(**{**vars(cfg), **taste}))
 
 # ------------------------------------------------------------ --chat: talking to a fine-tuned model
-# scripts/prepare.py's template; a model never fine-tuned on it ends its answers with a newline
-CHAT_TEMPLATE = dict(system="System: ", user="User: ", assistant="Assistant: ", end="<end>")
+CHAT_TEMPLATE = dict(system="System: ", user="User: ", assistant="Assistant: ", end="<end>")  # prepare.py's
+UNTUNED_CHAT = dict(CHAT_TEMPLATE, end="\n")  # a model never fine-tuned on it: its answers end a line
 
 def chat_turn(message, template):
     """One turn as the text pieces training saw: the role's prefix, the content, for the assistant the
@@ -925,7 +925,7 @@ def chat(cfg):
     ckpt = load_checkpoint(path, f"fine-tune one on conversations (README: Teach it to answer)")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    template = tokenizer.chat or dict(CHAT_TEMPLATE, end="\n")
+    template = tokenizer.chat or UNTUNED_CHAT
     if tokenizer.chat is None:
         print(f"note: {path} was never fine-tuned on conversations: it answers as its text goes on",
               file=sys.stderr)
