@@ -299,7 +299,7 @@ def train(cfg, resume=None, init=None):
     if run.iter == 0 and not resume:  # a fresh model scores about ln(vocab_size)
         best = evaluate(step_model, splits, cfg, autocast, device, run, masks)
         save_run(model, optimizer, scaler, batch_generator, tokenizer, cfg, run, best, rank)
-    with stop_signals(vote_group) as agreed_stop:  # from here on Ctrl-C saves before it stops
+    with stop_requests(vote_group) as agreed_stop:  # from here on Ctrl-C saves before it stops
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_generator, masks["train"])
@@ -556,7 +556,7 @@ def gradients_shared(model, last):  # DDP averages gradients in backward: the la
 
 # ------------------------------------------------------------ stop signals: Ctrl-C and SIGTERM
 @contextmanager
-def stop_signals(group):
+def stop_requests(group):
     """Ctrl-C and SIGTERM (torchrun stopping, a cluster preempting) raise a flag; the processes
     vote after each step, so all save the same one. A second Ctrl-C (alone) stops at once.
     A signal ignored when gpt.py started (a shell's background job ignores SIGINT) stays ignored."""
@@ -666,10 +666,13 @@ def check_memory(cfg, device, dtype):
         say(f"warning: {needs}; if it runs out, lower --batch_size or raise --grad_accum")
 
 def say_what_runs(cfg, device, dtype, model, splits, world_size):
-    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    processes = f" x {world_size} processes" if world_size > 1 else ""
+    where = device.type
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    if world_size > 1:
+        where += f" x {world_size} processes"
     compiling = "on" if compiles(cfg, device) else "off"
-    say(f"device {device.type}{gpu}{processes} | dtype {str(dtype)[6:]} | compile {compiling}"
+    say(f"device {where} | dtype {str(dtype)[6:]} | compile {compiling}"
         f" | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size}"
         f" | train {len(splits['train']):,} tokens | val {len(splits['val']):,} tokens")
 
@@ -714,9 +717,12 @@ def evaluate(model, splits, cfg, autocast, device, run, masks=None):
     """Print and log both splits' loss (BPE: also val per character); True for the best val yet."""
     dt, tokens = time.perf_counter() - run.since_time, (run.iter - run.since_iter) * cfg.batch_size
     train, val = estimate_loss(model, splits, cfg, autocast, device, masks).values()
-    per_char = f" ({val * run.per_char:.4f} per character)" if run.per_char != 1 else ""
-    answers = " (on the answers' tokens)" if masks and masks["val"] is not None else ""
-    say(f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}{per_char}{answers}")
+    notes = ""
+    if run.per_char != 1:  # BPE: comparable with a char model
+        notes += f" ({val * run.per_char:.4f} per character)"
+    if masks and masks["val"] is not None:
+        notes += " (on the answers' tokens)"
+    say(f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}{notes}")
     elapsed = run.elapsed + time.perf_counter() - run.start
     run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
                     round(tokens * cfg.block_size / dt), round(elapsed, 1)])
@@ -806,7 +812,7 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init, rank):
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
     batch_generator.set_state(resume["rng"]["batch"])
     run.iter, run.best_val_loss, run.log = resume["iter"], resume["best_val_loss"], resume["log"]
-    run.elapsed = run.log[-1][-1] if run.log else 0.0  # seconds trained before
+    run.elapsed = run.log[-1][-1]  # seconds trained before (every saved run has evaluated step 0)
 
 def claim_out_dir(out_dir, fresh):
     """Before any work: a fresh run never replaces a model, and the folder must be writable. Returns
@@ -1058,7 +1064,9 @@ def settings(args, parser):
     return cfg, resume, init
 
 def main(argv=None):
-    parser, args = parse_args(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    parser, args = parse_args(argv)
     # the output folder, if this run made it: one that fails before saving anything removes it
     made = None
     try:
