@@ -11,6 +11,7 @@ device synchronized before every clock read. Speeds on shared machines are noisy
 the same run, not across runs.
 """
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -21,13 +22,20 @@ import torch
 
 import gpt
 
-# Dense peak TFLOP/s from the vendors' data sheets (SXM parts), for the MFU column. float32 runs use TF32.
-PEAK_TFLOPS = {"H200": {"bfloat16": 989, "float16": 989, "float32": 495},
-               "H100": {"bfloat16": 989, "float16": 989, "float32": 495},
-               "A100": {"bfloat16": 312, "float16": 312, "float32": 156},
-               "L4": {"bfloat16": 121, "float16": 121, "float32": 60},
-               "A10G": {"bfloat16": 70, "float16": 70, "float32": 35},
-               "T4": {"float16": 65, "float32": 8.1}}
+# Dense (not 2:4-sparse) peak TFLOP/s from NVIDIA's data sheets, for the MFU column, by the exact name
+# torch.cuda.get_device_name() gives: a substring would match "NVIDIA L4" inside "NVIDIA L40S" (3x the MFU) or
+# an H100 SXM's peak on the slower PCIe card. float32 runs use TF32 (the T4 has none: its float32 is plain).
+# A GPU not listed (H100 NVL, A10G, ...) says "unknown peak" rather than a wrong number; add it here.
+HOPPER_SXM = {"bfloat16": 989, "float16": 989, "float32": 495}
+A100 = {"bfloat16": 312, "float16": 312, "float32": 156}
+PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": HOPPER_SXM,  # the SXM5 module
+               "NVIDIA H200": HOPPER_SXM,
+               "NVIDIA H100 PCIe": {"bfloat16": 756, "float16": 756, "float32": 378},
+               "NVIDIA A100-SXM4-80GB": A100, "NVIDIA A100-SXM4-40GB": A100,
+               "NVIDIA A100-PCIE-40GB": A100, "NVIDIA A100 80GB PCIe": A100,
+               "NVIDIA L40S": {"bfloat16": 362, "float16": 362, "float32": 183},
+               "NVIDIA L4": {"bfloat16": 121, "float16": 121, "float32": 60},
+               "Tesla T4": {"float16": 65, "float32": 8.1}}
 COLUMNS = ["device", "config", "dtype", "compile", "batch", "train ms/iter", "train tokens/s", "MFU", "peak mem MB",
            "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
 
@@ -57,11 +65,34 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-def peak_tflops(device, dtype):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name()
-    return next((peaks.get(dtype) for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+def peak_tflops(name, dtype):
+    """The data-sheet peak for a GPU of exactly this name (case aside) in this dtype, else None."""
+    peaks = {key.casefold(): value for key, value in PEAK_TFLOPS.items()}.get(name.strip().casefold(), {})
+    return peaks.get(dtype)
+
+
+@contextlib.contextmanager
+def without_tf32():
+    """float32 matmuls in full float32 (what `gpt.py --sample` computes: it never turns TF32 on), restored
+    after. With TF32 the KV-cache and full-forward paths round differently at 1e-3, enough to flip a greedy
+    near tie, and the check below would warn about nothing."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def kv_cache_disagrees(with_cache, without, tolerance=1e-4):
+    """Whether greedy decoding with the KV cache chose another token than the full forward, at a step where
+    the full forward's choice was not a near tie (the two paths' float32 sums differ at 1e-6): the first
+    step where they differ decides, since after it the texts differ anyway."""
+    for (a, _), (b, probs) in zip(with_cache, without):
+        if not torch.equal(a, b):
+            p = probs[0].double()
+            return bool(p[b[0, 0]] - p[a[0, 0]] > tolerance * p[b[0, 0]])
+    return False
 
 
 def peak_memory_mb(device):
@@ -94,6 +125,11 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     preset = gpt.PRESETS[config]
     cfg = argparse.Namespace(**{**gpt.DEFAULTS, **preset, "vocab_size": 65})
     cfg.batch_size = batch_size or cfg.batch_size
+    if gpt.compiles(cfg, device):
+        # Forget the last row's graphs: dynamo keeps "automatic dynamic shapes" per function across
+        # torch.compile calls, so a second preset would compile GPT.forward with a symbolic batch size
+        # and time a graph that train() (one shape, one process) never runs.
+        torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
@@ -112,20 +148,22 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     # FLOPs per token, forward and backward: 6 per weight (nanoGPT counts no position embeddings) plus attention
     n_weights = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     flops_per_token = 6 * n_weights + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-    peak = peak_tflops(device, str(dtype)[6:])
+    peak = peak_tflops(torch.cuda.get_device_name(device), str(dtype)[6:]) if device.type == "cuda" else None
     mfu = flops_per_token * tokens_per_s / (peak * 1e12) if peak else None
     memory = peak_memory_mb(device)
 
     model.eval()
+    for block in model.transformer.h:  # as gpt.model_from samples: MPS decodes with the attention by hand
+        block.attn.by_hand = device.type == "mps"
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     outputs, speeds = {}, {}
-    for use_cache in (True, False):
-        t0 = time.perf_counter()
-        ids = [i for i, _ in gpt.generate(model, prompt, sample_tokens, temperature=0, use_cache=use_cache)]
-        synchronize(device)
-        speeds[use_cache] = sample_tokens / (time.perf_counter() - t0)
-        outputs[use_cache] = torch.cat(ids, dim=1).tolist()
-    if outputs[True] != outputs[False]:
+    with without_tf32():  # on every device, MPS too: its single-query attention kernel has had wrong outputs
+        for use_cache in (True, False):
+            t0 = time.perf_counter()
+            outputs[use_cache] = list(gpt.generate(model, prompt, sample_tokens, temperature=0, use_cache=use_cache))
+            synchronize(device)
+            speeds[use_cache] = sample_tokens / (time.perf_counter() - t0)
+    if kv_cache_disagrees(outputs[True], outputs[False]):
         print(f"warning: {device_type}/{config}: greedy text differs with and without the KV cache")
     return dict(device=device_type, config=config, dtype=str(dtype)[6:], compile=step_model is not model,
                 batch=cfg.batch_size, iters=n, train_ms_per_iter=step_s * 1000, train_tokens_per_s=tokens_per_s,
@@ -219,8 +257,10 @@ def main():
                     for c in configs for t in dtypes]
     print(markdown([row(r) for r in records]))
     print(f"MFU: model FLOPs (6 per non-position weight + 12·n_layer·n_embd·block_size per token) over the "
-          f"data-sheet peak, where known: {', '.join(PEAK_TFLOPS)}. Sampling: {args.sample_tokens} new tokens, "
-          f"batch 1, greedy.")
+          f"data-sheet dense peak, for the GPUs bench.py's PEAK_TFLOPS lists. Sampling: {args.sample_tokens} new "
+          f"tokens, batch 1, greedy.")
+    if "cuda" in devices and peak_tflops(torch.cuda.get_device_name(), "float32") is None:
+        print(f"MFU: unknown peak for {torch.cuda.get_device_name()!r} (add its data-sheet numbers to PEAK_TFLOPS)")
     if args.microgpt:
         bench_microgpt(steps=10)
     if args.json:

@@ -928,7 +928,7 @@ def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature
 def chat(cfg):
     """Each line read is a user turn; the answer streams to stdout. End of input (Ctrl-D) ends it."""
     path = os.path.join(cfg.out_dir, "best.pt")
-    ckpt = load_checkpoint(path, f"fine-tune one on conversations (README: Teach it to answer)")
+    ckpt = load_checkpoint(path, "fine-tune one on conversations (README: Teach it to answer)")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
     template = tokenizer.chat or UNTUNED_CHAT

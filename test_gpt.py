@@ -86,7 +86,7 @@ def test_encode_decode_round_trip(s):
 
 
 def test_vocab_is_sorted_distinct_characters(data_file):
-    tokenizer, splits, per_char = gpt.load_data(data_file, block_size=16)
+    tokenizer, splits, _, per_char = gpt.load_data(data_file, block_size=16)
     assert per_char == 1 and tokenizer.vocab == "".join(sorted(set(TEXT)))
     assert len(splits["train"]) == int(0.9 * len(TEXT)) and len(splits["val"]) == len(TEXT) - int(0.9 * len(TEXT))
 
@@ -344,7 +344,7 @@ def test_training_lowers_the_loss_and_writes_its_files(trained):
 def test_the_first_90_percent_of_the_text_trains_and_the_last_10_percent_is_val(tmp_path):
     text = "".join(chr(ord("a") + i % 7) for i in range(900)) + "XYZ" * 33 + "!"  # 900 + 100 characters
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
-    tokenizer, splits, _ = gpt.load_data(str(tmp_path / "text.txt"), block_size=8)
+    tokenizer, splits, _, _ = gpt.load_data(str(tmp_path / "text.txt"), block_size=8)
     assert tokenizer.decode(splits["train"].tolist()) == text[:900]
     assert tokenizer.decode(splits["val"].tolist()) == text[900:]
 
@@ -370,7 +370,7 @@ def test_best_pt_keeps_the_weights_of_the_best_eval_not_the_last(held_out):
     best, last = (torch.load(held_out.out_dir / f, weights_only=True) for f in ("best.pt", "ckpt.pt"))
     best_step, _, best_val = min(held_out.log, key=lambda row: row[2])
     assert best["iter"] == best_step < last["iter"] == 80  # val rose after its best: overfitting
-    _, splits, _ = gpt.load_data(held_out.data, 8)
+    _, splits, _, _ = gpt.load_data(held_out.data, 8)
     cfg = SimpleNamespace(seed=1337, eval_iters=4, batch_size=8, block_size=8, grad_accum=1)
     val = gpt.estimate_loss(gpt.model_from(best, torch.device("cpu")), splits, cfg, contextlib.nullcontext(),
                             torch.device("cpu"))["val"]
@@ -395,8 +395,7 @@ def test_eval_measures_each_split_on_its_own_data():
 
 def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch, capsys):
     monkeypatch.setattr(gpt.time, "perf_counter", lambda: 12.0)  # a clock that reads 12 s now
-    run = SimpleNamespace(iter=30, since_iter=20, since_time=10.0, start=2.0, elapsed=100.0, best_val_loss=1.5,
-                          log=[], per_char=1)
+    run = gpt.Run(iter=30, since_iter=20, since_time=10.0, start=2.0, elapsed=100.0, best_val_loss=1.5, per_char=1)
     assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"), run) is True
     progress = (29 - 10) / (50 - 10)  # the lr of the step just taken, step 29: 19 of the 40 cosine steps
     lr = 1e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (1e-3 - 1e-4)
@@ -652,7 +651,7 @@ def test_missing_default_text_is_downloaded_when_possible(tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     monkeypatch.setattr(gpt, "TINY_SHAKESPEARE_URL", source.as_uri())
     monkeypatch.setitem(gpt.__dict__, "__file__", str(work / "gpt.py"))
-    tokenizer, splits, _ = gpt.load_data("shakespeare.txt", block_size=16)
+    tokenizer, splits, _, _ = gpt.load_data("shakespeare.txt", block_size=16)
     assert (work / "shakespeare.txt").read_text(encoding="utf-8") == TEXT
     assert len(splits["train"]) + len(splits["val"]) == len(TEXT)
 
@@ -746,13 +745,23 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, mon
     assert torch.load(path, weights_only=True)["iter"] == 1
 
 
+def signals_at_default(command):
+    """command, started with SIGINT and SIGTERM at their defaults whatever this process ignores: a script's
+    background job (`bash run_tests.sh &`) starts with SIGINT ignored, and a child inherits an ignored signal.
+    A small Python resets them and execs command (same process id); preexec_fn would be unsafe with torch's
+    threads in this process."""
+    reset = ("import os, signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", reset, *command]
+
+
 def test_ctrl_c_saves_and_resume_continues_bit_exactly(data_file, tmp_path):
     args = [*TINY_RUN, "--data", data_file, "--max_iters", "100", "--eval_interval", "20", "--dropout", "0.1"]
     whole = tmp_path / "whole"
     assert run_gpt(*args, "--out_dir", str(whole)).returncode == 0
     part = tmp_path / "part"
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *args, "--out_dir", str(part)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(signals_at_default([sys.executable, os.path.join(HERE, "gpt.py"), *args, "--out_dir",
+                                                str(part)]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait for the first eval after step 0, then press Ctrl-C
         if line.startswith("eval at step 20"):
             proc.send_signal(signal.SIGINT)
@@ -857,8 +866,8 @@ def test_the_header_comes_before_the_first_trial_step(data_file, tmp_path, monke
 
 def interrupt_after(args, line_starts, timeout=20):
     """Start gpt.py, press Ctrl-C once the line is printed; the exit code and the seconds it took to stop."""
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(signals_at_default([sys.executable, os.path.join(HERE, "gpt.py"), *args]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith(line_starts):
             break
@@ -962,7 +971,7 @@ def test_a_prepared_char_folder_trains_exactly_as_the_text_file(data_file, tmp_p
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "data")) == ["meta.json", "train.bin", "val.bin"]
     meta, ids = prepared_ids(tmp_path / "data")
-    tokenizer, splits, _ = gpt.load_data(data_file, block_size=16)
+    tokenizer, splits, _, _ = gpt.load_data(data_file, block_size=16)
     assert meta["tokenizer"] == {"name": "char", "vocab": tokenizer.vocab} and meta["dtype"] == "uint16"
     assert ids["train"] == splits["train"].tolist() and ids["val"] == splits["val"].tolist()  # the same splits
     args = [*TINY_RUN, "--max_iters", "20", "--eval_interval", "10"]
@@ -988,7 +997,7 @@ def test_prepare_train_and_sample_with_bpe(bpe_folder, tmp_path):
 
 
 def test_per_character_loss_is_the_token_loss_scaled_by_tokens_per_character(bpe_folder):
-    tokenizer, splits, per_char = gpt.load_data(str(bpe_folder), block_size=16)
+    tokenizer, splits, _, per_char = gpt.load_data(str(bpe_folder), block_size=16)
     meta, _ = prepared_ids(bpe_folder)
     assert per_char == meta["val"]["tokens"] / meta["val"]["characters"] and 0.2 < per_char < 1
     assert isinstance(tokenizer, gpt.BPETokenizer) and len(splits["val"]) == meta["val"]["tokens"]
@@ -1133,7 +1142,7 @@ def test_a_folder_that_was_not_prepared_is_named(tmp_path):
 @settings(max_examples=25, deadline=None)
 @given(st.text(min_size=1))
 def test_bpe_round_trips_any_unicode(bpe_folder, text):
-    tokenizer, _, _ = gpt.load_data(str(bpe_folder), block_size=16)
+    tokenizer, _, _, _ = gpt.load_data(str(bpe_folder), block_size=16)
     assert tokenizer.decode(tokenizer.encode(text)) == text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -1301,9 +1310,16 @@ def test_from_gpt2_never_replaces_a_trained_model(hf_gpt2, trained, tmp_path):
 
 def test_from_gpt2_explains_what_is_missing_in_one_line(tmp_path, monkeypatch, capsys):
     script = [sys.executable, os.path.join(HERE, "scripts", "from_gpt2.py")]
-    offline = subprocess.run([*script, "gpt2", "--out_dir", str(tmp_path / "a")], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert offline.returncode == 1 and "network" in offline.stderr.splitlines()[-1], offline.stderr
+    import socket
+    with socket.socket() as nobody:  # a port that refuses, as a machine without a network does: no Hub, no cache
+        nobody.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+        offline = subprocess.run([*script, "gpt2", "--out_dir", str(tmp_path / "a")], capture_output=True, text=True,
+                                 timeout=120, env={**env, "HF_HOME": str(tmp_path / "hf"),
+                                                   "HF_ENDPOINT": f"http://127.0.0.1:{nobody.getsockname()[1]}"})
+    # one line, not half a minute of "Retrying in 8s" lines before it: the script asks the Hub first
+    assert offline.returncode == 1 and len(offline.stderr.splitlines()) == 1, offline.stderr
+    assert "network" in offline.stderr, offline.stderr
     (tmp_path / "empty").mkdir()
     foreign = subprocess.run([*script, str(tmp_path / "empty"), "--out_dir", str(tmp_path / "b")],
                              capture_output=True, text=True, timeout=120)
@@ -1367,7 +1383,7 @@ def test_only_float16_gets_a_grad_scaler_and_autocast_follows_the_dtype(dtype, s
 def test_train_step_hands_the_optimizer_the_true_gradient_clipped_to_grad_clip(dtype, clip):
     model = tiny_model()
     windows = torch.randint(11, (4, 9), generator=torch.Generator().manual_seed(0))
-    batches = gpt.micro_batches(windows, 2, torch.device("cpu"))
+    batches = gpt.micro_batches((windows[:, :-1], windows[:, 1:]), 2, torch.device("cpu"))
     cfg = SimpleNamespace(compile=False, batch_size=4, block_size=8, grad_accum=2)
     step_model, autocast, scaler, _ = gpt.fast_paths(model, torch.device("cpu"), dtype, cfg, windows.flatten())
     assert scaler.is_enabled() == (dtype == torch.float16)
@@ -1410,7 +1426,7 @@ def test_mps_trains_in_float32_unless_told_otherwise(monkeypatch):
 
 
 @pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", True),  # Sapphire Rapids
-                                           ("fpu avx2 avx512f avx512_bf16", False),  # Cooper Lake, Zen 4: measured slower
+                                           ("fpu avx2 avx512f avx512_bf16", True),  # Zen 4, Cooper Lake: 1.5-1.7x faster
                                            ("fpu avx2 avx512f avx512bw", False),  # Skylake: would emulate bf16
                                            ("fpu avx2 fma", False)])  # AMD Zen 2/3, older Intel
 def test_a_cpu_trains_in_bfloat16_only_where_it_computes_it_natively(tmp_path, monkeypatch, flags, native):
@@ -1466,8 +1482,8 @@ def torchrun(*args, nproc=2, **popen):
     """gpt.py under `torchrun --standalone --nproc_per_node N` (gloo on the CPU)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                os.path.join(HERE, "gpt.py"), *args]
-    if popen:
-        return subprocess.Popen(command, cwd=HERE, text=True, **popen)
+    if popen:  # the tests that signal it: SIGINT and SIGTERM at their defaults, whatever this process ignores
+        return subprocess.Popen(signals_at_default(command), cwd=HERE, text=True, **popen)
     return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=300)
 
 
@@ -1580,8 +1596,9 @@ def test_a_signal_to_one_process_stops_them_all_at_the_same_step(data_file, tmp_
     assert 100 <= torch.load(out_dir / "ckpt.pt", weights_only=True)["iter"] < 4000
 
 def test_sigterm_alone_saves_like_ctrl_c_and_exits_143(data_file, tmp_path):
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gpt.py"), *TINY_RUN, "--data", data_file,
-                             "--out_dir", str(tmp_path), "--max_iters", "4000", "--eval_interval", "2000"],
+    proc = subprocess.Popen(signals_at_default([sys.executable, os.path.join(HERE, "gpt.py"), *TINY_RUN, "--data",
+                                                data_file, "--out_dir", str(tmp_path), "--max_iters", "4000",
+                                                "--eval_interval", "2000"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("step 40 "):
@@ -1657,3 +1674,453 @@ def test_plot_log_says_in_one_line_when_a_folder_has_no_log(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.strip() == f"error: no log.csv in {tmp_path}; pass the " \
                                                                f"--out_dir of a gpt.py training run"
+
+
+# ----------------------------------------------------------------------------- bench.py: MFU peaks and the KV check
+def test_bench_finds_a_gpus_peak_by_its_exact_name_only():
+    import bench
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989  # the SXM module
+    assert bench.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756 and bench.peak_tflops("NVIDIA H100 PCIe",
+                                                                                         "float32") == 378
+    assert bench.peak_tflops("NVIDIA L40S", "bfloat16") == 362  # not the L4's 121, whose name it contains
+    assert bench.peak_tflops("NVIDIA L4", "bfloat16") == 121 and bench.peak_tflops("Tesla T4", "bfloat16") is None
+    for near_miss in ["NVIDIA L40", "NVIDIA H100", "NVIDIA H100 NVL", "NVIDIA A100", "NVIDIA L4 (fake)", "T4", ""]:
+        assert bench.peak_tflops(near_miss, "bfloat16") is None, near_miss  # "MFU: unknown peak", not a guess
+
+
+def test_bench_kv_check_ignores_a_near_tie_but_not_a_real_disagreement():
+    import bench
+    def run(ids, probs):  # what gpt.generate yields: ((1, 1) id, (1, vocab) probabilities) per step
+        return [(torch.tensor([[i]]), torch.tensor([p])) for i, p in zip(ids, probs)]
+    probs = [[0.2, 0.5, 0.3], [0.4, 0.30000001, 0.3]]
+    full = run([1, 0], probs)
+    assert not bench.kv_cache_disagrees(run([1, 0], probs), full)
+    assert bench.kv_cache_disagrees(run([2, 0], probs), full)  # 0.3 where the full forward's best is 0.5
+    near_tie = run([2, 2], [[0.2, 0.39999999, 0.4], [0.1, 0.1, 0.8]])
+    assert not bench.kv_cache_disagrees(run([1, 0], probs), near_tie)  # 1 against 2 at 0.39999999 vs 0.4
+    saved, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True
+    try:
+        with bench.without_tf32():  # the check compares in full float32 (TF32 flips near ties on a GPU)
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32  # restored
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_signal_tests_start_gpt_py_with_the_signals_at_their_defaults_even_from_a_background_job():
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+                                   " signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"]
+    as_a_job = ["bash", "-c", 'trap "" INT TERM; exec "$@"', "bash"]  # ignored, as `bash run_tests.sh &` has SIGINT
+    assert subprocess.run([*as_a_job, *probe], capture_output=True, text=True,
+                          timeout=60).stdout.split() == ["False", "False"]
+    assert subprocess.run([*as_a_job, *signals_at_default(probe)], capture_output=True, text=True,
+                          timeout=60).stdout.split() == ["True", "True"]
+
+
+# ----------------------------------------------------------------------------- the two-part gpt.py: attention by hand,
+# compile under DDP, precision and signals on every chip, and chats (issues 28-30)
+import json  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import types  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+TEMPLATE = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "end": "<end>"}
+
+
+# ----------------------------------------------------------------------------- attention by hand
+def by_hand(model, on):
+    for block in model.transformer.h:
+        block.attn.by_hand = on
+    return model
+
+
+def assert_causal_rows(att, cached):
+    """Weights (B, nh, T, Tk): query i (position cached + i) puts none on a later key, and each row sums to 1."""
+    T, Tk = att.shape[-2:]
+    assert Tk == cached + T
+    later = torch.ones(T, Tk, dtype=torch.bool).triu(cached + 1)  # key j > cached + i
+    assert torch.all(att[..., later] == 0), "weight on a later token"
+    sums = att.sum(-1)
+    assert (sums - 1).abs().max().item() < 1e-6, sums
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("make", [tiny_model, peaked_model], ids=["init", "peaked"])
+@pytest.mark.parametrize("cuts", [(0, 8), (0, 3, 4, 5, 6, 7, 8), (0, 3, 5, 8)])  # whole, 1 at a time, 2 and 3
+def test_attention_by_hand_computes_what_the_fused_kernel_computes_and_keeps_causal_weights(dtype, tol, make, cuts):
+    model = make().to(dtype)
+    idx = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fused, _ = by_hand(model, False)(idx)
+        by_hand(model, True)
+        if cuts == (0, 8):
+            hand, _ = model(idx)
+            for block in model.transformer.h:
+                assert_causal_rows(block.attn.att, 0)
+        else:
+            cache, chunks = [{} for _ in model.transformer.h], []
+            for a, b in zip(cuts, cuts[1:]):
+                chunks.append(model(idx[:, a:b], cache=cache)[0])
+                for block in model.transformer.h:
+                    assert block.attn.att.shape == (2, 2, b - a, b)
+                    assert_causal_rows(block.attn.att, a)
+            hand = torch.cat(chunks, dim=1)
+    assert hand.dtype == dtype
+    diff = (hand - fused).abs().max().item()
+    assert diff < tol, f"max |by hand - fused| = {diff}"
+
+
+# ----------------------------------------------------------------------------- torchrun: DDP around the compiled model
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.compile
+def test_under_torchrun_the_compiled_model_is_wrapped_in_ddp_and_dynamo_splits_it_at_the_buckets(monkeypatch):
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    if "aot_eager" not in torch._dynamo.list_backends(exclude_tags=()):
+        pytest.skip("dynamo's aot_eager backend is not available")
+    from torch._dynamo.backends.distributed import DDPOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    real, compiled, ddp_compiles = torch.compile, [], []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(real(m, backend="aot_eager")) or compiled[-1])
+    compile_fn = DDPOptimizer.compile_fn
+    def counted(self, *args, **kwargs):
+        ddp_compiles.append(1)
+        return compile_fn(self, *args, **kwargs)
+    monkeypatch.setattr(DDPOptimizer, "compile_fn", counted)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = tiny_model().train()
+        cfg = SimpleNamespace(compile=True, batch_size=2, block_size=8, grad_accum=1)
+        step_model, *_ = gpt.fast_paths(model, torch.device("cpu"), torch.float32, cfg, torch.arange(100) % 11)
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+    assert isinstance(step_model, DDP), type(step_model)  # one process is DDP too
+    assert len(compiled) == 1 and step_model.module is compiled[0] and compiled[0]._orig_mod is model
+    assert len(ddp_compiles) >= 1, "dynamo never saw DDP's buckets: compiled after the wrap?"
+
+
+# ----------------------------------------------------------------------------- compile failures and dynamo's state
+class FailsInEval(torch.nn.Module):
+    """A compiled model whose training graph works and whose eval graph fails to compile."""
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.trained = model, 0
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled() or not self.training:
+            raise RuntimeError("eval graph: backend compiler failed\nmore detail")
+        self.trained += 1
+        return self.model(*args, **kwargs)
+
+
+def test_a_compile_failure_only_in_the_eval_graph_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    wrappers = []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: wrappers.append(FailsInEval(m)) or wrappers[-1])
+    model = tiny_model().train()
+    cfg = SimpleNamespace(compile=True, batch_size=2, block_size=8, grad_accum=1)
+    rng = torch.get_rng_state()
+    step_model, *_ = gpt.fast_paths(model, torch.device("cpu"), torch.float32, cfg, torch.arange(100) % 11)
+    assert wrappers and wrappers[0].trained >= 1  # the training forward did work
+    assert step_model is model
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.count("warning: torch.compile failed") == 1 and "eval graph" in out, out
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+
+
+def test_compiling_starts_from_a_fresh_dynamo_and_not_compiling_leaves_it_alone(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: events.append("reset"))
+    monkeypatch.setattr(torch, "compile", lambda m, **k: events.append("compile") or m)
+    data = torch.arange(100) % 11
+    for compile_ in (True, True):  # a second model in one process (a notebook, bench.py)
+        cfg = SimpleNamespace(compile=compile_, batch_size=2, block_size=8, grad_accum=1)
+        gpt.fast_paths(tiny_model().train(), torch.device("cpu"), torch.float32, cfg, data)
+    assert events == ["reset", "compile", "reset", "compile"]
+    events.clear()
+    cfg = SimpleNamespace(compile=False, batch_size=2, block_size=8, grad_accum=1)
+    gpt.fast_paths(tiny_model().train(), torch.device("cpu"), torch.float32, cfg, data)
+    assert events == []
+
+
+# ----------------------------------------------------------------------------- precision
+def test_a_float16_resume_keeps_the_loss_scale_it_had_found(data_file, tmp_path):
+    out = str(tmp_path)
+    first = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", out, "--dtype", "float16", "--max_iters", "6",
+                     "--eval_interval", "6", "--max_new_tokens", "5")
+    assert first.returncode == 0 and "dtype float16" in first.stdout, first.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert "scale" in ckpt["scaler"], ckpt.get("scaler")
+    ckpt["scaler"]["scale"] = 1024.0  # as if overflows had brought it down from 65,536
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    resumed = call_gpt("--resume", "--out_dir", out, "--max_iters", "8", "--max_new_tokens", "5")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert after["iter"] == 8
+    assert 0 < after["scaler"]["scale"] <= 2048, after["scaler"]  # 1024, halved on overflow or doubled: not 65,536
+
+
+@pytest.fixture
+def a_mac(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return lambda version: monkeypatch.setattr(gpt.torch, "__version__", version)
+
+
+def test_a_macs_half_precision_needs_the_pytorch_that_computes_it(a_mac):
+    a_mac("2.5.1")
+    with pytest.raises(gpt.GPTError, match=r"2\.6"):
+        gpt.pick_device("mps", "bfloat16")
+    with pytest.raises(gpt.GPTError, match=r"2\.8"):
+        gpt.pick_device("mps", "float16")
+    assert gpt.pick_device("mps", "float32") == (torch.device("mps"), torch.float32)
+    a_mac("2.7.0")
+    assert gpt.pick_device("mps", "bfloat16") == (torch.device("mps"), torch.bfloat16)
+    with pytest.raises(gpt.GPTError, match=r"2\.8"):
+        gpt.pick_device("mps", "float16")
+    assert gpt.pick_device("mps", "float32") == (torch.device("mps"), torch.float32)
+    assert gpt.pick_device("auto") == (torch.device("mps"), torch.float32)  # auto: float32 on a Mac, any version
+
+
+# ----------------------------------------------------------------------------- signals and the output folder
+def with_signals(command, sigint, sigterm):
+    """command with SIGINT and SIGTERM set as given, whatever this process has (a small Python sets them and
+    execs command: preexec_fn would be unsafe with torch's threads in this process)."""
+    names = {signal.SIG_IGN: "signal.SIG_IGN", signal.SIG_DFL: "signal.SIG_DFL"}
+    setup = (f"import os, signal, sys; signal.signal(signal.SIGINT, {names[sigint]}); "
+             f"signal.signal(signal.SIGTERM, {names[sigterm]}); os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", setup, *command]
+
+
+def test_a_sigint_ignored_when_gpt_py_started_stays_ignored_and_sigterm_still_saves(data_file, tmp_path):
+    command = [sys.executable, os.path.join(HERE, "gpt.py"), *TINY_RUN, "--data", data_file, "--out_dir",
+               str(tmp_path), "--max_iters", "4000", "--eval_interval", "2000"]
+    proc = subprocess.Popen(with_signals(command, signal.SIG_IGN, signal.SIG_DFL), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 40 "):
+                proc.send_signal(signal.SIGINT)  # a background job's Ctrl-C: ignored
+                break
+        t0, later = time.time(), []
+        for line in proc.stdout:
+            later.append(line)
+            if time.time() - t0 > 2 and line.startswith("step "):
+                break
+        assert proc.poll() is None, "SIGINT stopped a process that ignores it"
+        assert sum(line.startswith("step ") for line in later) >= 2, later
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(later) + out
+    assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-2000:])
+    assert "SIGINT" not in out and "SIGTERM: finishing this step" in out
+    assert 40 < torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] < 4000
+
+
+def test_a_run_that_fails_before_saving_removes_the_folder_it_made_but_never_one_that_was_there(tmp_path):
+    missing = str(tmp_path / "no_such.txt")
+    new = tmp_path / "new_run"
+    assert_clean_failure(call_gpt(*TINY_RUN, "--data", missing, "--out_dir", str(new)), 1, missing, "not found")
+    assert not new.exists()
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert_clean_failure(call_gpt(*TINY_RUN, "--data", missing, "--out_dir", str(empty)), 1, missing)
+    assert empty.is_dir() and os.listdir(empty) == []
+
+
+@pytest.mark.parametrize("notebook, world_size, how", [
+    (True, 1, 'main(["--resume", "--out_dir", "X"])'), (False, 1, "python gpt.py --resume --out_dir X"),
+    (False, 2, "torchrun --standalone --nproc_per_node N gpt.py --resume --out_dir X")])
+def test_the_stop_message_says_how_to_resume_where_the_run_is(monkeypatch, capsys, notebook, world_size, how):
+    monkeypatch.delenv("RANK", raising=False)
+    if notebook:
+        monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    else:
+        monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    gpt.say_how_to_resume(SimpleNamespace(out_dir="X"), SimpleNamespace(iter=7), world_size)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "saved X/ckpt.pt at iter 7" in out and out.rstrip().endswith(how), out
+
+
+def test_a_stop_never_saves_a_nan(data_file, tmp_path, monkeypatch):
+    @contextlib.contextmanager
+    def sigint_at_step_4(group):
+        calls = []
+        def agreed_stop():
+            calls.append(1)
+            return 0 if len(calls) <= 3 else signal.SIGINT.value
+        yield agreed_stop
+    monkeypatch.setattr(gpt, "stop_requests", sigint_at_step_4)
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--learning_rate", "1e6",
+                      "--warmup_iters", "0", "--grad_clip", "0", "--log_interval", "1000", "--eval_interval", "1000")
+    assert_clean_failure(result, 1, "loss became nan at step 4")
+    assert "saved " not in result.stdout
+    for name in ("ckpt.pt", "best.pt"):
+        if os.path.exists(tmp_path / name):
+            ckpt = torch.load(tmp_path / name, weights_only=True)
+            assert ckpt["iter"] == 0 and all(torch.isfinite(t).all() for t in ckpt["model"].values()), name
+
+
+# ----------------------------------------------------------------------------- chat fine-tuning
+NOISE = "abcdefghijklmnop"  # 16 characters: a user turn of them carries ln 16 nats per character
+
+
+def conversation(user, assistant):
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+
+
+def noise_chats(n, seed=0, length=16):
+    rng = random.Random(seed)
+    return [conversation("".join(rng.choice(NOISE) for _ in range(length)), "ok") for _ in range(n)]
+
+
+def prepared_chats(folder, lines, vocab_from=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "in.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    prepare.prepare([str(path)], str(folder / "data"), vocab_from=vocab_from)
+    return str(folder / "data")
+
+
+def test_a_mask_turns_exactly_the_targets_it_marks_0_into_minus_1():
+    data = np.arange(500, dtype=np.uint16)  # each token is its own position
+    mask = np.random.default_rng(0).integers(0, 2, 500).astype(np.uint8)
+    x, y = gpt.get_batch(data, 6, 10, torch.Generator().manual_seed(3))
+    xm, ym = gpt.get_batch(data, 6, 10, torch.Generator().manual_seed(3), mask)
+    assert torch.equal(x, xm)
+    assert torch.equal(ym, torch.where(torch.from_numpy(mask[y.numpy()]) == 0, -1, y))
+    assert (ym == -1).any() and (ym != -1).any()
+
+
+def test_the_loss_on_a_masked_batch_averages_only_over_the_answers():
+    model = tiny_model().double()
+    data = np.random.default_rng(1).integers(0, 11, 400).astype(np.uint16)
+    mask = (np.arange(400) % 5 < 2).astype(np.uint8)  # two answer tokens in every five
+    x, y = gpt.get_batch(data, 4, 8, torch.Generator().manual_seed(0), mask)
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    log_probs = F.log_softmax(logits.double(), dim=-1)
+    picked = [-log_probs[b, t, y[b, t]].item() for b in range(4) for t in range(8) if y[b, t] != -1]
+    assert 0 < len(picked) < 32
+    assert abs(loss.item() - sum(picked) / len(picked)) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """A tiny model trained on conversations whose questions are noise and whose answer is always "ok"."""
+    root = tmp_path_factory.mktemp("chat_run")
+    lines = noise_chats(300)
+    folder = prepared_chats(root, lines)
+    out_dir = str(root / "out")
+    result = call_gpt(*TINY_RUN, "--data", folder, "--out_dir", out_dir, "--block_size", "32", "--max_iters", "300",
+                      "--eval_interval", "150", "--log_interval", "150", "--max_new_tokens", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rendered = "".join(gpt.chat_turn(dict(role="user", content="x" * 16), TEMPLATE)
+                       + gpt.chat_turn(dict(role="assistant", content="ok"), TEMPLATE)) + "\n\n"
+    floor = 16 * math.log(len(NOISE)) / len(rendered)  # what noise costs a loss on every token, at least
+    return SimpleNamespace(out_dir=out_dir, folder=folder, stdout=result.stdout, floor=floor)
+
+
+def test_fine_tuning_on_conversations_learns_the_answers_whatever_noise_the_questions_are(chat_run):
+    evals = [line for line in chat_run.stdout.splitlines() if line.startswith("eval at step")]
+    assert evals and all(line.endswith("(on the answers' tokens)") for line in evals), evals
+    train_loss = float(evals[-1].split("train loss ")[1].split()[0])
+    assert chat_run.floor > 0.8 and train_loss < 0.5, (train_loss, chat_run.floor, evals)
+
+
+def test_a_chat_runs_checkpoints_carry_its_template(chat_run):
+    for name in ("best.pt", "ckpt.pt"):
+        assert torch.load(os.path.join(chat_run.out_dir, name), weights_only=True)["chat"] == TEMPLATE
+
+
+QUESTIONS = [conversation(f"What is {a} + {b}?", str(a + b)) for a in range(10) for b in range(5)]
+
+
+@pytest.fixture(scope="module")
+def grown(trained, tmp_path_factory):
+    """Conversations prepared for the Shakespeare model: its characters, then the digits, + and <> after them."""
+    folder = prepared_chats(tmp_path_factory.mktemp("grown"), QUESTIONS,
+                            vocab_from=os.path.join(trained.out_dir, "best.pt"))
+    return folder
+
+
+def test_init_from_a_char_model_grows_its_embedding_for_the_new_characters(trained, grown, tmp_path):
+    source = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    with open(os.path.join(grown, "meta.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["tokenizer"]["vocab"]
+    assert vocab.startswith(source["vocab"]) and len(vocab) > len(source["vocab"])
+    out = tmp_path / "out"
+    result = call_gpt(*TINY_RUN, "--init_from", os.path.join(trained.out_dir, "best.pt"), "--data", grown,
+                      "--out_dir", str(out), "--max_iters", "0", "--max_new_tokens", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    old, new = source["model"]["transformer.wte.weight"], ckpt["model"]["transformer.wte.weight"]
+    assert new.shape == (len(vocab), old.size(1)) and ckpt["vocab"] == vocab and ckpt["chat"] == TEMPLATE
+    assert torch.equal(new[:len(old)], old)  # the old characters keep what they learned
+    fresh = new[len(old):]
+    assert 0.01 < fresh.std().item() < 0.03 and abs(fresh.mean().item()) < 0.01  # N(0, 0.02), as a new model's
+    assert torch.equal(ckpt["model"]["lm_head.weight"], new)  # still tied
+    for name, t in source["model"].items():  # every other weight is the source model's
+        if name not in ("transformer.wte.weight", "lm_head.weight"):
+            assert torch.equal(ckpt["model"][name], t), name
+    more = call_gpt("--resume", "--out_dir", str(out), "--max_iters", "10", "--eval_interval", "10",
+                    "--max_new_tokens", "5")
+    assert more.returncode == 0 and "(on the answers' tokens)" in more.stdout, more.stderr[-2000:]
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter"] == 10
+
+
+def test_init_from_refuses_a_chat_folder_prepared_with_another_vocabulary(trained, tmp_path):
+    other = prepared_chats(tmp_path / "other", QUESTIONS)  # its own characters, sorted: not the model's ids
+    out = tmp_path / "out"
+    result = call_gpt(*TINY_RUN, "--init_from", os.path.join(trained.out_dir, "best.pt"), "--data", other,
+                      "--out_dir", str(out))
+    assert_clean_failure(result, 1, other, "another tokenizer")
+    assert not out.exists()
+
+
+def test_resume_onto_a_folder_whose_vocabulary_grew_is_refused_in_one_line(trained, grown, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    before = snapshot(out)
+    result = call_gpt("--resume", "--out_dir", str(out), "--data", grown)
+    assert_clean_failure(result, 1, "--resume", "--init_from")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert snapshot(out) == before
+
+
+def chat_with(out_dir, lines, *flags):
+    """python gpt.py --chat as a pipe feeds it: its exit code and both output streams."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), "--chat", "--out_dir", out_dir,
+                           "--device", "cpu", *flags], input="".join(line + "\n" for line in lines),
+                          cwd=HERE, capture_output=True, text=True, timeout=120)
+
+
+def test_chat_through_a_pipe_answers_each_line_and_names_a_character_it_never_saw(chat_run):
+    result = chat_with(chat_run.out_dir, ["abcdefghijklmnop", "ponm€lkji", "", "aabbccddeeffgghh"],
+                       "--temperature", "0", "--max_new_tokens", "20")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines() == ["ok", "ok"], result.stdout  # the fine-tuned answer, to each line
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "€" in errors[0], result.stderr
+    assert "never fine-tuned" not in result.stderr
+
+
+def test_chat_with_a_model_never_fine_tuned_says_so_once_and_still_answers(trained):
+    result = chat_with(trained.out_dir, ["What art thou?", "Speak."], "--max_new_tokens", "10")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("never fine-tuned") == 1, result.stderr
+    assert "error" not in result.stderr, result.stderr  # the second turn too: "<end>" is the template's, not typed
+    assert len(result.stdout) >= 20, result.stdout  # two answers of 10 characters

@@ -40,7 +40,31 @@ def byte_of_character():
     return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
 
 
-def tokenizer_spec(source, vocab_size):
+def hub_answers(seconds=3.0):
+    """Whether the Hugging Face Hub (HF_ENDPOINT, through any proxy) answers within a few seconds.
+    Without a network huggingface_hub retries each file with back-off, eleven lines of "Retrying in
+    8s" over half a minute, before it gives up; asked first, this script reads only the cache then,
+    and says what is missing in one line. The probe runs in a thread: a name lookup that hangs (no DNS
+    server) is bounded too."""
+    import threading
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+    if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE=1: the user says so already
+        return False
+    answered = []
+    def probe():
+        try:
+            get_session().head(constants.ENDPOINT, timeout=seconds)  # any answer, even an error page
+            answered.append(True)
+        except Exception:  # no route, no name, refused, timed out
+            pass
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(answered)
+
+
+def tokenizer_spec(source, vocab_size, local_files_only=False):
     """GPT-2's tokens as gpt.py keeps them: each token's bytes in id order, end-of-text last."""
     if os.path.isdir(source):
         path = os.path.join(source, "vocab.json")
@@ -49,7 +73,7 @@ def tokenizer_spec(source, vocab_size):
     else:
         from huggingface_hub import hf_hub_download
         try:
-            path = hf_hub_download(source, "vocab.json")
+            path = hf_hub_download(source, "vocab.json", local_files_only=local_files_only)
         except Exception as e:  # no network and no cached copy
             raise gpt.GPTError(f"cannot get {source}'s vocab.json (no network and no cached copy?): "
                                f"{str(e).splitlines()[0][:200]}") from None
@@ -96,13 +120,16 @@ def main(argv=None):
             raise gpt.GPTError('this needs transformers: pip install -e ".[gpt2]" (or pip install transformers)')
         if not os.path.isdir(args.source) and args.source not in SIZES:
             raise gpt.GPTError(f"{args.source} is neither a folder nor one of {', '.join(SIZES)}")
+        # No Hub within 3 s: only the cache, at once, instead of half a minute of retries first
+        cache_only = not os.path.isdir(args.source) and not hub_answers()
         try:
-            hf_model = GPT2LMHeadModel.from_pretrained(args.source)
+            hf_model = GPT2LMHeadModel.from_pretrained(args.source, local_files_only=cache_only)
         except (OSError, ValueError) as e:
-            where = "the folder" if os.path.isdir(args.source) else "no network and no cached copy"
+            where = "the folder" if os.path.isdir(args.source) else \
+                "no network to the Hub, and no cached copy" if cache_only else "the download failed, and no cached copy"
             raise gpt.GPTError(f"cannot load {args.source} ({where}): {str(e).splitlines()[0]}") from None
         model, config = convert(hf_model)
-        spec = tokenizer_spec(args.source, config["vocab_size"])
+        spec = tokenizer_spec(args.source, config["vocab_size"], local_files_only=cache_only)
         gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)  # never replaces a trained model unasked
         path = os.path.join(args.out_dir, "best.pt")
         gpt.save_atomic(dict(model=model.state_dict(), config=config, tokenizer=spec, vocab=None, iter=0,
