@@ -232,7 +232,7 @@ def get_lr(it, cfg):
 # ------------------------------------------------------------ one training step
 def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip):
     """One optimizer step on this process's micro-batches [(x, y), ...]; returns their mean loss.
-    autocast runs the matmuls in bfloat16 or float16 where that is faster (float32: it does nothing)."""
+    autocast runs the matmuls in bfloat16 or float16 where that is faster (float32: does nothing)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
@@ -308,7 +308,7 @@ def train(cfg, resume=None, init=None):
             run.iter = it + 1
             evaluating = run.iter % cfg.eval_interval == 0 or run.iter == cfg.max_iters
             stop = agreed_stop()
-            if run.iter % cfg.log_interval == 0 or evaluating or stop:  # not each step: .item() waits
+            if run.iter % cfg.log_interval == 0 or evaluating or stop:  # .item() waits: not each step
                 report(loss, lr, cfg, run, world_size)
             if evaluating or stop:
                 best = False
@@ -338,7 +338,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         else:  # the whole window: to fill a fresh cache, or every time without one
             cache = [{} for _ in model.transformer.h] if use_cache else None
             logits, _ = model(idx[:, start:], cache=cache)
-        # the last position's scores: (B, vocab_size). Temperature below 1 sharpens, above 1 flattens
+        # the last position's scores: (B, vocab_size). Temperature < 1 sharpens, above 1 flattens
         logits = logits[:, -1, :].float() / (temperature or 1.0)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
@@ -539,7 +539,7 @@ def processes():  # this process's rank, and how many there are
     return 0, 1
 
 def micro_batches(batch, grad_accum, device):
-    """This process's share of a batch all processes drew alike, as grad_accum micro-batches (x, y)."""
+    """This process's share of a batch all processes drew alike, as grad_accum micro-batches."""
     rank, world_size = processes()
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
     cuda, shares = device.type == "cuda", []
@@ -637,7 +637,7 @@ def fast_paths(model, device, dtype, cfg, data):
     # The first trial warms up; on a CPU the faster of two times a step, for the cost estimate.
     return step_model, autocast, scaler, min(trial(step_model), trial(step_model))
 
-def wrap(model, device):  # under torchrun, even with one process: the whole DDP (and NCCL) path runs
+def wrap(model, device):  # under torchrun, even with one process: the whole DDP and NCCL path runs
     if not dist.is_initialized():
         return model
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -755,7 +755,7 @@ def load_checkpoint(path, what_to_do):
         raise GPTError(f"no checkpoint at {path}; {what_to_do}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch's own words would suggest weights_only=False, which is never safe here
+    except Exception:  # torch's own words would suggest weights_only=False: never safe here
         raise GPTError(f"{path} is not a loadable checkpoint: cut short, not written by torch.save, or holding "
                        "more than tensors and plain data (which gpt.py never runs)") from None
     if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys() or "vocab" not in ckpt:
