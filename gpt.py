@@ -4,7 +4,6 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     python gpt.py --config tiny     # 0.44M parameters, a few minutes on a laptop CPU
     python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
     python gpt.py --config medium   # 10.8M parameters: nanoGPT's shakespeare_char (a GPU helps)
-    python gpt.py --chat            # talk to a model fine-tuned on conversations
     torchrun --standalone --nproc_per_node 4 gpt.py --config medium   # the same run on 4 GPUs
 
 The file has two parts. The first is the GPT itself, in the order a run happens: the presets, the
@@ -124,8 +123,10 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs): the Tk - T cached ones come first
         Tk = k.size(2)
-        # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
-        causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+        causal = None  # training (T == Tk) and a single new token need no mask built: see below
+        if self.by_hand or T not in (1, Tk):
+            # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
+            causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
         if self.by_hand:  # for reading, and for looking inside (scripts/serve.py)
             # how well each query matches each key; / sqrt(hs) keeps scores near 1 whatever hs is
             # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
@@ -136,8 +137,7 @@ class CausalSelfAttention(nn.Module):
             y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
         else:  # the same in one fused kernel that never stores att; is_causal: the causal mask
             # without building it, which lets a GPU use its fastest (flash) kernel
-            mask = None if T in (1, Tk) else causal
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == Tk)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=T == Tk)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again, in memory too
         return self.resid_dropout(self.c_proj(y))
 
@@ -189,7 +189,7 @@ class GPT(nn.Module):
             # stream: scaled down, they keep its variance from growing with depth
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, cache=None):
         B, T = idx.size()
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
@@ -199,9 +199,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
         # logits: a score for every possible next token; softmax turns them into probabilities
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        loss = None if targets is None else next_token_loss(logits, targets)
-        return logits, loss
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
 # ------------------------------------------------------------ the loss
 def next_token_loss(logits, targets):
@@ -239,7 +237,7 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip):
     for i, (x, y) in enumerate(batches):
         with gradients_shared(model, last=i == len(batches) - 1):  # torchrun only; else nothing
             with autocast:
-                _, loss = model(x, y)
+                loss = next_token_loss(model(x), y)
             loss = loss / len(batches)  # the micro-batches' gradients add up to the batch's mean
             if scaler.is_enabled():  # float16: scaled up first, or small gradients would round to 0
                 scaler.scale(loss).backward()
@@ -334,12 +332,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         if idx.size(1) - start > block_size:
             start, cache = idx.size(1) - (block_size - block_size // 4), None
         if cache:  # the KV cache: only the newest token goes through the model, O(context) work
-            logits, _ = model(idx[:, -1:], cache=cache)
+            logits = model(idx[:, -1:], cache=cache)
         else:  # the whole window: to fill a fresh cache, or every time without one
             cache = [{} for _ in model.transformer.h] if use_cache else None
-            logits, _ = model(idx[:, start:], cache=cache)
-        # the last position's scores: (B, vocab_size). Temperature < 1 sharpens, above 1 flattens
-        logits = logits[:, -1, :].float() / (temperature or 1.0)
+            logits = model(idx[:, start:], cache=cache)
+        logits = logits[:, -1, :].float()  # the last position's scores: (B, vocab_size)
+        # Temperature below 1 sharpens, above 1 flattens (0: greedy, shown at 1). The largest score is
+        # taken off first: no probability changes, and even a tiny temperature cannot overflow to inf.
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature or 1.0, 1e-30)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -612,10 +612,10 @@ def fast_paths(model, device, dtype, cfg, data):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
                 batch = get_batch(data, cfg.batch_size, cfg.block_size, None)
                 batch = micro_batches(batch, cfg.grad_accum, device)
-                step_model(*batch[0])[1].backward()
+                next_token_loss(step_model(batch[0][0]), batch[0][1]).backward()
                 with torch.no_grad():  # eval's graph: compiled now, not at the first eval
                     step_model.eval()
-                    step_model(*batch[0])
+                    step_model(batch[0][0])
         finally:
             step_model.train()
             model.zero_grad(set_to_none=True)
@@ -704,7 +704,7 @@ def estimate_loss(model, splits, cfg, autocast, device, masks=None):
             batch = get_batch(data, cfg.batch_size, cfg.block_size, generator, (masks or {}).get(name))
             for x, y in micro_batches(batch, cfg.grad_accum, device):
                 with autocast:
-                    total += model(x, y)[1].float()
+                    total += next_token_loss(model(x), y).float()
         totals.append(total)
     totals, (_, world_size) = torch.stack(totals), processes()
     if world_size > 1:
@@ -892,79 +892,6 @@ def write_a_taste(cfg):  # the end of a training run: 300 characters from best.p
     taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
     return sample(argparse.Namespace(**{**vars(cfg), **taste}))
 
-# ------------------------------------------------------------ --chat: talking to a fine-tuned model
-CHAT_TEMPLATE = dict(system="System: ", user="User: ", assistant="Assistant: ", end="<end>")  # prepare.py's
-UNTUNED_CHAT = dict(CHAT_TEMPLATE, end="\n")  # a model never fine-tuned on it: its answers end a line
-
-def chat_turn(message, template):
-    """One turn as the text pieces training saw: the role's prefix, the content, for the assistant the
-    end marker, then a newline (scripts/prepare.py renders conversations the same way)."""
-    end = [template["end"]] if message["role"] == "assistant" else []
-    return [template[message["role"]], message["content"], *end, "\n"]
-
-def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
-    """Stream the assistant's answer to messages, as text pieces, until the end marker. The oldest turns
-    go when the conversation no longer fits 3/4 of a block (a quarter is left for the answer)."""
-    turns = [[i for piece in chat_turn(m, template) for i in tokenizer.encode(piece)] for m in messages]
-    ids = tokenizer.encode(template["assistant"])
-    while len(turns) > 1 and sum(map(len, turns)) + len(ids) > model.config.block_size * 3 // 4:
-        turns.pop(0)
-    idx = torch.tensor([[i for turn in turns for i in turn] + ids], device=next(model.parameters()).device)
-    end, new, shown = template["end"], [], 0
-    for next_id, _ in generate(model, idx, max_new_tokens, temperature, top_k, generator):
-        new.append(next_id.item())
-        text = tokenizer.decode(new)
-        if end in text:
-            yield text[shown:text.index(end)]
-            return
-        # hold back what may be the start of the end marker, or a character cut across tokens
-        keep = next((k for k in range(len(end) - 1, 0, -1) if text.endswith(end[:k])), 0)
-        if len(text) - keep > shown and not text.endswith("\ufffd"):
-            yield text[shown:len(text) - keep]
-            shown = len(text) - keep
-    if new:
-        yield tokenizer.decode(new)[shown:]
-
-def chat(cfg):
-    """Each line read is a user turn; the answer streams to stdout. End of input (Ctrl-D) ends it."""
-    path = os.path.join(cfg.out_dir, "best.pt")
-    ckpt = load_checkpoint(path, "fine-tune one on conversations (README: Teach it to answer)")
-    device, _ = pick_device(cfg.device)
-    model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    template = tokenizer.chat or UNTUNED_CHAT
-    if tokenizer.chat is None:
-        print(f"note: {path} was never fine-tuned on conversations: it answers as its text goes on",
-              file=sys.stderr)
-    generator, messages = torch.Generator().manual_seed(cfg.seed), []
-    try:
-        for line in lines_typed():
-            messages.append(dict(role="user", content=line))
-            answer = []
-            try:
-                reply = chat_reply(model, tokenizer, template, messages, cfg.max_new_tokens, cfg.temperature,
-                                   cfg.top_k, generator)
-                for piece in reply:
-                    print(piece, end="", flush=True)
-                    answer.append(piece)
-            except GPTError as e:  # a character the model never saw: say so, and go on
-                print(f"error: {e}", file=sys.stderr)
-                messages.pop()
-                continue
-            print(flush=True)
-            messages.append(dict(role="assistant", content="".join(answer)))
-    except KeyboardInterrupt:  # Ctrl-C ends quietly
-        print(file=sys.stderr)
-    return 0
-
-def lines_typed():  # stdin's lines, from a terminal (with a prompt) or a pipe; blank ones skipped
-    while True:
-        try:
-            line = input("> " if sys.stdin.isatty() else "")
-        except EOFError:
-            return
-        if line.strip():
-            yield line
-
 # ------------------------------------------------------------ the command line
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
     return ("true", "false").index(text.lower()) == 0  # else argparse reports the ValueError
@@ -1005,7 +932,6 @@ def parse_args(argv):
     if int(os.environ.get("RANK", "0")):
         p.error = exit_quietly
     p.add_argument("--sample", action="store_true", default=False, help="write from best.pt")
-    p.add_argument("--chat", action="store_true", default=False, help="talk to best.pt: a line is a turn")
     p.add_argument("--resume", action="store_true", default=False, help="continue ckpt.pt")
     p.add_argument("--overwrite", action="store_true", default=False, help="replace out_dir's model")
     p.add_argument("--verbose", action="store_true", help="--sample: each step's likeliest tokens")
@@ -1038,7 +964,7 @@ def parse_args(argv):
 
 def settings(args, parser):
     """The run's settings, weakest first: the defaults, a checkpoint's, the preset's, the flags."""
-    given = {k: v for k, v in vars(args).items() if k not in ("sample", "chat", "resume", "overwrite")}
+    given = {k: v for k, v in vars(args).items() if k not in ("sample", "resume", "overwrite")}
     resume = init = None
     if args.resume:
         resume = load_checkpoint(os.path.join(given.get("out_dir", "out"), "ckpt.pt"),
@@ -1072,8 +998,6 @@ def main(argv=None):
     try:
         if args.sample:
             return sample(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
-        if args.chat:
-            return chat(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
         cfg, resume, init = settings(args, parser)
         if claim_out_dir(cfg.out_dir, fresh=not resume and not args.overwrite):
             made = cfg.out_dir

@@ -19,6 +19,7 @@ import gpt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
+import chat as chat_py  # noqa: E402  scripts/chat.py
 import eval_chat  # noqa: E402  scripts/eval_chat.py
 import make_chats  # noqa: E402  scripts/make_chats.py
 import prepare  # noqa: E402  scripts/prepare.py
@@ -50,8 +51,8 @@ def prepared(folder):
 
 
 def rendered(turns):
-    """A conversation as gpt.py's chat_turn writes it at chat time, piece by piece."""
-    return [piece for turn in turns for piece in gpt.chat_turn(turn, TEMPLATE)]
+    """A conversation as chat.py's chat_turn writes it at chat time, piece by piece."""
+    return [piece for turn in turns for piece in chat_py.chat_turn(turn, TEMPLATE)]
 
 
 def turns_of(line):
@@ -85,7 +86,7 @@ def test_the_masked_tokens_are_exactly_the_answers_and_their_end_markers(tmp_pat
         learned = [i for i, m in zip(ids[split], masks[split]) if m == 1]
         answers = [t["content"] + "<end>" for line in part for t in turns_of(line) if t["role"] == "assistant"]
         assert tokenizer.decode(learned) == "".join(answers)
-        # and every token is the one gpt.chat_reply feeds the model: each piece of gpt.chat_turn encoded alone
+        # and every token is the one chat_py.chat_reply feeds the model: each piece of chat_py.chat_turn encoded alone
         expected = []
         for number, line in enumerate(part):
             if number:
@@ -362,7 +363,7 @@ def test_eval_chat_counts_right_and_wrong_answers_per_skill(tmp_path, monkeypatc
         assert messages[-1]["role"] == "user" and temperature == 0 and template == TEMPLATE
         reply = answers[messages[-1]["content"]] if right else "wrong"
         yield from [" ", reply[:1], reply[1:], "  "]  # pieces, with spaces around
-    monkeypatch.setattr(gpt, "chat_reply", stand_in)
+    monkeypatch.setattr(eval_chat, "chat_reply", stand_in)
     assert eval_chat.main([str(tmp_path / "run"), held_out, "--device", "cpu"]) == 0
     output = capsys.readouterr().out
     table = accuracy_table(output)

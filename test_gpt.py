@@ -151,15 +151,15 @@ def test_causality_future_tokens_change_no_earlier_logit(t, seed):
     changed = idx.clone()
     changed[:, t + 1:] = torch.randint(11, (2, 8 - t - 1), generator=g)
     with torch.no_grad():
-        a, _ = model(idx)
-        b, _ = model(changed)
+        a = model(idx)
+        b = model(changed)
     assert torch.equal(a[:, :t + 1], b[:, :t + 1])
 
 
 def test_loss_of_a_fresh_model_is_near_uniform():
     model = tiny_model(vocab_size=65, block_size=8, n_embd=32)
     idx, targets = torch.randint(65, (2, 4, 8), generator=torch.Generator().manual_seed(0))
-    _, loss = model(idx, targets)
+    loss = gpt.next_token_loss(model(idx), targets)
     assert abs(loss.item() - math.log(65)) < 0.1
 
 
@@ -221,7 +221,7 @@ def test_temperature_zero_is_argmax_and_top_k_one_is_greedy():
     top1 = torch.cat(ids_of(gpt.generate(model, prompt, 6, temperature=1.0, top_k=1,
                                        generator=torch.Generator().manual_seed(0))), dim=1)
     with torch.no_grad():
-        first = model(prompt)[0][0, -1].argmax().item()
+        first = model(prompt)[0, -1].argmax().item()
     assert greedy[0, 0].item() == first
     assert torch.equal(greedy, top1)
 
@@ -252,7 +252,7 @@ def first_distribution(model, prompt, **sampling):
 def test_temperature_divides_the_logits_before_the_softmax(temperature):
     model, prompt = peaked_model(), torch.tensor([[1, 2, 3]])
     with torch.no_grad():
-        logits = model(prompt)[0][0, -1].tolist()
+        logits = model(prompt)[0, -1].tolist()
     probs = first_distribution(model, prompt, temperature=temperature)
     assert probs == pytest.approx(hand_softmax(logits, temperature), abs=1e-6)
 
@@ -269,7 +269,7 @@ def test_a_lower_temperature_sharpens_and_a_higher_one_flattens():
 def test_top_k_keeps_the_k_likeliest_tokens_renormalised(top_k):
     model, prompt = peaked_model(), torch.tensor([[1, 2, 3]])
     with torch.no_grad():
-        logits = model(prompt)[0][0, -1].tolist()
+        logits = model(prompt)[0, -1].tolist()
     likeliest = sorted(range(len(logits)), key=lambda i: -logits[i])[:top_k]
     kept = hand_softmax([logits[i] for i in likeliest], 0.8)
     expected = [kept[likeliest.index(i)] if i in likeliest else 0.0 for i in range(len(logits))]
@@ -283,9 +283,9 @@ def test_past_block_size_the_model_sees_the_latest_tokens_as_a_window_of_at_leas
     class Recorder(torch.nn.Module):  # a stand-in model: remembers each context it is shown
         config, transformer = SimpleNamespace(block_size=8), SimpleNamespace(h=[])
         seen = []
-        def forward(self, idx, targets=None, cache=None):
+        def forward(self, idx, cache=None):
             self.seen.append(idx[0].tolist())
-            return torch.eye(11)[len(self.seen) % 11].expand(1, idx.size(1), 11), None
+            return torch.eye(11)[len(self.seen) % 11].expand(1, idx.size(1), 11)
     model, prompt = Recorder(), torch.tensor([[1, 2, 3]])
     ids = [1, 2, 3] + [i.item() for i in ids_of(gpt.generate(model, prompt, 30, temperature=0, use_cache=False))]
     for step, window in enumerate(model.seen):
@@ -310,7 +310,7 @@ def test_the_peaked_model_depends_on_more_than_the_last_token():  # or the two t
     model = peaked_model()
     a, b = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[7, 2, 3, 4]])
     with torch.no_grad():
-        assert (model(a)[0][0, -1] - model(b)[0][0, -1]).abs().max().item() > 0.1
+        assert (model(a)[0, -1] - model(b)[0, -1]).abs().max().item() > 0.1
 
 
 @pytest.mark.parametrize("cuts", [(0, 3, 4, 5, 6, 7, 8), (0, 3, 5, 8)])  # a prompt of 3, then 1 at a time or 2 and 3
@@ -318,9 +318,9 @@ def test_kv_cache_logits_equal_the_full_forward(cuts):
     model = peaked_model(block_size=8)
     idx = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        full, _ = model(idx)
+        full = model(idx)
         cache = [{} for _ in model.transformer.h]
-        chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in zip(cuts, cuts[1:])]
+        chunks = [model(idx[:, a:b], cache=cache) for a, b in zip(cuts, cuts[1:])]
     diff = (torch.cat(chunks, dim=1) - full).abs().max().item()
     assert diff < 1e-5, f"max |cached - full| = {diff}"
 
@@ -378,9 +378,9 @@ def test_best_pt_keeps_the_weights_of_the_best_eval_not_the_last(held_out):
 
 
 class MeanTarget(torch.nn.Module):
-    """A stand-in model whose loss is the mean of its targets: 0 on a split of zeros, 1 on a split of ones."""
-    def forward(self, idx, targets):
-        return None, targets.float().mean()
+    """A stand-in model whose loss is 0 on a split of zeros (it is sure of 0) and ln 2 on a split of ones (a coin)."""
+    def forward(self, idx):
+        return torch.stack([torch.zeros(idx.shape), torch.where(idx == 0, -math.inf, 0.0)], dim=-1)
 
 
 EVAL_CFG = SimpleNamespace(seed=0, eval_iters=3, batch_size=4, block_size=8, grad_accum=2, learning_rate=1e-3,
@@ -390,7 +390,7 @@ SPLITS = dict(train=torch.zeros(100, dtype=torch.long), val=torch.ones(100, dtyp
 
 def test_eval_measures_each_split_on_its_own_data():
     losses = gpt.estimate_loss(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"))
-    assert losses == {"train": 0.0, "val": 1.0}
+    assert losses == {"train": 0.0, "val": pytest.approx(math.log(2))}
 
 
 def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch, capsys):
@@ -400,12 +400,12 @@ def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_tr
     progress = (29 - 10) / (50 - 10)  # the lr of the step just taken, step 29: 19 of the 40 cosine steps
     lr = 1e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (1e-3 - 1e-4)
     # 10 steps x 4 sequences x 8 tokens in the 2 s since the last eval; 100 s before this run, 10 s in it
-    assert run.log == [[30, 0.0, 1.0, pytest.approx(lr), 160, 110.0]]
-    assert run.best_val_loss == 1.0
+    assert run.log == [[30, 0.0, 0.6931, pytest.approx(lr), 160, 110.0]]
+    assert run.best_val_loss == pytest.approx(math.log(2))
     run.iter, run.since_time, run.best_val_loss, run.per_char = 40, 11.0, 0.5, 0.25  # BPE: 0.25 tokens a character
     assert gpt.evaluate(MeanTarget(), SPLITS, EVAL_CFG, contextlib.nullcontext(), torch.device("cpu"), run) is False
     assert run.best_val_loss == 0.5
-    assert capsys.readouterr().out.splitlines()[-1].endswith("val loss 1.0000 (0.2500 per character)")
+    assert capsys.readouterr().out.splitlines()[-1].endswith("val loss 0.6931 (0.1733 per character)")
 
 
 def test_checkpoints_load_with_weights_only_and_carry_the_spec_keys(trained):
@@ -514,7 +514,8 @@ def max_diff(values, tensor):
 @given(twin_cases())
 def test_twins_compute_the_same_logits_and_loss(case):
     idx, targets = case.batches[0]
-    logits, loss = case.model(idx, targets)
+    logits = case.model(idx)
+    loss = gpt.next_token_loss(logits, targets)
     twin_logits, twin_loss = microgpt.forward(case.twin, case.n_head, idx.tolist(), targets.tolist())
     diff = max(abs(a.data - b) for row_a, row_b in zip(twin_logits, logits.tolist())
                for xa, xb in zip(row_a, row_b) for a, b in zip(xa, xb))
@@ -526,7 +527,7 @@ def test_twins_compute_the_same_logits_and_loss(case):
 @given(twin_cases())
 def test_twins_compute_the_same_gradients(case):
     idx, targets = case.batches[0]
-    case.model(idx, targets)[1].backward()
+    gpt.next_token_loss(case.model(idx), targets).backward()
     microgpt.forward(case.twin, case.n_head, idx.tolist(), targets.tolist())[1].backward()
     grads = dict(case.model.named_parameters())  # the tied matrix once, as transformer.wte.weight
     worst = max((max(abs(v.grad - t) for v, t in zip(flat(case.twin[k]), p.grad.flatten().tolist())), k)
@@ -549,7 +550,7 @@ def test_twins_take_the_same_three_optimizer_steps(case):
         lr = gpt.get_lr(it, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        case.model(idx, targets)[1].backward()
+        gpt.next_token_loss(case.model(idx), targets).backward()
         clipped += torch.nn.utils.clip_grad_norm_(case.model.parameters(), cfg.grad_clip).item() > cfg.grad_clip
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -944,6 +945,7 @@ def test_data_naming_a_folder_says_it_is_a_folder(tmp_path):
 
 # ----------------------------------------------------------------------------- bigger texts: prepare once, train from a memory map
 sys.path.insert(0, os.path.join(HERE, "scripts"))
+import chat  # noqa: E402  scripts/chat.py
 import prepare  # noqa: E402  scripts/prepare.py
 
 
@@ -1246,10 +1248,10 @@ def test_converted_gpt2_computes_what_hugging_face_computes(hf_gpt2):
     idx = torch.randint(265, (3, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         theirs = hf_gpt2.hf(idx).logits
-        ours, _ = model(idx)
+        ours = model(idx)
         cache = [{} for _ in model.transformer.h]
-        stepwise = torch.cat([model(idx[:, :5], cache=cache)[0]] +
-                             [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 64)], dim=1)
+        stepwise = torch.cat([model(idx[:, :5], cache=cache)] +
+                             [model(idx[:, t:t + 1], cache=cache) for t in range(5, 64)], dim=1)
     diff, cached_diff = (ours - theirs).abs().max().item(), (stepwise - theirs).abs().max().item()
     assert diff < 1e-5 and cached_diff < 1e-5, f"max |ours - HF| = {diff:.2e}, with the KV cache {cached_diff:.2e}"
 
@@ -1269,7 +1271,7 @@ def test_the_gelu_setting_changes_the_output_and_old_checkpoints_are_exact(hf_gp
     idx = torch.randint(265, (1, 16), generator=torch.Generator().manual_seed(1))
     x = torch.linspace(-5, 5, 1001)
     with torch.no_grad():
-        assert not torch.equal(tanh(idx)[0], exact(idx)[0])
+        assert not torch.equal(tanh(idx), exact(idx))
         gap = (tanh.transformer.h[0].mlp.gelu(x) - exact.transformer.h[0].mlp.gelu(x)).abs().max().item()
     assert 1e-4 < gap < 1e-3  # tanh's approximation is off by up to 0.0005
     old = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
@@ -1389,7 +1391,7 @@ def test_train_step_hands_the_optimizer_the_true_gradient_clipped_to_grad_clip(d
     assert scaler.is_enabled() == (dtype == torch.float16)
     reference = tiny_model()  # the same weights: the batch's mean loss, one backward, no scaling
     with autocast:
-        loss = sum(reference(x, y)[1] for x, y in batches) / len(batches)
+        loss = sum(gpt.next_token_loss(reference(x), y) for x, y in batches) / len(batches)
     loss.backward()
     true_grads = [p.grad.clone() for p in reference.parameters()]
     true_norm = torch.cat([g.flatten() for g in true_grads]).norm().item()
@@ -1654,7 +1656,7 @@ def test_verbose_probabilities_are_the_model_softmax_at_the_temperature(trained,
     ckpt = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
     model = gpt.model_from(ckpt, torch.device("cpu"))
     with torch.no_grad():
-        logits = model(torch.tensor([[ckpt["vocab"].index(ch) for ch in "KING"]]))[0][0, -1].tolist()
+        logits = model(torch.tensor([[ckpt["vocab"].index(ch) for ch in "KING"]]))[0, -1].tolist()
     expected = sorted(zip(hand_softmax(logits, 0.7), ckpt["vocab"]), reverse=True)[:5]
     assert [t for t, _ in shown] == [ch for _, ch in expected]
     assert [p for _, p in shown] == pytest.approx([p for p, _ in expected], rel=5e-3)  # printed to 3 digits
@@ -1754,16 +1756,16 @@ def test_attention_by_hand_computes_what_the_fused_kernel_computes_and_keeps_cau
     model = make().to(dtype)
     idx = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        fused, _ = by_hand(model, False)(idx)
+        fused = by_hand(model, False)(idx)
         by_hand(model, True)
         if cuts == (0, 8):
-            hand, _ = model(idx)
+            hand = model(idx)
             for block in model.transformer.h:
                 assert_causal_rows(block.attn.att, 0)
         else:
             cache, chunks = [{} for _ in model.transformer.h], []
             for a, b in zip(cuts, cuts[1:]):
-                chunks.append(model(idx[:, a:b], cache=cache)[0])
+                chunks.append(model(idx[:, a:b], cache=cache))
                 for block in model.transformer.h:
                     assert block.attn.att.shape == (2, 2, b - a, b)
                     assert_causal_rows(block.attn.att, a)
@@ -2011,7 +2013,8 @@ def test_the_loss_on_a_masked_batch_averages_only_over_the_answers():
     mask = (np.arange(400) % 5 < 2).astype(np.uint8)  # two answer tokens in every five
     x, y = gpt.get_batch(data, 4, 8, torch.Generator().manual_seed(0), mask)
     with torch.no_grad():
-        logits, loss = model(x, y)
+        logits = model(x)
+        loss = gpt.next_token_loss(logits, y)
     log_probs = F.log_softmax(logits.double(), dim=-1)
     picked = [-log_probs[b, t, y[b, t]].item() for b in range(4) for t in range(8) if y[b, t] != -1]
     assert 0 < len(picked) < 32
@@ -2028,8 +2031,8 @@ def chat_run(tmp_path_factory):
     result = call_gpt(*TINY_RUN, "--data", folder, "--out_dir", out_dir, "--block_size", "32", "--max_iters", "300",
                       "--eval_interval", "150", "--log_interval", "150", "--max_new_tokens", "5")
     assert result.returncode == 0, result.stderr[-2000:]
-    rendered = "".join(gpt.chat_turn(dict(role="user", content="x" * 16), TEMPLATE)
-                       + gpt.chat_turn(dict(role="assistant", content="ok"), TEMPLATE)) + "\n\n"
+    rendered = "".join(chat.chat_turn(dict(role="user", content="x" * 16), TEMPLATE)
+                       + chat.chat_turn(dict(role="assistant", content="ok"), TEMPLATE)) + "\n\n"
     floor = 16 * math.log(len(NOISE)) / len(rendered)  # what noise costs a loss on every token, at least
     return SimpleNamespace(out_dir=out_dir, folder=folder, stdout=result.stdout, floor=floor)
 
@@ -2102,16 +2105,16 @@ def test_resume_onto_a_folder_whose_vocabulary_grew_is_refused_in_one_line(train
 
 
 def chat_with(out_dir, lines, *flags):
-    """python gpt.py --chat as a pipe feeds it: its exit code and both output streams."""
-    return subprocess.run([sys.executable, os.path.join(HERE, "gpt.py"), "--chat", "--out_dir", out_dir,
+    """python scripts/chat.py as a pipe feeds it: its exit code and both output streams."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "scripts", "chat.py"), "--out_dir", out_dir,
                            "--device", "cpu", *flags], input="".join(line + "\n" for line in lines),
                           cwd=HERE, capture_output=True, text=True, timeout=120)
 
 
-def test_chat_through_a_pipe_answers_each_line_and_names_a_character_it_never_saw(chat_run):
+def test_chat_through_a_pipe_answers_each_line_names_a_character_it_never_saw_and_exits_1(chat_run):
     result = chat_with(chat_run.out_dir, ["abcdefghijklmnop", "ponm€lkji", "", "aabbccddeeffgghh"],
                        "--temperature", "0", "--max_new_tokens", "20")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr  # a script can tell
     assert result.stdout.splitlines() == ["ok", "ok"], result.stdout  # the fine-tuned answer, to each line
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "€" in errors[0], result.stderr

@@ -26,6 +26,8 @@ import torch
 import gpt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import chat  # noqa: E402  scripts/chat.py, which serve.py imports as a script beside it does
 spec = importlib.util.spec_from_file_location("serve", os.path.join(HERE, "scripts", "serve.py"))
 serve = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(serve)
@@ -218,7 +220,7 @@ def test_a_chat_checkpoint_streams_the_reply_that_chat_reply_writes(chat_server,
     status, events = request(chat_server, "/chat", body)
     assert status == 200 and "note" not in events[0] and all("token" in e for e in events[:-1])
     ckpt = gpt.load_checkpoint(os.path.join(chat_dir, "best.pt"), "")
-    pieces = gpt.chat_reply(gpt.model_from(ckpt, CPU), gpt.tokenizer_of(ckpt), TEMPLATE, messages, 30,
+    pieces = chat.chat_reply(gpt.model_from(ckpt, CPU), gpt.tokenizer_of(ckpt), TEMPLATE, messages, 30,
                             gpt.DEFAULTS["temperature"], None, torch.Generator().manual_seed(5))
     assert text_of(events) == "".join(pieces)
 

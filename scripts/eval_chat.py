@@ -6,7 +6,7 @@ eval_chat.py: how often a chat model answers held-out questions exactly right, s
 
 For every conversation of the test file (one a line, as scripts/prepare.py reads them; the
 "skill" beside "messages" groups them), the model in OUT_DIR/best.pt writes the last assistant turn
-from the turns before it, greedily (temperature 0), with gpt.py's chat_reply and the chat template
+from the turns before it, greedily (temperature 0), with scripts/chat.py's chat_reply and the chat template
 its checkpoint keeps. An answer is right when it equals the expected one exactly, surrounding spaces
 aside. Prints the accuracy of each skill and overall, and a few wrong answers.
 """
@@ -19,7 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gpt  # noqa: E402  the model, its checkpoint and chat_reply
+from chat import chat_reply  # noqa: E402  scripts/chat.py
+import gpt  # noqa: E402  the model and its checkpoint
 import prepare  # noqa: E402  scripts/prepare.py: the chat template, and the check of a conversation
 
 SHOWN = 5  # wrong answers printed
@@ -63,7 +64,7 @@ def answer_all(model, tokenizer, template, tests, max_new_tokens):
     results = []
     for skill, turns in tests:
         try:
-            pieces = gpt.chat_reply(model, tokenizer, template, turns[:-1], max_new_tokens, 0, None, None)
+            pieces = chat_reply(model, tokenizer, template, turns[:-1], max_new_tokens, 0, None, None)
             answer = "".join(pieces).strip()
         except gpt.GPTError:  # a char model cannot read a character it never saw
             answer = None

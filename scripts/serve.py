@@ -29,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gpt  # noqa: E402  the model, its sampler and its chat, used as they are: one code path
+from chat import UNTUNED_CHAT, chat_reply  # noqa: E402  scripts/chat.py
+import gpt  # noqa: E402  the model and its sampler, used as they are: one code path
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.html")
 MAX_BODY = 64 * 1024  # bytes in a request body
@@ -160,11 +161,11 @@ def attention(server, body):
 
 def chat(server, body):
     values = fields(body, {"messages": None, **{k: gpt.DEFAULTS[k] for k in SAMPLING}})
-    template = server.template or gpt.UNTUNED_CHAT  # as gpt.py --chat: a note, then lines
+    template = server.template or UNTUNED_CHAT  # as scripts/chat.py: a note, then lines
     encode(server.tokenizer, "".join(template.values()), "the chat template")
     check_messages(values["messages"], server.tokenizer)
     flags = sampling(values)
-    pieces = gpt.chat_reply(server.model, server.tokenizer, template, values["messages"], **flags)
+    pieces = chat_reply(server.model, server.tokenizer, template, values["messages"], **flags)
     return chat_events(pieces, None if server.template else NOT_FINE_TUNED)
 
 def chat_events(pieces, note):
