@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 import gpt
@@ -125,7 +126,8 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     preset = gpt.PRESETS[config]
     cfg = argparse.Namespace(**{**gpt.DEFAULTS, **preset, "vocab_size": 65})
     cfg.batch_size = batch_size or cfg.batch_size
-    if gpt.compiles(cfg, device):
+    compiling = gpt.compiles(cfg, device)
+    if compiling:
         # Forget the last row's graphs: dynamo keeps "automatic dynamic shapes" per function across
         # torch.compile calls, so a second preset would compile GPT.forward with a symbolic batch size
         # and time a graph that train() (one shape, one process) never runs.
@@ -135,13 +137,16 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(**{k: getattr(cfg, k) for k in gpt.MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer = gpt.make_optimizer(model, cfg, device)
-    data = torch.randint(cfg.vocab_size, (200_000,))  # token values don't change the speed
-    step_model, autocast, scaler, _ = gpt.fast_paths(model, device, dtype, cfg, data)  # exactly what train() runs
+    tokens = np.random.default_rng(0).integers(cfg.vocab_size, size=200_000)  # values don't change the speed
+    data = gpt.Data(None, dict(train=tokens, val=tokens), dict(train=None, val=None))
+    autocast, scaler = gpt.mixed_precision(device, dtype)  # exactly what train() runs
+    step_model = gpt.fast_model(model, compiling, device, data, cfg, autocast)
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        batches = gpt.micro_batches(gpt.get_batch(data, cfg.batch_size, cfg.block_size, generator), 1, device)
-        gpt.train_step(step_model, optimizer, scaler, autocast, batches, cfg.learning_rate, cfg.grad_clip)
+        x, y = gpt.get_batch(data, "train", cfg.batch_size, cfg.block_size, generator)
+        gpt.train_step(step_model, optimizer, scaler, autocast, gpt.my_share(x, y, 1, device), cfg.learning_rate,
+                       cfg.grad_clip, cfg.batch_size * cfg.block_size)
 
     step_s, n = timed(step, device, iters, max_seconds)
     tokens_per_s = cfg.batch_size * cfg.block_size / step_s
@@ -210,10 +215,9 @@ def bench_microgpt(steps):
     model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=n_head,
                                   n_embd=16, dropout=0.0))
     optimizer = gpt.make_optimizer(model, cfg, device)
-    shape = argparse.Namespace(compile=False, batch_size=1, block_size=block_size, grad_accum=1)
-    step_model, autocast, scaler, _ = gpt.fast_paths(model, device, torch.float32, shape, torch.tensor(seq))
+    autocast, scaler = gpt.mixed_precision(device, torch.float32)
     x, y = torch.tensor([seq[:-1]]), torch.tensor([seq[1:]])
-    torch_s, _ = timed(lambda: gpt.train_step(step_model, optimizer, scaler, autocast, [(x, y)], 1e-2, 1.0),
+    torch_s, _ = timed(lambda: gpt.train_step(model, optimizer, scaler, autocast, [(x, y)], 1e-2, 1.0, block_size),
                        device, max(steps, 20), 10)
     micro_s = statistics.median(micro_times[1:] or micro_times)
     n_params = len(params)
