@@ -57,8 +57,8 @@ def say(*args, **kwargs):  # under torchrun, process 0 speaks for all
         print(*args, **kwargs, flush=True)
 
 # ------------------------------------------------------------ the device and its precision
-def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids), AVX-512 BF16
-    if not os.path.exists(cpuinfo):  # (AMD Zen 4 on): 1.5-1.9x faster; elsewhere bf16 is emulated
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD
+    if not os.path.exists(cpuinfo):  # Zen 4 on): 1.5-1.9x faster steps. Elsewhere it is emulated, slower
         return False
     with open(cpuinfo, encoding="utf-8") as f:
         return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
@@ -70,9 +70,7 @@ def pick_device(name="auto", dtype="auto"):
         name = next(d for d in available if available[d])
     if not available[name]:
         raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto")
-    device = torch.device(name)
-    if name == "cuda":  # under torchrun, each process has a GPU of its own
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device(name, int(os.environ.get("LOCAL_RANK", 0)) if name == "cuda" else None)
     if dtype == "auto" and name == "cuda":  # A100, H100: compute capability 8.0 and up. Not
         # torch.cuda.is_bf16_supported(): it says yes on a T4 or V100, which only emulate bf16.
         dtype = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
@@ -81,11 +79,18 @@ def pick_device(name="auto", dtype="auto"):
     return device, getattr(torch, dtype)
 
 def mixed_precision(device, dtype):
-    """autocast runs the matmuls in bfloat16 or float16 (float32: it does nothing); float16 needs a
-    loss scaler too (see train_step). Float32 matmuls on a GPU use its TF32 units."""
+    """autocast runs the matmuls in bfloat16 or float16 (with float32, nothing); float16 also needs a
+    loss scaler (see train_step). Float32 matmuls on a GPU use its TF32 units."""
     torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return autocast, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+def start_processes(device):
+    """torchrun starts a process per GPU and sets RANK: they join, NCCL between GPUs (gloo for CPU
+    tensors). Returns this process's rank and how many there are."""
+    if "RANK" in os.environ:
+        dist.init_process_group(device_id=device if device.type == "cuda" else None)
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 # ------------------------------------------------------------ the text and its characters
 class CharTokenizer:
@@ -145,6 +150,8 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
         raw = f.read()
     try:
         text = raw.decode("utf-8")
+        if not text:
+            raise GPTError(f"data file {path} is empty")
         tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
         n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
         splits = dict(train=np.array(tokenizer.encode(text[:n])), val=np.array(tokenizer.encode(text[n:])))
@@ -153,6 +160,12 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
     except GPTError as e:  # a char model given a text with characters it never saw
         raise GPTError(f"data file {path}: {e}") from None
     return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
+
+def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path) or os.path.getsize(path) != count * np.dtype(dtype).itemsize:
+        raise GPTError(f"data folder {folder} is incomplete: its {name} is cut short; prepare it again")
+    return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
 
 def read_folder(folder, tokenizer=None):
     """A folder scripts/prepare.py wrote: meta.json, the ids in train.bin and val.bin, and for
@@ -175,19 +188,13 @@ def read_folder(folder, tokenizer=None):
             data.masks[split] = mapped(folder, f"{split}_mask.bin", np.uint8, count)
     return data
 
-def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path) or os.path.getsize(path) != count * np.dtype(dtype).itemsize:
-        raise GPTError(f"data folder {folder} is incomplete: its {name} is cut short; prepare it again")
-    return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
-
 def load_data(path, block_size, tokenizer=None):  # --data: a text file or a prepared folder
     data = read_folder(path, tokenizer) if os.path.isdir(path) else read_text(path, tokenizer)
     for split, tokens in data.splits.items():
         if len(tokens) < block_size + 1:
-            what = f"data folder {path}" if os.path.isdir(path) else f"data file {path}"
-            raise GPTError(f"{what} is {'too short' if len(tokens) else 'empty'}: its {split} split has "
-                           f"{len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}")
+            what = "folder" if os.path.isdir(path) else "file"
+            raise GPTError(f"data {what} {path} is too short: its {split} split has {len(tokens)} tokens, "
+                           f"fewer than block_size + 1 = {block_size + 1}")
     return data
 
 # ------------------------------------------------------------ batches
@@ -206,7 +213,7 @@ def get_batch(data, split, batch_size, block_size, generator):
 def my_share(x, y, grad_accum, device):
     """Every process draws the step's whole batch (the data never depends on how many there are) and
     takes its share, as grad_accum micro-batches on its device."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
     shares, cuda = [], device.type == "cuda"
     for x, y in zip(x.chunk(world_size * grad_accum)[mine], y.chunk(world_size * grad_accum)[mine]):
@@ -324,7 +331,6 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
 # ------------------------------------------------------------ the loss
-# ------------------------------------------------------------ the loss
 def next_token_loss(logits, targets, reduction="mean"):
     """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
     positions; targets of -1 are skipped. A fresh model bets evenly: ln(vocab_size), 4.14 for 63."""
@@ -405,9 +411,12 @@ def evaluate(model, data, cfg, autocast, device, run):
             dist.all_reduce(total)
         losses[split] = (total[0] / total[1]).item()
     model.train()
-    notes = f" ({losses['val'] * data.per_char:.4f} per character)" if data.per_char != 1 else ""
-    notes += " (on the answers' tokens)" if data.masks["val"] is not None else ""
-    say(f"eval at step {run.iter}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}{notes}")
+    line = f"eval at step {run.iter}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}"
+    if data.per_char != 1:  # BPE: comparable with a char model
+        line += f" ({losses['val'] * data.per_char:.4f} per character)"
+    if data.masks["val"] is not None:
+        line += " (on the answers' tokens)"
+    say(line)
     seconds = time.perf_counter() - run.start
     tokens_per_s = (run.iter - run.start_iter) * cfg.batch_size * cfg.block_size / seconds
     run.log.append([run.iter, round(losses["train"], 4), round(losses["val"], 4),
@@ -451,7 +460,9 @@ def load_checkpoint(path, what_to_do):  # weights_only: a stranger's checkpoint 
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
     return ckpt
 
-def tokenizer_of(ckpt):  # a char model keeps its vocab, a BPE model its tokenizer
+def tokenizer_of(ckpt):  # a char model keeps its vocab, a BPE model its tokenizer; no model, None
+    if ckpt is None:
+        return None
     return make_tokenizer(ckpt.get("tokenizer") or dict(name="char", vocab=ckpt["vocab"]))
 
 def model_from(ckpt, device):  # a checkpoint's model, ready to sample
@@ -462,7 +473,7 @@ def model_from(ckpt, device):  # a checkpoint's model, ready to sample
         block.attn.by_hand = device.type == "mps"  # query (pytorch issues 163597, 169222)
     return model
 
-def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model, and write
+def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
     for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
         if fresh and os.path.exists(path):
             c = load_checkpoint(path, "")
@@ -504,14 +515,6 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
     run.trained_s, run.start_iter = run.log[-1][-1], run.iter  # every saved run has evaluated step 0
 
 # ------------------------------------------------------------ the training loop
-def start_processes(device):  # torchrun starts a process per GPU and sets RANK: they join
-    if "RANK" not in os.environ:
-        return 0, 1
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # gloo between CPUs
-    return dist.get_rank(), dist.get_world_size()
-
 def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays off
     return device.type == "cuda" and sys.platform == "linux" if cfg.compile is None else cfg.compile
 
@@ -520,7 +523,7 @@ def fast_model(model, compiling, device, data, cfg, autocast):
     backward; compiled (faster kernels after a minute of compiling) if a trial step works."""
     fast = model
     if dist.is_initialized():
-        fast = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        fast = DDP(model)
     if not compiling:
         return fast
     try:
@@ -553,11 +556,10 @@ def stop_signals():
             raise KeyboardInterrupt
         received.append(signum)
         say(f"\n{signal.Signals(signum).name}: finishing this step, then saving ckpt.pt")
-    group = dist.new_group(backend="gloo") if dist.is_initialized() else None  # votes on the CPU
     def stop_requested():  # 0, or the signal that any process received
-        vote = torch.tensor(received[:1] or [0])
-        if group is not None:
-            dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
+        vote = torch.tensor(received[:1] or [0])  # on the CPU: torchrun's gloo half votes
+        if dist.is_initialized():
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX)
         return vote.item()
     for s in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(s) is not signal.SIG_IGN:
@@ -581,23 +583,27 @@ def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
         f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
 
+def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, at the start
+    where = device.type
+    if world_size > 1:
+        where += f" x {world_size} processes"
+    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {data.tokenizer.vocab_size} | "
+        f"train {len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
+
 def train(cfg, resume=None, init=None):
     """Train per cfg (the flags). resume: a loaded ckpt.pt to go on from; init: a loaded checkpoint to
     start from (its weights, with a new optimizer). Returns the exit code."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
-    data = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init) if resume or init else None)
+    data = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
     claim_out_dir(cfg.out_dir, fresh=not resume and not cfg.overwrite)
     rank, world_size = start_processes(device)
     cfg.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights to all)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: the same in every process
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
-    optimizer, run = make_optimizer(model, cfg, device), Run()
-    compiling = compiles(cfg, device)
-    where = f"{device.type} x {world_size} processes" if world_size > 1 else device.type
-    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {cfg.vocab_size} | "
-        f"train {len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
+    optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
+    say_what_runs(device, world_size, dtype, compiling, model, data)
     autocast, scaler = mixed_precision(device, dtype)
     step_model = fast_model(model, compiling, device, data, cfg, autocast)
     restore(model, optimizer, scaler, batch_generator, run, resume, init)
@@ -667,6 +673,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         yield next_id, probs
 
 
+
 def sample(cfg):
     """--sample: text from best.pt on stdout, the rest on stderr (so `> poem.txt` keeps the poem).
     --verbose: first a line per new token with the five likeliest, then the same text."""
@@ -679,8 +686,12 @@ def sample(cfg):
     print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
     for i in range(cfg.num_samples):
-        print("\n---\n" if i else "", end="")
-        print("step | chosen | the five likeliest and their probabilities\n" if cfg.verbose else prompt, end="")
+        if i:
+            print("\n---")
+        if cfg.verbose:
+            print("step | chosen | the five likeliest and their probabilities")
+        else:
+            print(prompt, end="", flush=True)
         ids, shown = [], 0  # shown: how many of the ids are printed
         for step, (next_id, probs) in enumerate(generate(model, idx, cfg.max_new_tokens, cfg.temperature,
                                                          cfg.top_k, generator), start=1):
@@ -692,7 +703,9 @@ def sample(cfg):
             elif not tokenizer.decode(ids[shown:]).endswith("\ufffd"):  # whole characters only
                 print(tokenizer.decode(ids[shown:]), end="", flush=True)
                 shown = len(ids)
-        print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
+        if cfg.verbose:  # then the same text as without --verbose
+            print(prompt, end="")
+        print(tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
@@ -710,34 +723,36 @@ def usage_error(message):  # one line, exit 2. Under torchrun process 0 says it;
 
 def parse_args(argv):
     """Each setting is a flag, --name value or --name=value, of its default's type; the switches
-    --sample, --resume, --overwrite and --verbose need no value."""
+    --sample, --resume, --overwrite and --verbose need no value, nor does --compile."""
     p = argparse.ArgumentParser(prog="gpt.py", argument_default=argparse.SUPPRESS, allow_abbrev=False,
                                 description="Train a GPT, or --sample from it. In brackets: each flag's "
                                 "default, or tiny/small/medium's. gpt.py's settings say what each means.")
     p.error = usage_error  # one line, not argparse's usage
-    flags = {**dict.fromkeys(("sample", "resume", "overwrite", "verbose"), False), **PRESETS["medium"], **DEFAULTS}
-    for name, default in flags.items():
-        kind = dict(top_k=int, lr_decay_iters=int, compile=boolean).get(name, type(default))
-        shown = "/".join(str(c[name]) for c in PRESETS.values()) if name in PRESETS["tiny"] else default
-        if kind is bool:  # a switch
-            p.add_argument(f"--{name}", action="store_true", default=False)
-        else:
-            p.add_argument(f"--{name}", type=kind, choices=dict(config=PRESETS).get(name), help=f"({shown})",
-                           nargs="?" if kind is boolean else None, const=True if kind is boolean else None)
+    for name in ("sample", "resume", "overwrite", "verbose"):
+        p.add_argument(f"--{name}", action="store_true", default=False)
+    p.add_argument("--compile", type=boolean, nargs="?", const=True, help="(on for CUDA on Linux)")
+    settings = {**PRESETS["medium"], **DEFAULTS}
+    for name, default in settings.items():
+        shown = default
+        if name in PRESETS["tiny"]:
+            shown = "/".join(str(c[name]) for c in PRESETS.values())
+        if name != "compile":
+            p.add_argument(f"--{name}", type=dict(top_k=int, lr_decay_iters=int).get(name, type(default)),
+                           choices=dict(config=PRESETS).get(name), help=f"({shown})")
     given = argparse.Namespace()
     if "--prompt" in argv[:-1]:  # a prompt may start with "-": it goes around argparse
         at = argv.index("--prompt")
         given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
     args, unknown = p.parse_known_args(argv, given)
     if unknown and "ipykernel" not in sys.modules:  # in a notebook, the kernel's own (-f kernel.json)
-        close = difflib.get_close_matches(unknown[0].split("=")[0], [f"--{k}" for k in flags], 1)
-        usage_error(f"unrecognized argument {unknown[0]}" + (f"; did you mean {close[0]}?" if close else ""))
-    for name, value in vars(args).items():  # sizes must be > 0; counts, rates and the seed >= 0
-        low = 1 if type(value) is int and name not in ("seed", "max_iters", "warmup_iters") else 0
+        closest = difflib.get_close_matches(unknown[0].split("=")[0], [f"--{k}" for k in settings], 1, 0)
+        usage_error(f"unrecognized argument {unknown[0]}; the closest flag is {closest[0]}")
+    for name, value in vars(args).items():  # sizes must be at least 1; counts, rates and the seed 0
+        low = int(type(value) is int and name not in ("seed", "max_iters", "warmup_iters"))
         if type(value) in (int, float) and not (math.isfinite(value) and value >= low):
-            usage_error(f"argument --{name}: must be {'>' if low else '>='} 0, got {value}")
+            usage_error(f"argument --{name}: must be at least {low}, got {value}")
     if getattr(args, "dropout", 0) >= 1:
-        usage_error(f"argument --dropout: must be < 1, got {args.dropout}")
+        usage_error(f"argument --dropout: must be below 1, got {args.dropout}")
     return args
 
 def settings(args):
@@ -761,12 +776,12 @@ def settings(args):
                     f"{cfg.grad_accum}: every micro-batch must have one size")
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:4] if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
-        raise GPTError(f"{'--resume' if resume else '--init_from'}: the flags change the model "
-                       f"({', '.join(changed)}); drop them, or train anew in another --out_dir")
+        raise GPTError(f"--resume or --init_from: the flags change the model ({', '.join(changed)}); drop them, "
+                       "or train anew in another --out_dir")
     return cfg, resume, init
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.sample:
             return sample(argparse.Namespace(**{**DEFAULTS, **vars(args)}))
