@@ -69,11 +69,23 @@ def chat_dir(out_dir, tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def nan_dir(out_dir, tmp_path_factory):
+    """The same model with every weight NaN (a broken checkpoint): its probabilities are NaN."""
+    folder = tmp_path_factory.mktemp("serve_nan")
+    ckpt = torch.load(os.path.join(out_dir, "best.pt"), weights_only=True)
+    model = {name: torch.full_like(w, float("nan")) if w.is_floating_point() else w
+             for name, w in ckpt["model"].items()}
+    torch.save({**ckpt, "model": model}, folder / "best.pt")
+    return str(folder)
+
+
 @contextlib.contextmanager
-def running(folder):
+def running(folder, host="127.0.0.1"):
     """The real server on a free port, in a thread of this process."""
-    server = serve.Server(folder, "127.0.0.1", 0, "cpu")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve.Server(folder, host, 0, "cpu")
+    # polled ten times as often as by default: shutdown() returns at once
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield server
     finally:
@@ -93,18 +105,42 @@ def chat_server(chat_dir):
         yield s
 
 
-def request(server, path, body=None, method="POST", raw=None):
+@pytest.fixture(scope="session")
+def nan_server(nan_dir):
+    with running(nan_dir) as s:
+        yield s
+
+
+def strict_json(text):
+    """JSON as a browser's JSON.parse reads it: NaN and Infinity, which Python's json takes, refused."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON: the page's JSON.parse fails on it")
+    return json.loads(text, parse_constant=refuse)
+
+
+def request(server, path, body=None, method="POST", raw=None, headers=None):
     """One request: its status and its reply, JSON decoded, or the list of its Server-Sent Events."""
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    connection.request(method, path, body=data, headers=headers)
     reply = connection.getresponse()
     content = reply.read().decode()
     connection.close()
     if reply.getheader("Content-Type") == "text/event-stream":
-        events = [json.loads(e[6:]) for e in content.split("\n\n") if e.startswith("data: ")]
+        events = [strict_json(e[6:]) for e in content.split("\n\n") if e.startswith("data: ")]
         return reply.status, events
-    return reply.status, json.loads(content) if content.startswith("{") else content
+    return reply.status, strict_json(content) if content.startswith("{") else content
+
+
+def post_head(server, length):
+    """The head of a well-formed POST /generate, for a test that talks on the socket itself."""
+    return (f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def handler_threads():  # the server's threads, one a connection (named for their target)
+    return {t for t in threading.enumerate() if "process_request_thread" in t.name}
 
 
 def sampled(out_dir, *flags):
@@ -128,7 +164,7 @@ def text_of(events):
 
 
 def about(page):  # what the server wrote into the page about its model
-    return json.loads(re.search(r'<script id="model" type="application/json">(.*?)</script>', page)[1])
+    return strict_json(re.search(r'<script id="model" type="application/json">(.*?)</script>', page)[1])
 
 
 # ------------------------------------------------------------ the page
@@ -237,6 +273,9 @@ HI, HO = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ho
 BAD = [  # path, body (bytes as sent, or an object sent as JSON), status, words of the error
     ("/generate", b'{"prompt": ', 400, "not JSON"),
     ("/generate", b"\xff\xfe", 400, "not JSON"),
+    ("/generate", b"[" * 60_000, 400, "not JSON"),  # deeper than Python's stack: RecursionError
+    ("/generate", b'{"temperature": NaN}', 400, "temperature"),  # Python's json reads NaN
+    ("/generate", b'{"temperature": 1' + b"0" * 400 + b"}", 400, "temperature"),  # no float so large
     ("/generate", [1, 2], 400, "JSON object"),
     ("/generate", {"prompt": "A", "tokens": 5}, 400, "unknown field 'tokens'"),
     ("/generate", {"temperature": -1}, 400, "temperature"),
@@ -308,12 +347,159 @@ def test_a_client_that_stops_reading_frees_the_model(server, monkeypatch):
     monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)  # a stream that would outlast the test
     body = json.dumps({"max_new_tokens": serve.MAX_NEW_TOKENS}).encode()
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
-        sock.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(post_head(server, len(body)) + body)
         received = b""
         while b"data: " not in received:  # the headers, then the first token
             received += sock.recv(4096)
     # as the page's Stop button does: the server stops at its next token, and the model is free
     assert request(server, *GOOD)[0] == 200
+
+
+def test_a_temperature_of_1e_300_samples_the_greedy_text(server):
+    body = {"prompt": "ROMEO:", "max_new_tokens": 30}
+    status, events = request(server, "/generate", {**body, "temperature": 1e-300})
+    assert status == 200 and events[-1] == {"done": True}  # no inf logits, no failing draw
+    assert text_of(events) == text_of(request(server, "/generate", {**body, "temperature": 0})[1])
+
+
+def test_a_content_length_in_digits_int_cannot_read_gets_411(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    connection.putrequest("POST", "/generate")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "²".encode("latin-1"))  # "²".isdigit(), but int("²") fails
+    connection.endheaders(b"{}")
+    reply = connection.getresponse()
+    assert reply.status == 411 and "Content-Length" in strict_json(reply.read())["error"]
+    assert request(server, *GOOD)[0] == 200
+
+
+def test_json_nested_about_as_deep_as_pythons_stack_is_answered_at_every_depth(server):
+    # Just under the depth json.loads refuses, the body reads, but an error message that shows the
+    # value back goes deeper: whatever fails, the client gets a status and one line, never silence
+    for depth in range(940, 1010):
+        raw = b'{"temperature": ' + b"[" * depth + b"]" * depth + b"}"
+        status, answer = request(server, "/generate", raw=raw)
+        assert status in (400, 500) and set(answer) == {"error"} and "\n" not in answer["error"], depth
+    assert request(server, *GOOD)[0] == 200
+
+
+def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(nan_server):
+    # NaN probabilities: torch.multinomial refuses to draw, after the 200 went out
+    status, events = request(nan_server, "/generate", {"max_new_tokens": 5, "temperature": 1})
+    assert status == 200 and set(events[-1]) == {"error"}, events  # not a stream that just stops
+    assert "probability" in events[-1]["error"] and "\n" not in events[-1]["error"]
+    assert request(nan_server, "/attention", {"text": "ROMEO"})[0] == 200  # and it goes on
+
+
+# ------------------------------------------------------------ no NaN in any reply
+def test_a_checkpoint_whose_val_loss_is_nan_gives_a_page_whose_json_parses(out_dir, tmp_path):
+    ckpt = torch.load(os.path.join(out_dir, "best.pt"), weights_only=True)
+    torch.save({**ckpt, "best_val_loss": float("nan")}, tmp_path / "best.pt")  # as from_gpt2.py saves
+    with running(str(tmp_path)) as gpt2_server:
+        status, page = request(gpt2_server, "/", method="GET")
+    assert status == 200 and about(page)["val_loss"] is None  # about() parses as JSON.parse does
+
+
+def test_a_model_that_computes_nan_streams_null_not_nan(nan_server):
+    # request() parses each reply as JSON.parse does: a NaN in it fails the test
+    status, events = request(nan_server, "/generate", {"max_new_tokens": 3, "temperature": 0})
+    assert status == 200 and events[-1] == {"done": True}
+    assert all(e["p"] is None for e in events[:-1])
+    status, answer = request(nan_server, "/attention", {"text": "ROMEO"})
+    assert status == 200 and answer["weights"][1] == [None, None]
+
+
+# ------------------------------------------------------------ only this machine's own page drives it
+def test_a_request_for_another_host_name_gets_403_page_and_api_alike(server):
+    # DNS rebinding: attacker.example, now resolved to 127.0.0.1, is the page's own origin in the browser
+    port = server.server_address[1]
+    for method, path in (("GET", "/"), ("POST", "/generate")):
+        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1:{port + 1}", ""):
+            status, answer = request(server, path, {"max_new_tokens": 2}, method, headers={"Host": host})
+            assert status == 403 and "Host" in answer["error"] and "\n" not in answer["error"], host
+    assert request(server, *GOOD)[0] == 200
+
+
+def test_this_machines_names_for_the_server_are_answered(server):
+    port = server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}"):
+        assert request(server, "/", method="GET", headers={"Host": host})[0] == 200, host
+        own_page = {"Host": host, "Origin": f"http://{host}"}  # what a browser sends from the page
+        assert request(server, *GOOD, headers=own_page)[0] == 200, host
+
+
+def test_a_request_from_another_sites_page_gets_403(server):
+    port = server.server_address[1]
+    for origin in ("http://attacker.example", "null", f"http://127.0.0.1:{port + 1}",
+                   f"https://127.0.0.1:{port}"):
+        status, answer = request(server, *GOOD, headers={"Origin": origin})
+        assert status == 403 and "own page" in answer["error"] and "\n" not in answer["error"], origin
+    assert request(server, *GOOD)[0] == 200
+
+
+def test_a_post_of_a_form_or_plain_text_gets_415(server):  # any page sends those unasked
+    body = json.dumps(GOOD[1]).encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, answer = request(server, "/generate", raw=body, headers={"Content-Type": kind})
+        assert status == 415 and "application/json" in answer["error"], kind
+    utf8 = {"Content-Type": "application/json; charset=utf-8"}
+    assert request(server, "/generate", raw=body, headers=utf8)[0] == 200
+
+
+def test_a_server_opened_with_host_answers_any_name_but_not_other_sites(out_dir):
+    with running(out_dir, "0.0.0.0") as open_server:  # its names are others': gpu-box.lan, an address
+        host = f"gpu-box.lan:{open_server.server_address[1]}"
+        assert request(open_server, "/", method="GET", headers={"Host": host})[0] == 200
+        own_page = {"Host": host, "Origin": f"http://{host}"}
+        assert request(open_server, *GOOD, headers=own_page)[0] == 200
+        other_site = {"Host": host, "Origin": "http://attacker.example"}
+        assert request(open_server, *GOOD, headers=other_site)[0] == 403
+        plain = {"Host": host, "Content-Type": "text/plain"}
+        assert request(open_server, "/generate", raw=b"{}", headers=plain)[0] == 415
+
+
+# ------------------------------------------------------------ slow clients and many connections
+def test_a_client_that_stops_reading_but_keeps_its_socket_lets_the_model_go(out_dir, monkeypatch):
+    monkeypatch.setattr(serve, "SEND_S", 0.5)
+    monkeypatch.setattr(serve, "WAIT_S", 8)
+    monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)  # a stream that would outlast the test
+    with running(out_dir) as slow_server:
+        # small buffers both ends (a slow network): the stream soon has to wait for its reader
+        slow_server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        errors = []
+        monkeypatch.setattr(slow_server, "handle_error", lambda *_: errors.append(sys.exc_info()[1]))
+        body = json.dumps({"max_new_tokens": serve.MAX_NEW_TOKENS}).encode()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", slow_server.server_address[1]))
+            sock.sendall(post_head(slow_server, len(body)) + body)
+            received = b""
+            while b"data: " not in received:  # the headers and a first token; then it reads no more
+                received += sock.recv(4096)
+            status, events = request(slow_server, *GOOD)  # waits while the stream waits, SEND_S
+            assert status == 200 and events[-1] == {"done": True}
+        for thread in handler_threads():
+            thread.join(timeout=10)
+        assert errors == []  # the stream that timed out ended quietly: no traceback
+
+
+def test_connections_past_the_cap_get_503_at_once_and_the_server_goes_on(out_dir, monkeypatch):
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+    with running(out_dir) as capped:
+        address = ("127.0.0.1", capped.server_address[1])
+        idle = [socket.create_connection(address, timeout=10) for _ in range(4)]  # they say nothing
+        try:
+            assert idle[3].recv(4096).startswith(b"HTTP/1.0 503")  # the fourth: told at once
+            for _ in range(3):  # a request, sent as the server refuses it, still reads its 503
+                status, answer = request(capped, *GOOD)
+                assert status == 503 and "too many connections" in answer["error"]
+        finally:
+            for sock in idle:
+                sock.close()
+        for thread in handler_threads():  # the three threads see their sockets close, and end
+            thread.join(timeout=10)
+        assert request(capped, *GOOD)[0] == 200
 
 
 # ------------------------------------------------------------ the command line

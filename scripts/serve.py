@@ -16,14 +16,24 @@ for a chat model it chats. Under it lies a small HTTP API (SPEC §15), for scrip
                      then data: {"done": true}
     POST /attention  {"text", "layer", "head"} (head null: the heads' average) -> {"tokens", "weights"}
     POST /chat       {"messages": [{"role", "content"}, ...]}, and the sampling fields: events as above
-    A bad request gets a 4xx status and {"error": "one line"}; the server goes on serving.
+    A bad request gets a 4xx status and {"error": "one line"}; the server goes on serving. A stream
+    that fails once started ends with data: {"error": "one line"}. NaN and Infinity go as null.
+
+Only this machine's own page may drive the model, though any web site the user visits can make the
+browser send requests to 127.0.0.1. Refused with 403: a Host that is not this machine's name for
+the server (DNS rebinding: another site's page, reading what the model writes), and an Origin that
+is not the server's own page; with 415, a POST that is not application/json (a browser sends a form
+or plain text from any page without asking first). --host opens the server to names for it that
+only other machines know, so the Host is not checked then; the Origin must still be the Host.
 
 It is the standard library's http.server: nothing to install, all of it on this page. The model
 answers one request at a time, under a lock: two at once would only share the same cores, and the
 attention view switches the model to its by-hand attention for a moment. A request that finds it busy
 waits up to WAIT_S seconds (time for a page that stopped one stream to start the next), then gets 503.
+A client that stops reading a stream lets the model go after SEND_S seconds, and at most
+MAX_CONNECTIONS are open at once (a thread each): one more gets 503 at once.
 """
-import argparse, errno, json, math, os, socket, sys, threading
+import argparse, errno, json, math, os, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
@@ -36,6 +46,10 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.html")
 MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_NEW_TOKENS = 2000  # per request: a second or two of the tiny model, half a minute of medium
 WAIT_S = 5  # how long a request waits for the model while it answers another
+SEND_S = 5  # how long a stream waits for its client to take an event (once the kernel's buffers,
+            # often megabytes, are full): a client that stopped reading lets the model go
+MAX_CONNECTIONS = 32  # open at once, each a thread: the page needs two or three
+THIS_MACHINE = ("127.0.0.1", "localhost", "::1")  # --host values that serve this machine only
 SAMPLING = ("max_new_tokens", "temperature", "top_k", "seed")  # --sample's flags, and their defaults
 NOT_FINE_TUNED = "this model was never fine-tuned on conversations: it answers as its text goes on"
 
@@ -67,7 +81,7 @@ def integer(values, name, low, high=None, optional=False):
 
 def number(values, name, low, high):
     value = values[name]
-    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
+    if type(value) not in (int, float) or not low <= value <= high:  # NaN, inf and 10**400 too
         raise BadRequest(f"{name} must be a number from {low} to {high}, got {json.dumps(value)}")
     return value
 
@@ -180,6 +194,24 @@ ROUTES = {"/generate": generate, "/attention": attention, "/chat": chat}
 
 
 # ------------------------------------------------------------ the server
+def finite(obj):
+    """obj with NaN and Infinity as null: Python's json writes them, but they are not JSON, and a
+    browser's JSON.parse refuses the whole reply (from_gpt2.py saves best_val_loss = nan)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(value) for value in obj]
+    return obj
+
+def to_json(obj):
+    return json.dumps(finite(obj)).encode()
+
+def one_line(e):  # an exception the client hears of: torch's messages run to several lines
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
 class Server(ThreadingHTTPServer):
     """The one model, loaded once, and the lock that lets it answer one request at a time."""
     daemon_threads = True  # Ctrl-C does not wait for a stream to end
@@ -194,8 +226,18 @@ class Server(ThreadingHTTPServer):
         newline = "\n" in self.tokenizer.spec.get("vocab", "\n")  # as gpt.py's sample()
         self.empty_prompt = "\n" if newline else self.tokenizer.vocab[0]
         self.lock = threading.Lock()
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = {}  # socket: when it was told 503 (it is closed once its client is done)
         self.page = self.render_page()
         super().__init__((host, port), Handler)
+        # This machine's names for the server, as a browser writes them in Host (no port if 80).
+        # None: --host opened it to other machines, whose names for it it cannot know.
+        self.hosts = None
+        if host in THIS_MACHINE:
+            names, port = ("127.0.0.1", "localhost", "[::1]"), self.server_address[1]
+            self.hosts = {f"{name}:{port}" for name in names}
+            if port == 80:
+                self.hosts |= set(names)
 
     def render_page(self):
         """serve.html, with what the page needs to know of the model written into it."""
@@ -206,21 +248,62 @@ class Server(ThreadingHTTPServer):
                      tokenizer=self.tokenizer.spec["name"], device=str(self.device),
                      chat=self.template is not None, max_new_tokens=MAX_NEW_TOKENS,
                      defaults={k: gpt.DEFAULTS[k] for k in ("prompt", *SAMPLING)})
-        with open(PAGE, encoding="utf-8") as f:  # "</" escaped: no path can end the <script>
-            return f.read().replace("__MODEL__", json.dumps(about).replace("</", "<\\/")).encode()
+        model = to_json(about).decode().replace("</", "<\\/")  # no path can end the <script>
+        with open(PAGE, encoding="utf-8") as f:
+            return f.read().replace("__MODEL__", model).encode()
+
+    def process_request(self, request, client_address):
+        """A thread for each connection, up to MAX_CONNECTIONS; past that, 503 and no thread."""
+        if self.connections.acquire(blocking=False):
+            return super().process_request(request, client_address)
+        body = to_json({"error": "the server has too many connections open: try again soon"})
+        head = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        request.sendall(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        request.shutdown(socket.SHUT_WR)  # not closed yet: a request that reached a closed socket
+        request.setblocking(False)        # would reset the connection, and the 503 with it
+        self.refused[request] = time.monotonic()
+
+    def service_actions(self):
+        """serve_forever calls this twice a second: a socket told 503 is read, and closed once
+        its client has closed it, or after WAIT_S."""
+        for sock, told in list(self.refused.items()):
+            try:
+                ended = not sock.recv(MAX_BODY) or time.monotonic() - told > WAIT_S
+            except BlockingIOError:  # nothing more from the client yet
+                ended = time.monotonic() - told > WAIT_S
+            except OSError:
+                ended = True
+            if ended:
+                del self.refused[sock]
+                sock.close()
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def server_close(self):
+        super().server_close()
+        for sock in self.refused:
+            sock.close()
 
 
 class Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a client may leave its socket silent (a body it never sends)
 
     def do_GET(self):
-        if self.path in ("/", "/index.html"):
+        try:
+            self.check_sender()
+            if self.path not in ("/", "/index.html"):
+                raise BadRequest(f"no page {self.path} here: GET / is the page", 404)
             self.send_body(200, "text/html; charset=utf-8", self.server.page)
-        else:
-            self.send_json(404, {"error": f"no page {self.path} here: GET / is the page"})
+        except BadRequest as e:
+            self.send_json(e.status, {"error": str(e)})
 
     def do_POST(self):
         try:
+            self.check_sender()
             route = ROUTES.get(self.path)
             if route is None:
                 raise BadRequest(f"no {self.path} here: POST /generate, /attention or /chat", 404)
@@ -237,10 +320,26 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.lock.release()
         except BadRequest as e:
             self.send_json(e.status, {"error": str(e)})
+        except Exception as e:  # a request no check foresaw: it is answered all the same,
+            self.send_json(500, {"error": f"the server failed on this request: {one_line(e)}"})
+            raise  # and the traceback goes to the terminal
+
+    def check_sender(self):
+        """Any page the browser shows can send requests here: only the server's own may. A Host
+        that is not this machine's name for the server is DNS rebinding (another site's page,
+        reading the replies); an Origin that is not the Host is another site's page."""
+        host = self.headers.get("Host", "").lower()
+        if self.server.hosts is not None and host not in self.server.hosts:
+            port = self.server.server_address[1]
+            raise BadRequest(f"Host {host!r} is not this server, 127.0.0.1:{port} (a forwarded "
+                             "port must keep its number)", 403)
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() != f"http://{host}":
+            raise BadRequest(f"only the server's own page may call it, not {origin!r}", 403)
 
     def read_json(self):
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # "²".isdigit() too, and int() refuses it
             raise BadRequest("send the JSON body with a Content-Length", 411)
         size = int(length)
         try:  # read even a body too long (up to a point): a socket closed unread loses the answer
@@ -249,28 +348,38 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"the body did not come in {self.timeout} s", 408) from None
         if size > MAX_BODY:
             raise BadRequest(f"the body is {size:,} bytes: at most {MAX_BODY:,}", 413)
+        if self.headers.get_content_type() != "application/json":  # a form or text/plain: any page
+            kind = self.headers.get("Content-Type", "no type")
+            raise BadRequest(f"send the body as application/json, not {kind!r}", 415)
         try:
             body = json.loads(data)
-        except ValueError as e:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested past the stack
             raise BadRequest(f"the body is not JSON ({e})") from None
         if not isinstance(body, dict):
             raise BadRequest('the body must be a JSON object, such as {"prompt": "ROMEO:"}')
         return body
 
     def send_events(self, events):
-        """Server-Sent Events: each 'data: {json}' goes out the moment it is made."""
+        """Server-Sent Events: each 'data: {json}' goes out the moment it is made. The 200 goes
+        before the first token is drawn: a failure after it can only end the stream, saying why."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
+        self.connection.settimeout(SEND_S)  # a client that stops reading lets the model go
         try:
             for event in events:
-                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        except (BrokenPipeError, ConnectionResetError):  # the page stopped reading: Stop, or anew
+                self.wfile.write(b"data: " + to_json(event) + b"\n\n")
+        except (ConnectionError, TimeoutError):  # the page stopped reading: Stop, anew, or stalled
+            pass
+        except Exception as e:
+            self.log_error("the stream failed: %s", one_line(e))
+            self.wfile.write(b"data: " + to_json({"error": one_line(e)}) + b"\n\n")
+        finally:
             events.close()
 
     def send_json(self, status, obj):
-        self.send_body(status, "application/json", json.dumps(obj).encode())
+        self.send_body(status, "application/json", to_json(obj))
 
     def send_body(self, status, kind, data):
         self.send_response(status)
@@ -302,7 +411,7 @@ def main(argv=None):
     host, port = server.server_address[:2]
     step = server.ckpt.get("iter")
     print(f"serving {server.path} (step {step}, {server.device}) at http://{host}:{port}/", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in THIS_MACHINE:
         print(f"--host {args.host}: the page is reachable from other machines, as "
               f"http://{socket.gethostname()}:{port}/: anyone who reaches it can use the model", flush=True)
     print("Ctrl-C stops it", flush=True)

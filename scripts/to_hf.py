@@ -1,0 +1,229 @@
+"""
+to_hf.py: a gpt.py checkpoint as a Hugging Face model folder, which transformers loads as it is
+(no remote code, no network): scripts/from_gpt2.py the other way round.
+
+    python scripts/to_hf.py out/best.pt --out hf_model
+    python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf_model')('A'))"
+
+gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 (GPT2LMHeadModel):
+- config.json: gpt.py's shape; n_positions is block_size, the activation "gelu" (exact erf) or
+  "gelu_new" (GPT-2's tanh), LayerNorm eps 1e-5, tied embeddings;
+- model.safetensors: the weights, c_attn, c_fc and c_proj transposed (Hugging Face's GPT-2 keeps
+  them in Conv1D layers, (in, out));
+- tokenizer.json and tokenizer_config.json, giving gpt.py's ids: a char model's characters one by
+  one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
+  A GPT-2 checkpoint also gets vocab.json and merges.txt, which from_gpt2.py reads back;
+- a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
+  saw), its end marker as the stop string (for which transformers wants the tokenizer at hand:
+  generate(..., tokenizer=tokenizer));
+- generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k), a README.md.
+Needs: pip install -e ".[gpt2]".
+"""
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpt  # noqa: E402  the checkpoint format this reads
+from from_gpt2 import CONV1D, byte_of_character  # noqa: E402  the same mapping, the other way
+
+EOT = "<|endoftext|>"
+# A folder holding any of these holds a model; --overwrite removes them and the rest of one
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "tokenizer.json")
+OLD_FILES = (*MODEL_FILES, "generation_config.json", "tokenizer_config.json", "vocab.json",
+             "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+             "README.md")
+CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
+              "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
+
+
+def char_tokenizer(vocab):
+    """Each character its own token, with gpt.py's id; decoding joins them with nothing between."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    # No unknown token: a character the model never saw is an error, as in gpt.py, not a wrong id
+    ids = {ch: i for i, ch in enumerate(vocab)}
+    tokenizer = Tokenizer(models.WordLevel(ids, unk_token=None))
+    # [\s\S]: any one character, newlines too
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def literal(text):  # a regex that matches text alone: Oniguruma's \x{..} for all but letters, digits
+    return "".join(ch if ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in text)
+
+
+def bpe_tokenizer(spec, chat=None):
+    """tiktoken's byte-level BPE (gpt.py's BPETokenizer) as a tokenizers BPE: the same ids. A chat
+    model's is cut first where the pieces of a turn meet (scripts/chat.py encodes them one by one,
+    as training did): before and after a role's prefix and the end marker, and at the newline
+    that ends a turn. Only a plain text holding those pieces encodes otherwise than gpt.py's."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    # Hugging Face's byte-level vocabularies write each byte as a printable character
+    printable = {b: ch for ch, b in byte_of_character().items()}
+    def text(token):
+        return "".join(printable[b] for b in token)
+    tokens = [t.encode("latin-1") for t in spec["tokens"]]
+    ids = {t: i for i, t in enumerate(tokens)}
+    # tiktoken joins any two neighbours whose bytes make a token, the lowest-ranked token first:
+    # so each way to cut a token in two tokens is a merge, ranked by that token (transformers'
+    # tiktoken converter does the same)
+    merges = [(text(t[:k]), text(t[k:])) for t in tokens for k in range(1, len(t))
+              if t[:k] in ids and t[k:] in ids]
+    vocab = {text(t): i for t, i in ids.items()}
+    # ignore_merges: a piece that is a token whole is that token, as tiktoken looks it up first
+    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
+    steps = [pre_tokenizers.Split(Regex(spec["pattern"]), behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    if chat:
+        prefixes = "|".join(literal(chat[role]) for role in ("system", "user", "assistant"))
+        turns = f"{prefixes}|{literal(chat['end'])}|\\n(?={prefixes}|\\z)"
+        steps.insert(0, pre_tokenizers.Split(Regex(turns), behavior="isolated"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])  # the last id
+    return tokenizer, vocab, merges
+
+
+def chat_template(chat):
+    """scripts/chat.py's chat_turn in Jinja: each turn is its role's prefix, the content, for the
+    assistant the end marker, and a newline; the generation prompt is the assistant's prefix."""
+    roles = {role: chat[role] for role in ("system", "user", "assistant")}
+    prefix = json.dumps(roles, ensure_ascii=False)  # JSON strings are Jinja string literals too
+    end = json.dumps(chat["end"], ensure_ascii=False)
+    return ("{% set prefix = " + prefix + " %}{% for message in messages %}"
+            "{% if message['role'] not in prefix %}"
+            "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+            "{{ prefix[message['role']] + message['content'] }}"
+            "{% if message['role'] == 'assistant' %}{{ " + end + " }}{% endif %}"
+            "{{ '\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
+
+
+def model_card(ckpt, ckpt_path, out):
+    """README.md: what the model is, what it was trained on, and the commands that made it."""
+    c, spec = ckpt["config"], ckpt.get("tokenizer")
+    n = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # tied
+    loss = ckpt.get("best_val_loss", float("nan"))
+    exported = f"python scripts/to_hf.py {shlex.quote(ckpt_path)} --out {shlex.quote(out)}"
+    if ckpt.get("iter"):
+        flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k) is not None]
+        trained = f"`{c.get('data')}`, {ckpt['iter']:,} steps"
+        made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
+    else:  # from_gpt2.py's: OpenAI's weights, no step taken here
+        trained = "not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)"
+        made = f"`{exported}`"
+    prompt = "Hello"
+    if not spec:  # a char model's: gpt.py's own start, or a character it knows
+        prompt = "\n" if "\n" in ckpt["vocab"] else ckpt["vocab"][0]
+    tokens = f"{spec['name']} tokens" if spec else "characters"
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+             "tags: [gpt2, gpt.py]", "---", f"# {os.path.basename(os.path.abspath(out))}", "",
+             f"A GPT in GPT-2's architecture, made with gpt.py: {c['n_layer']} layers, "
+             f"{c['n_head']} heads, {c['n_embd']} wide, {c['block_size']} tokens of context, "
+             f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
+             f"- Trained on: {trained}",
+             f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}",
+             f"- Made by: {made}"]
+    if ckpt.get("chat"):
+        lines.append(f"- Chat: `apply_chat_template` renders its template; an answer ends with "
+                     f"{ckpt['chat']['end']!r}, the stop string of generation_config.json (give "
+                     "`generate` the tokenizer: `tokenizer=tokenizer`)")
+    lines += ["", "```python", "from transformers import pipeline",
+              f"print(pipeline('text-generation', model={out!r})({prompt!r}))", "```", ""]
+    return "\n".join(lines)
+
+
+def export(ckpt, ckpt_path, out, stage):
+    """Write the files of the folder out into stage, an empty folder."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, GPT2Config
+    c, spec, chat = ckpt["config"], ckpt.get("tokenizer"), ckpt.get("chat")
+    eot = len(spec["tokens"]) if spec else None  # a char model has no end-of-text token
+    dropout = c.get("dropout", 0.0)  # where gpt.py has it: embeddings and both residual branches
+    # n_ctx: GPT-2's own config.json has it too, and llama.cpp's convert_hf_to_gguf.py reads it
+    GPT2Config(vocab_size=c["vocab_size"], n_positions=c["block_size"], n_ctx=c["block_size"],
+               n_embd=c["n_embd"], n_layer=c["n_layer"], n_head=c["n_head"], layer_norm_epsilon=1e-5,
+               activation_function="gelu_new" if c.get("gelu") == "tanh" else "gelu",
+               tie_word_embeddings=True, embd_pdrop=dropout, resid_pdrop=dropout, attn_pdrop=0.0,
+               bos_token_id=eot, eos_token_id=eot, architectures=["GPT2LMHeadModel"],
+               ).save_pretrained(stage)
+    # lm_head.weight is wte's tensor: tied, it is stored once (safetensors refuses shared tensors)
+    weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
+               for k, t in ckpt["model"].items() if k != "lm_head.weight"}
+    save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+    # transformers' GPT-2 has no sliding window: block_size positions at most, prompt included
+    GenerationConfig(do_sample=True, temperature=0.8, top_k=0, max_length=c["block_size"],
+                     bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+                     stop_strings=[chat["end"]] if chat else None).save_pretrained(stage)
+    settings = dict(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False,
+                    model_max_length=c["block_size"])
+    if spec:
+        tokenizer, vocab, merges = bpe_tokenizer(spec, chat)
+        # split_special_tokens: "<|endoftext|>" in a text is text, as gpt.py's encode has it
+        settings.update(bos_token=EOT, eos_token=EOT, pad_token=EOT, split_special_tokens=True)
+    else:
+        tokenizer = char_tokenizer(ckpt["vocab"])
+    tokenizer.save(os.path.join(stage, "tokenizer.json"))
+    if chat:
+        settings["chat_template"] = chat_template(chat)
+    files = {"tokenizer_config.json": json.dumps(settings, indent=2, ensure_ascii=False),
+             "README.md": model_card(ckpt, ckpt_path, out)}
+    if spec and spec["name"] == "gpt2":  # GPT-2's vocab.json, which from_gpt2.py reads
+        files["vocab.json"] = json.dumps({**vocab, EOT: eot}, ensure_ascii=False)
+        files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
+    for name, text in files.items():
+        with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write a gpt.py checkpoint as a Hugging Face folder.")
+    p.add_argument("checkpoint", help="a gpt.py best.pt or ckpt.pt")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a model the folder holds")
+    args = p.parse_args(argv)
+    try:
+        try:
+            import safetensors  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
+                               "(or pip install transformers safetensors)") from None
+        ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
+        held = [name for name in MODEL_FILES if os.path.exists(os.path.join(args.out, name))]
+        if held and not args.overwrite:
+            raise gpt.GPTError(f"{args.out} already holds a model ({', '.join(held)}); write to "
+                               "another --out, or replace it with --overwrite")
+        gpt.claim_out_dir(args.out, fresh=False)  # made, and writable
+        # Written aside, then moved in, config.json last: cut short, it never looks complete
+        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=args.out)
+        try:
+            export(ckpt, args.checkpoint, args.out, stage)
+            for name in OLD_FILES:  # the old model's, even those this one has not
+                if os.path.exists(os.path.join(args.out, name)):
+                    os.remove(os.path.join(args.out, name))
+            for name in sorted(os.listdir(stage), key=lambda name: name == "config.json"):
+                os.replace(os.path.join(stage, name), os.path.join(args.out, name))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except gpt.GPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    c, spec = ckpt["config"], ckpt.get("tokenizer")
+    tokens = f"{spec['name']} tokens" if spec else "characters"
+    chat = ", a chat model" if ckpt.get("chat") else ""
+    print(f"wrote {args.out}: a GPT-2 of {c['n_layer']} layers, {c['n_embd']} wide, "
+          f"{c['vocab_size']:,} {tokens}{chat}. "
+          f"Load it: AutoModelForCausalLM.from_pretrained({args.out!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""test_to_hf.py: scripts/to_hf.py, a gpt.py checkpoint as a Hugging Face transformers folder. One behaviour
+per test, on tiny random models made here, offline: char, BPE and GPT-2 checkpoints.
+
+    python -m pytest test_to_hf.py
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+import gpt
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("rustbpe")
+pytest.importorskip("tiktoken")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import chat as chat_py  # noqa: E402  scripts/chat.py
+import from_gpt2  # noqa: E402  scripts/from_gpt2.py
+import prepare  # noqa: E402  scripts/prepare.py
+import to_hf  # noqa: E402  scripts/to_hf.py
+
+# A loaded machine makes hypothesis's data generation slow, which is not what these tests are about
+settings.register_profile("patient", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("patient")
+TEXT = open(os.path.join(HERE, "shakespeare.txt"), encoding="utf-8").read()[:20_000]
+KOREAN = "동해 물과 백두산이 마르고 닳도록\n하느님이 보우하사 우리나라 만세.\n"  # a Korean text trains here too
+TEMPLATE = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "end": "<end>"}  # prepare.py's
+VOCAB = "".join(sorted(set(TEXT + KOREAN + "<>\t\r\u2028🙂")))  # <>: the chat template's end marker
+BLOCK = 32
+KINDS = ("char", "bpe", "gpt2")
+
+
+def make_checkpoint(path, tokenizer=None, vocab=None, chat=None, gelu="exact", steps=120, loss=1.2345):
+    """A tiny random gpt.py model saved as save_run writes best.pt. Its gains and biases are off their init
+    values, so a mix-up in the export would show, and its matrices larger than at init: greedy sampling
+    then writes varied tokens, not one token over and over."""
+    vocab_size = len(vocab) if tokenizer is None else len(tokenizer["tokens"]) + 1
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=vocab_size, gelu=gelu)
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(**shape, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.3)
+    config = {**gpt.DEFAULTS, **shape, "config": "tiny", "data": "data/korean", "dropout": 0.0, "max_iters": steps}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = dict(model=model.state_dict(), config=config, vocab=vocab, chat=chat, iter=steps, best_val_loss=loss)
+    if tokenizer is not None:  # a char model's checkpoint has none
+        ckpt["tokenizer"] = tokenizer
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def export(ckpt_path, out, *flags):
+    """to_hf.py's main in this process: its exit code and both output streams."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = to_hf.main([str(ckpt_path), "--out", str(out), *flags])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A run folder (best.pt) and its exported Hugging Face folder for each kind of tokenizer."""
+    root = tmp_path_factory.mktemp("to_hf")
+    learner = __import__("rustbpe").Tokenizer()  # GPT-2's split pattern, tokens learned here (GPT-2's are a download)
+    learner.train_from_iterator(iter([TEXT]), 320, pattern=from_gpt2.GPT2_PATTERN)
+    gpt2_tokens = [bytes(t).decode("latin-1") for t, _ in sorted(learner.get_mergeable_ranks(), key=lambda p: p[1])]
+    made = dict(
+        char=make_checkpoint(root / "char" / "best.pt", vocab=VOCAB),
+        bpe=make_checkpoint(root / "bpe" / "best.pt", tokenizer=prepare.make_tokenizer(
+            "bpe", 400, None, iter([TEXT, KOREAN * 20]))),
+        gpt2=make_checkpoint(root / "gpt2" / "best.pt", gelu="tanh", steps=0, loss=float("nan"), tokenizer=dict(
+            name="gpt2", pattern=from_gpt2.GPT2_PATTERN, tokens=gpt2_tokens)))
+    for kind, path in made.items():
+        code, out, err = export(path, root / kind / "hf")
+        assert code == 0, err
+    return {kind: (root / kind, root / kind / "hf", torch.load(path, weights_only=True)) for kind, path in made.items()}
+
+
+@pytest.fixture(scope="module")
+def loaded(runs):
+    """Each folder through transformers' Auto classes, as a user loads it."""
+    return {kind: (transformers.AutoModelForCausalLM.from_pretrained(hf).eval(),
+                   transformers.AutoTokenizer.from_pretrained(hf)) for kind, (_, hf, _) in runs.items()}
+
+
+def prompt_for(kind):
+    return KOREAN[:12] if kind == "char" else "ROMEO: Is it so? 만세"
+
+
+# ----------------------------------------------------------------------------- the folder
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_folder_is_a_gpt2_in_gpt_py_s_shape(runs, kind):
+    _, hf, ckpt = runs[kind]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+            "README.md"} <= set(os.listdir(hf))
+    with open(hf / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    assert config["n_positions"] == config["n_ctx"] == BLOCK  # n_ctx: llama.cpp's converter reads it
+    assert config["vocab_size"] == ckpt["config"]["vocab_size"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"]) == (2, 2, 32)
+    assert config["activation_function"] == {"char": "gelu", "bpe": "gelu", "gpt2": "gelu_new"}[kind]
+    assert config["layer_norm_epsilon"] == 1e-5 and config["tie_word_embeddings"] is True
+    assert "trust_remote_code" not in json.dumps(config) and "auto_map" not in config
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transformers_computes_the_logits_gpt_py_computes(runs, loaded, kind):
+    _, _, ckpt = runs[kind]
+    ours, (theirs, _) = gpt.model_from(ckpt, torch.device("cpu")), loaded[kind]
+    assert type(theirs).__name__ == "GPT2LMHeadModel"
+    assert theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()  # tied
+    idx = torch.randint(ckpt["config"]["vocab_size"], (3, BLOCK), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (ours(idx) - theirs(idx).logits).abs().max().item()
+    assert diff < 1e-5, f"max |gpt.py - transformers| = {diff:.2e}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_generate_writes_what_gpt_py_samples_at_temperature_0(runs, loaded, kind):
+    run, _, ckpt = runs[kind]
+    model, tokenizer = loaded[kind]
+    prompt = prompt_for(kind)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    new = BLOCK - ids.size(1)  # within one block: transformers' GPT-2 has no sliding window
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert gpt.main(["--sample", "--out_dir", str(run), "--prompt", prompt, "--temperature", "0",
+                         "--max_new_tokens", str(new), "--device", "cpu"]) == 0
+    theirs = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new)
+    ours = [next_id.item() for next_id, _ in gpt.generate(gpt.model_from(ckpt, torch.device("cpu")), ids, new,
+                                                        temperature=0)]
+    assert theirs[0, ids.size(1):].tolist() == ours and len(ours) == new
+    assert out.getvalue() == tokenizer.decode(theirs[0]) + "\n"  # --sample's stdout: the prompt, the text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_text_generation_pipeline_runs_on_the_folder(runs, kind):
+    _, hf, _ = runs[kind]
+    generator = transformers.pipeline("text-generation", model=str(hf))
+    prompt = prompt_for(kind)
+    text = generator(prompt, max_new_tokens=5)[0]["generated_text"]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+
+
+def test_the_model_card_says_what_it_was_trained_on_its_steps_its_loss_and_the_command(runs):
+    run, hf, _ = runs["char"]
+    card = (hf / "README.md").read_text(encoding="utf-8")
+    assert "data/korean" in card and "120 steps" in card and "1.2345" in card
+    assert "python gpt.py --config tiny --data data/korean" in card
+    assert f"python scripts/to_hf.py {run / 'best.pt'} --out {hf}`" in card and card.startswith("---\n")
+    gpt2_card = (runs["gpt2"][1] / "README.md").read_text(encoding="utf-8")
+    assert "not measured" in gpt2_card and "step 0" in gpt2_card
+
+
+# ----------------------------------------------------------------------------- tokenizers: gpt.py's ids
+def assert_same_ids(kind, loaded, runs, text):
+    tokenizer, ours = loaded[kind][1], gpt.tokenizer_of(runs[kind][2])
+    ids = tokenizer(text).input_ids
+    assert ids == ours.encode(text), f"{text!r}"
+    assert tokenizer.decode(ids) == text
+
+
+@given(st.text(alphabet=VOCAB))
+@example("\n\n  동해 물과  A\n")
+def test_a_char_model_s_tokenizer_gives_each_character_gpt_py_s_id(loaded, runs, text):
+    assert_same_ids("char", loaded, runs, text)
+
+
+@settings(max_examples=150)
+@given(st.text() | st.text(alphabet=TEXT + KOREAN))
+@example("<|endoftext|> is text here, as in gpt.py")
+@example("  leading spaces,\n\n\nnewlines,  trailing  ")
+def test_a_bpe_model_s_tokenizer_gives_tiktoken_s_ids(loaded, runs, text):
+    assert_same_ids("bpe", loaded, runs, text)
+
+
+@settings(max_examples=150)
+@given(st.text() | st.text(alphabet=TEXT + KOREAN))
+@example("I'll say it's   'tis  \n\n 1234 he")
+def test_a_gpt2_model_s_tokenizer_gives_tiktoken_s_ids(loaded, runs, text):
+    assert_same_ids("gpt2", loaded, runs, text)
+
+
+def test_a_char_tokenizer_refuses_a_character_the_model_never_saw(loaded):
+    with pytest.raises(Exception, match="UNK"):  # not a silent id, as gpt.py refuses it too
+        loaded["char"][1]("ROMEO €")
+
+
+# ----------------------------------------------------------------------------- from_gpt2.py reads it back
+def test_from_gpt2_reads_a_gpt2_folder_back_into_the_same_checkpoint(runs, tmp_path):
+    _, hf, ckpt = runs["gpt2"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
+    back = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert back["tokenizer"] == ckpt["tokenizer"] and back["config"]["gelu"] == "tanh"
+    assert back["model"].keys() == ckpt["model"].keys()
+    assert all(torch.equal(back["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_from_gpt2_reads_the_weights_of_every_folder_back(runs, kind):
+    _, hf, ckpt = runs[kind]
+    model, config = from_gpt2.convert(transformers.GPT2LMHeadModel.from_pretrained(hf))
+    assert all(config[k] == ckpt["config"][k] for k in gpt.MODEL_KEYS)
+    assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- chat models
+MESSAGES = [dict(role="system", content="Be brief."), dict(role="user", content="What is twelve and thirty?"),
+            dict(role="assistant", content="Forty two."), dict(role="user", content="And 동해?")]
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory, runs):
+    """The char and BPE checkpoints fine-tuned on conversations (as far as the files tell): prepare.py's template."""
+    root, made = tmp_path_factory.mktemp("chat"), {}
+    for kind in ("char", "bpe"):
+        ckpt = {**runs[kind][2], "chat": TEMPLATE}
+        torch.save(ckpt, root / f"{kind}.pt")
+        assert export(root / f"{kind}.pt", root / kind)[0] == 0
+        made[kind] = ckpt, transformers.AutoTokenizer.from_pretrained(root / kind)
+    return made
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models, kind):
+    ckpt, tokenizer = chat_models[kind]
+    pieces = [piece for message in MESSAGES for piece in chat_py.chat_turn(message, TEMPLATE)]
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    assert text == "".join(pieces)
+    assert tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True) == text + "Assistant: "
+    # prepare.py and chat.py encode each piece on its own: no token spans a prefix and a content
+    ours = gpt.tokenizer_of(ckpt)
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_generate_stops_where_the_chat_repl_stops(tmp_path, runs, kind):
+    ckpt = runs[kind][2]
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    prompt = [dict(role="user", content="Hi")]
+    # An end marker that this random model writes: two characters from the middle of its greedy answer
+    free = "".join(chat_py.chat_reply(model, ours, {**TEMPLATE, "end": "\0never"}, prompt, 16, 0, None, None))
+    chat = {**TEMPLATE, "end": next(free[i:i + 2] for i in range(4, len(free)) if "\ufffd" not in free[i:i + 2])}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.generation_config.stop_strings == [chat["end"]]
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16, tokenizer=tokenizer)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
+    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + chat["end"]
+    assert len(reply) < len(free) - 2
+    # the pipeline too, given the tokenizer: transformers' generate wants it for a stop string
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    answer = pipe(prompt, tokenizer=pipe.tokenizer, do_sample=False, max_new_tokens=16)[0]["generated_text"][-1]
+    assert answer == dict(role="assistant", content=reply + chat["end"])
+
+
+# ----------------------------------------------------------------------------- bad input: one line each
+def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint", encoding="utf-8")
+    script = subprocess.run([sys.executable, os.path.join(HERE, "scripts", "to_hf.py"), str(tmp_path / "notes.txt"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert script.returncode == 1 and script.stderr.startswith("error: ") and len(script.stderr.splitlines()) == 1
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    for path in (tmp_path / "notes.txt", tmp_path / "foreign.pt", tmp_path / "missing.pt"):
+        code, _, err = export(path, tmp_path / "out")
+        assert code == 1 and err.startswith("error: ") and str(path) in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    code, _, err = export(tmp_path / "notes.txt", tmp_path / "out", "--bogus")
+    assert code == 2 and "--bogus" in err
+
+
+def test_a_folder_holding_a_model_is_refused_unless_overwrite(runs, tmp_path):
+    shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
+    assert code == 1 and "already holds a model" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "hf")) == sorted(os.listdir(runs["char"][1]))  # nothing left of the old one
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").vocab_size == len(VOCAB)
+
+
+@pytest.mark.parametrize("missing", ("transformers", "safetensors"))
+def test_without_transformers_or_safetensors_it_names_the_pip_install(runs, tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "out")
+    assert code == 1 and 'pip install -e ".[gpt2]"' in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
