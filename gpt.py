@@ -5,9 +5,10 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
     torchrun --standalone --nproc_per_node 4 gpt.py   # nanoGPT's shakespeare_char (10.8M), 4 GPUs
 
-One story in the order a run happens, each name defined before it is used. The model is GPT-2, small,
-and: its tokens are the text's own characters; its GELU is exact, not tanh (from_gpt2.py's checkpoints
-ask for GPT-2's); AdamW's beta2 is 0.99, as small batches want. microgpt.py is the same in plain Python.
+One story in the order a run happens, each name defined before it is used. The model is GPT-2,
+small, and: its tokens are the text's own characters; its GELU is exact, not tanh (from_gpt2.py's
+checkpoints ask for GPT-2's); AdamW's beta2 is 0.99, as small batches want. microgpt.py is the same
+in plain Python.
 """
 import argparse, difflib, json, math, os, signal, sys, time
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
@@ -36,7 +37,8 @@ PRESETS = dict(
     small=dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
                eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
     medium=dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
-                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100))
+                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4,
+                warmup_iters=100))
 DEFAULTS = dict(  # what every preset shares; a flag overrides any of these, or a preset's
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto",
     init_from="",  # a checkpoint to start from: its weights, shape and tokens
@@ -57,15 +59,16 @@ def say(*args, **kwargs):  # under torchrun, process 0 speaks for all
         print(*args, **kwargs, flush=True)
 
 # ------------------------------------------------------------ the device and its precision
-def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD
-    if not os.path.exists(cpuinfo):  # Zen 4 on): 1.5-1.9x faster steps. Elsewhere it is emulated, slower
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids), AVX-512 BF16
+    if not os.path.exists(cpuinfo):  # (Zen 4): 1.5-1.9x faster steps; elsewhere emulated, slower
         return False
     with open(cpuinfo, encoding="utf-8") as f:
         return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
 
 def pick_device(name="auto", dtype="auto"):
     """The device and its precision, decided once; the model reads its device from its inputs."""
-    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
+    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(),
+                     cpu=True)
     if name == "auto":
         name = next(d for d in available if available[d])
     if not available[name]:
@@ -79,7 +82,7 @@ def pick_device(name="auto", dtype="auto"):
     return device, getattr(torch, dtype)
 
 def mixed_precision(device, dtype):
-    """autocast runs the matmuls in bfloat16 or float16 (with float32, nothing); float16 also needs a
+    """autocast runs the matmuls in bfloat16 or float16 (float32: nothing); float16 also needs a
     loss scaler (see train_step). Float32 matmuls on a GPU use its TF32 units."""
     torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -101,7 +104,8 @@ class CharTokenizer:
     def encode(self, s):
         unknown = "".join(sorted(set(s) - self.stoi.keys()))
         if unknown:
-            raise GPTError(f"characters not in the model's vocabulary: {unknown!r} (it knows {self.vocab!r})")
+            raise GPTError(f"characters not in the model's vocabulary: {unknown!r} "
+                           f"(it knows {self.vocab!r})")
         return [self.stoi[ch] for ch in s]
     def decode(self, ids):
         return "".join(self.vocab[i] for i in ids)
@@ -130,7 +134,7 @@ class Data:
     tokenizer: object  # a CharTokenizer or a BPETokenizer
     splits: dict  # "train" and "val": token ids, a numpy array or a prepared folder's memory map
     masks: dict  # the same keys: None, or for conversations 1 where a token is part of an answer
-    per_char: float = 1.0  # val tokens per character: a BPE model's loss per character is loss x this
+    per_char: float = 1.0  # val tokens per character: a BPE model's loss per character, loss x this
     chat: dict = None  # conversations: the template they are written in (scripts/prepare.py)
 
 def read_text(path, tokenizer=None):  # read whole; its characters are the tokens, unless a model's
@@ -142,8 +146,8 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
                 urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path + ".tmp")
                 os.replace(path + ".tmp", path)  # whole or not at all
             except OSError as e:
-                raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 text "
-                               f"file at {os.path.abspath(path)} or pass --data PATH") from None
+                raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 "
+                               f"text file at {os.path.abspath(path)} or pass --data PATH") from None
     if not os.path.isfile(path):
         raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
     with open(path, "rb") as f:
@@ -154,17 +158,21 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
             raise GPTError(f"data file {path} is empty")
         tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
         n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
-        splits = dict(train=np.array(tokenizer.encode(text[:n])), val=np.array(tokenizer.encode(text[n:])))
+        splits = dict(train=np.array(tokenizer.encode(text[:n])),
+                      val=np.array(tokenizer.encode(text[n:])))
     except UnicodeDecodeError as e:
-        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})")
+        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                       f"{e.start})") from None
     except GPTError as e:  # a char model given a text with characters it never saw
         raise GPTError(f"data file {path}: {e}") from None
-    return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
+    per_char = len(splits["val"]) / max(len(text) - n, 1)
+    return Data(tokenizer, splits, dict(train=None, val=None), per_char)
 
 def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
     path = os.path.join(folder, name)
     if not os.path.isfile(path) or os.path.getsize(path) != count * np.dtype(dtype).itemsize:
-        raise GPTError(f"data folder {folder} is incomplete: its {name} is cut short; prepare it again")
+        raise GPTError(f"data folder {folder} is incomplete: its {name} is cut short; prepare it "
+                       "again")
     return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
 
 def read_folder(folder, tokenizer=None):
@@ -179,8 +187,8 @@ def read_folder(folder, tokenizer=None):
                     counts["val"] / max(meta["val"]["characters"], 1), chat)
     except (OSError, ValueError, LookupError, TypeError):  # missing, not JSON, not prepare.py's
         raise GPTError(f"data folder {folder} has no meta.json from scripts/prepare.py") from None
-    grown = tokenizer and spec["name"] == "char" and spec["vocab"].startswith(tokenizer.spec.get("vocab", "-"))
-    if tokenizer and tokenizer.spec != spec and not grown:  # a char model's may grow (--init_from)
+    old = tokenizer.spec if tokenizer else spec  # a char model's vocabulary may grow (--init_from)
+    if old != spec and not (old["name"] == spec["name"] == "char" and spec["vocab"].startswith(old["vocab"])):
         raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
     for split, count in counts.items():
         data.splits[split] = mapped(folder, f"{split}.bin", dtype, count)
@@ -193,14 +201,14 @@ def load_data(path, block_size, tokenizer=None):  # --data: a text file or a pre
     for split, tokens in data.splits.items():
         if len(tokens) < block_size + 1:
             what = "folder" if os.path.isdir(path) else "file"
-            raise GPTError(f"data {what} {path} is too short: its {split} split has {len(tokens)} tokens, "
-                           f"fewer than block_size + 1 = {block_size + 1}")
+            raise GPTError(f"data {what} {path} is too short: its {split} split has {len(tokens)} "
+                           f"tokens, fewer than block_size + 1 = {block_size + 1}")
     return data
 
 # ------------------------------------------------------------ batches
 def get_batch(data, split, batch_size, block_size, generator):
-    """batch_size windows of block_size tokens from random places: inputs x and targets y, (B, T) each.
-    The target at each position is the token that follows it, so y is x shifted by one."""
+    """batch_size windows of block_size tokens from random places: inputs x and targets y, (B, T)
+    each. The target at each position is the token that follows it, so y is x shifted by one."""
     tokens, mask = data.splits[split], data.masks[split]
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
     at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
@@ -213,7 +221,7 @@ def get_batch(data, split, batch_size, block_size, generator):
 def my_share(x, y, grad_accum, device):
     """Every process draws the step's whole batch (the data never depends on how many there are) and
     takes its share, as grad_accum micro-batches on its device."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
     shares, cuda = [], device.type == "cuda"
     for x, y in zip(x.chunk(world_size * grad_accum)[mine], y.chunk(world_size * grad_accum)[mine]):
@@ -334,7 +342,8 @@ class GPT(nn.Module):
 def next_token_loss(logits, targets, reduction="mean"):
     """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
     positions; targets of -1 are skipped. A fresh model bets evenly: ln(vocab_size), 4.14 for 63."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
+                           reduction=reduction)
 
 # ------------------------------------------------------------ the optimizer and the learning rate
 def make_optimizer(model, cfg, device):
@@ -395,12 +404,13 @@ class Run:
 
 @torch.no_grad()
 def evaluate(model, data, cfg, autocast, device, run):
-    """Each split's mean loss over the same eval_iters batches every time (so two evals differ only by
-    what the model learned), printed and logged; True when the val loss is the best yet."""
+    """Each split's mean loss over the same eval_iters batches every time (so two evals differ only
+    by what the model learned), printed and logged; True when the val loss is the best yet."""
     model.eval()  # no dropout
     losses = {}
     for split in ("train", "val"):
-        generator, total = torch.Generator().manual_seed(cfg.seed + 1), torch.zeros(2, device=device)
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        total = torch.zeros(2, device=device)  # the summed loss, and how many targets
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data, split, cfg.batch_size, cfg.block_size, generator)
             for x, y in my_share(x, y, cfg.grad_accum, device):  # torchrun: each process a share
@@ -411,17 +421,18 @@ def evaluate(model, data, cfg, autocast, device, run):
             dist.all_reduce(total)
         losses[split] = (total[0] / total[1]).item()
     model.train()
-    line = f"eval at step {run.iter}: train loss {losses['train']:.4f} | val loss {losses['val']:.4f}"
+    train, val = losses["train"], losses["val"]
+    line = f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}"
     if data.per_char != 1:  # BPE: comparable with a char model
-        line += f" ({losses['val'] * data.per_char:.4f} per character)"
+        line += f" ({val * data.per_char:.4f} per character)"
     if data.masks["val"] is not None:
         line += " (on the answers' tokens)"
     say(line)
     seconds = time.perf_counter() - run.start
     tokens_per_s = (run.iter - run.start_iter) * cfg.batch_size * cfg.block_size / seconds
-    run.log.append([run.iter, round(losses["train"], 4), round(losses["val"], 4),
-                    get_lr(max(run.iter - 1, 0), cfg), round(tokens_per_s), round(run.trained_s + seconds, 1)])
-    best, run.best_val_loss = losses["val"] < run.best_val_loss, min(losses["val"], run.best_val_loss)
+    run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
+                    round(tokens_per_s), round(run.trained_s + seconds, 1)])
+    best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
     return best
 
 # ------------------------------------------------------------ checkpoints
@@ -430,7 +441,7 @@ def save_atomic(obj, path):  # killed mid-write, the previous file is still whol
     os.replace(path + ".tmp", path)
 
 def save_checkpoint(model, optimizer, scaler, batch_generator, data, cfg, run, best):
-    """best.pt (if best), ckpt.pt (all --resume needs) and log.csv: plain dicts of tensors and data."""
+    """best.pt (if best), ckpt.pt (all --resume needs) and log.csv; plain dicts of tensors, data."""
     state = dict(model=model.state_dict(), config=vars(cfg).copy(), iter=run.iter, chat=data.chat,
                  best_val_loss=run.best_val_loss, vocab=getattr(data.tokenizer, "vocab", None))
     if isinstance(data.tokenizer, BPETokenizer):
@@ -444,8 +455,8 @@ def save_checkpoint(model, optimizer, scaler, batch_generator, data, cfg, run, b
     save_atomic(state, os.path.join(cfg.out_dir, "ckpt.pt"))
     path = os.path.join(cfg.out_dir, "log.csv")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for row in [["iter", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"], *run.log]:
-            f.write(",".join(map(str, row)) + "\n")
+        f.write("iter,train_loss,val_loss,lr,tokens_per_s,elapsed_s\n")
+        f.writelines(",".join(map(str, row)) + "\n" for row in run.log)
     os.replace(path + ".tmp", path)
 
 def load_checkpoint(path, what_to_do):  # weights_only: a stranger's checkpoint runs no code
@@ -454,7 +465,7 @@ def load_checkpoint(path, what_to_do):  # weights_only: a stranger's checkpoint 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's own words would suggest weights_only=False: never safe here
-        raise GPTError(f"{path} is not a loadable checkpoint: cut short, not written by torch.save, or "
+        raise GPTError(f"{path} is not a loadable checkpoint: cut short, not from torch.save, or "
                        "holding more than tensors and plain data (which gpt.py never runs)") from None
     if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
@@ -477,8 +488,9 @@ def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained m
     for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
         if fresh and os.path.exists(path):
             c = load_checkpoint(path, "")
-            raise GPTError(f"{out_dir} already holds a model (step {c['iter']}, best val loss {c['best_val_loss']:.4f}); "
-                           "continue it with --resume, train into another --out_dir, or replace it with --overwrite")
+            raise GPTError(f"{out_dir} already holds a model (step {c['iter']}, best val loss "
+                           f"{c['best_val_loss']:.4f}); continue it with --resume, train into another "
+                           "--out_dir, or replace it with --overwrite")
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write_test{os.environ.get('RANK', '')}")
@@ -499,7 +511,8 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
         return
     if len(resume["model"]["transformer.wte.weight"]) != model.config.vocab_size:
         raise GPTError(f"--resume: the data has {model.config.vocab_size} tokens, the model "
-                       f"{len(resume['model']['transformer.wte.weight'])}; grow a vocabulary with --init_from")
+                       f"{len(resume['model']['transformer.wte.weight'])}; a vocabulary grows with "
+                       "--init_from")
     model.load_state_dict(resume["model"])
     optimizer.load_state_dict(resume["optimizer"])
     for group in optimizer.param_groups:  # this device's choice, not the saved run's (CPU -> GPU)
@@ -512,15 +525,15 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
     batch_generator.set_state(resume["rng"]["batch"])
     run.iter, run.best_val_loss, run.log = resume["iter"], resume["best_val_loss"], resume["log"]
-    run.trained_s, run.start_iter = run.log[-1][-1], run.iter  # every saved run has evaluated step 0
+    run.trained_s, run.start_iter = run.log[-1][-1], run.iter  # every saved run evaluated step 0
 
 # ------------------------------------------------------------ the training loop
 def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays off
     return device.type == "cuda" and sys.platform == "linux" if cfg.compile is None else cfg.compile
 
 def fast_model(model, compiling, device, data, cfg, autocast):
-    """What the loop calls: under torchrun the model in DDP, which averages the processes' gradients in
-    backward; compiled (faster kernels after a minute of compiling) if a trial step works."""
+    """What the loop calls: under torchrun the model in DDP, which averages the processes'
+    gradients in backward; compiled (faster kernels after a minute of compiling) if a trial works."""
     fast = model
     if dist.is_initialized():
         fast = DDP(model)
@@ -528,11 +541,11 @@ def fast_model(model, compiling, device, data, cfg, autocast):
         return fast
     try:
         torch._dynamo.reset()  # a second model in one process (a notebook, bench.py) starts afresh
-        if isinstance(fast, DDP):  # compiled inside DDP, it is split at DDP's buckets: the sharing of
+        if isinstance(fast, DDP):  # compiled inside DDP, it is split at DDP's buckets: sharing
             fast.module = torch.compile(model)  # gradients overlaps backward (not so around DDP)
         else:
             fast = torch.compile(model)
-        x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, None)  # a trial, undone after
+        x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, None)  # a trial step
         x, y = my_share(x, y, cfg.grad_accum, device)[0]
         with autocast:
             next_token_loss(fast(x), y).backward()
@@ -547,8 +560,8 @@ def fast_model(model, compiling, device, data, cfg, autocast):
 
 @contextmanager
 def stop_signals():
-    """Ctrl-C (SIGINT) and SIGTERM (torchrun stopping, a cluster preempting) ask the loop to save and
-    stop after this step; the processes agree on it after every step. A second Ctrl-C (without
+    """Ctrl-C (SIGINT) and SIGTERM (torchrun stopping, a cluster preempting) ask the loop to save
+    and stop after this step; the processes agree on it after every step. A second Ctrl-C (without
     torchrun) stops at once. A signal gpt.py was started to ignore (a background job's) stays so."""
     received, old = [], {}
     def handler(signum, frame):
@@ -571,41 +584,44 @@ def stop_signals():
             signal.signal(s, h)
 
 def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops them all
-    if dist.is_initialized():  # each process's loss is world_size x its share of the mean (train_step)
+    if dist.is_initialized():  # each process's loss: world_size x its share of the mean (train_step)
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
     loss = loss.item()
     if not math.isfinite(loss):  # checked before any save: no NaN is ever saved
-        raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt keep the "
-                       f"last good state; lower --learning_rate (now {cfg.learning_rate})")
+        raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt "
+                       f"keep the last good state; lower --learning_rate (now {cfg.learning_rate})")
     step_s = (time.perf_counter() - run.start) / max(run.iter - run.start_iter, 1)
     minutes, seconds = divmod(round((cfg.max_iters - run.iter) * step_s), 60)
+    tokens_per_s = cfg.batch_size * cfg.block_size / step_s
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
-        f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
+        f"{tokens_per_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
 
 def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, at the start
     where = device.type
     if world_size > 1:
         where += f" x {world_size} processes"
+    size = sum(p.numel() for p in model.parameters()) / 1e6
     say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {data.tokenizer.vocab_size} | "
-        f"train {len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
+        f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train "
+        f"{len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
 
 def train(cfg, resume=None, init=None):
-    """Train per cfg (the flags). resume: a loaded ckpt.pt to go on from; init: a loaded checkpoint to
-    start from (its weights, with a new optimizer). Returns the exit code."""
+    """Train per cfg (the flags). resume: a loaded ckpt.pt to go on from; init: a loaded checkpoint
+    to start from (its weights, with a new optimizer). Returns the exit code."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
     data = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
     claim_out_dir(cfg.out_dir, fresh=not resume and not cfg.overwrite)
     rank, world_size = start_processes(device)
     cfg.vocab_size = data.tokenizer.vocab_size
-    torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights to all)
-    batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: the same in every process
-    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
+    torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights)
+    batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: alike in every process
+    config = GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)
+    model = GPT(config).to(device)
     optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
     say_what_runs(device, world_size, dtype, compiling, model, data)
     autocast, scaler = mixed_precision(device, dtype)
-    step_model = fast_model(model, compiling, device, data, cfg, autocast)
+    fast = fast_model(model, compiling, device, data, cfg, autocast)  # what the steps run
     restore(model, optimizer, scaler, batch_generator, run, resume, init)
     checkpoint = (model, optimizer, scaler, batch_generator, data, cfg, run)  # what is saved
     if not resume:  # a fresh model scores about ln(vocab_size)
@@ -616,9 +632,9 @@ def train(cfg, resume=None, init=None):
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, batch_generator)
-            targets = max((y != -1).sum().item(), 1) / world_size  # DDP averages the processes' grads
+            targets = max((y != -1).sum().item(), 1) / world_size  # DDP averages the processes'
             batches = my_share(x, y, cfg.grad_accum, device)
-            loss = train_step(step_model, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, targets)
+            loss = train_step(fast, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, targets)
             run.iter = it + 1
             evaluating = run.iter % cfg.eval_interval == 0 or run.iter == cfg.max_iters
             stop = stop_requested()
@@ -630,25 +646,27 @@ def train(cfg, resume=None, init=None):
             if (evaluating or stop) and rank == 0:
                 save_checkpoint(*checkpoint, best)
             if stop:
-                say(f"saved {cfg.out_dir}/ckpt.pt at step {run.iter}; go on: the same command with --resume")
+                say(f"saved {cfg.out_dir}/ckpt.pt at step {run.iter}; go on with --resume")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     say(f"best val loss {run.best_val_loss:.4f}, in {cfg.out_dir}/best.pt")
     if data.chat:  # a raw taste would look garbled: each answer ends at the template's end marker
         say(f"talk to it: python scripts/chat.py --out_dir {cfg.out_dir}")
     elif rank == 0:
         say("A taste of it:")
-        return sample(argparse.Namespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1, "prompt": ""}))
+        taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
+        return sample(argparse.Namespace(**{**vars(cfg), **taste}))
     return 0
 
 # ------------------------------------------------------------ sampling
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
+             use_cache=True):
     """Yield max_new_tokens ids (B, 1) after idx (B, T), with the probabilities they were drawn from
     (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
     block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
     for _ in range(max_new_tokens):
         # It knows positions 0..block_size-1 only. Past that the window slides a quarter block at
-        # once (block 256: at 257 tokens it keeps the last 192): the cache is rebuilt every 64 tokens.
+        # once (block 256: at 257 tokens it keeps the last 192): the cache is rebuilt each 64 tokens.
         if idx.size(1) - start > block_size:
             start, cache = idx.size(1) - (block_size - block_size // 4), None
         if cache:  # the KV cache: only the newest token goes through the model, O(context) work
@@ -657,8 +675,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
             cache = [{} for _ in model.transformer.h] if use_cache else None
             logits = model(idx[:, start:], cache=cache)
         logits = logits[:, -1, :].float()  # the last position's scores: (B, vocab_size)
-        # Temperature below 1 sharpens, above 1 flattens (0: greedy, shown at 1). The largest score is
-        # taken off first: no probability changes, and even a tiny temperature cannot overflow to inf.
+        # Temperature below 1 sharpens, above 1 flattens (0: greedy, shown at 1). The largest score
+        # is taken off first: no probability changes, and a tiny temperature cannot overflow to inf.
         logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature or 1.0, 1e-30)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
@@ -681,9 +699,11 @@ def sample(cfg):
     ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
     device, _ = pick_device(cfg.device)
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    prompt = cfg.prompt or ("\n" if "\n" in tokenizer.spec.get("vocab", "\n") else tokenizer.vocab[0])
+    newline = "\n" in tokenizer.spec.get("vocab", "\n")  # BPE writes any character, a char model its own
+    prompt = cfg.prompt or ("\n" if newline else tokenizer.vocab[0])
     idx = torch.tensor([tokenizer.encode(prompt)], device=device)  # (1, T)
-    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
+    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})",
+          file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
     for i in range(cfg.num_samples):
         if i:
@@ -693,12 +713,13 @@ def sample(cfg):
         else:
             print(prompt, end="", flush=True)
         ids, shown = [], 0  # shown: how many of the ids are printed
-        for step, (next_id, probs) in enumerate(generate(model, idx, cfg.max_new_tokens, cfg.temperature,
-                                                         cfg.top_k, generator), start=1):
+        tokens = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator)
+        for step, (next_id, probs) in enumerate(tokens, start=1):
             ids.append(next_id.item())
             if cfg.verbose:
                 p, top = probs[0].topk(min(5, probs.size(-1)))
-                likeliest = [f"{tokenizer.decode([t])!r} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q]
+                likeliest = [f"{tokenizer.decode([t])!r} {q:.3g}"
+                             for q, t in zip(p.tolist(), top.tolist()) if q]
                 print(f"{step:4d} | {tokenizer.decode(ids[-1:])!r:>6} | {'  '.join(likeliest)}")
             elif not tokenizer.decode(ids[shown:]).endswith("\ufffd"):  # whole characters only
                 print(tokenizer.decode(ids[shown:]), end="", flush=True)
@@ -724,9 +745,10 @@ def usage_error(message):  # one line, exit 2. Under torchrun process 0 says it;
 def parse_args(argv):
     """Each setting is a flag, --name value or --name=value, of its default's type; the switches
     --sample, --resume, --overwrite and --verbose need no value, nor does --compile."""
-    p = argparse.ArgumentParser(prog="gpt.py", argument_default=argparse.SUPPRESS, allow_abbrev=False,
-                                description="Train a GPT, or --sample from it. In brackets: each flag's "
-                                "default, or tiny/small/medium's. gpt.py's settings say what each means.")
+    about = ("Train a GPT, or --sample from it. In brackets: each flag's default, or tiny/small/"
+             "medium's. gpt.py's settings say what each means.")
+    p = argparse.ArgumentParser(prog="gpt.py", description=about, allow_abbrev=False,
+                                argument_default=argparse.SUPPRESS)
     p.error = usage_error  # one line, not argparse's usage
     for name in ("sample", "resume", "overwrite", "verbose"):
         p.add_argument(f"--{name}", action="store_true", default=False)
@@ -737,15 +759,17 @@ def parse_args(argv):
         if name in PRESETS["tiny"]:
             shown = "/".join(str(c[name]) for c in PRESETS.values())
         if name != "compile":
-            p.add_argument(f"--{name}", type=dict(top_k=int, lr_decay_iters=int).get(name, type(default)),
-                           choices=dict(config=PRESETS).get(name), help=f"({shown})")
+            kind = dict(top_k=int, lr_decay_iters=int).get(name, type(default))  # None's: ints
+            p.add_argument(f"--{name}", type=kind, choices=dict(config=PRESETS).get(name),
+                           help=f"({shown})")
     given = argparse.Namespace()
     if "--prompt" in argv[:-1]:  # a prompt may start with "-": it goes around argparse
         at = argv.index("--prompt")
         given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
     args, unknown = p.parse_known_args(argv, given)
-    if unknown and "ipykernel" not in sys.modules:  # in a notebook, the kernel's own (-f kernel.json)
-        closest = difflib.get_close_matches(unknown[0].split("=")[0], [f"--{k}" for k in settings], 1, 0)
+    if unknown and "ipykernel" not in sys.modules:  # a notebook's kernel has its own (-f kernel.json)
+        flags = [f"--{k}" for k in settings]
+        closest = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0)
         usage_error(f"unrecognized argument {unknown[0]}; the closest flag is {closest[0]}")
     for name, value in vars(args).items():  # sizes must be at least 1; counts, rates and the seed 0
         low = int(type(value) is int and name not in ("seed", "max_iters", "warmup_iters"))
@@ -769,15 +793,17 @@ def settings(args):
     preset = getattr(args, "config", None if saved else DEFAULTS["config"])
     cfg = argparse.Namespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **vars(args)})
     if cfg.n_embd % cfg.n_head:
-        usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
+        usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need "
+                    "equal shares")
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     if cfg.batch_size % (world_size * cfg.grad_accum):
-        usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x --grad_accum "
-                    f"{cfg.grad_accum}: every micro-batch must have one size")
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:4] if k in saved and saved[k] != getattr(cfg, k)]
+        usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
+                    f"--grad_accum {cfg.grad_accum}: every micro-batch must have one size")
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:4]
+               if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
-        raise GPTError(f"--resume or --init_from: the flags change the model ({', '.join(changed)}); drop them, "
-                       "or train anew in another --out_dir")
+        raise GPTError(f"--resume or --init_from: the flags change the model ({', '.join(changed)}); "
+                       "drop them, or train anew in another --out_dir")
     return cfg, resume, init
 
 def main(argv=None):
