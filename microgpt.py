@@ -3,12 +3,11 @@ microgpt.py: the GPT of gpt.py in pure Python, every multiplication in plain sig
 
     python microgpt.py    # trains a 1-layer model on shakespeare.txt in minutes, then samples
 
-It computes the very same function as gpt.py: GPT-2 with pre-LayerNorm, learned
-positions, biases, the head tied to the token embedding, exact-erf GELU, LayerNorm with eps 1e-5
-and biased variance; and the same optimizer: AdamW (0.9, 0.99, eps 1e-8, decay on matrices only),
-warmup + cosine LR and global-norm clipping. test_gpt.py loads gpt.py's weights into it and checks
-that logits, loss, every gradient and three optimizer steps agree to 1e-9. Only the standard
-library: a scalar autograd engine stands in for PyTorch. All gpt.py adds to this is efficiency.
+It computes the very same function as gpt.py, in the same order and names: GPT-2 with pre-LayerNorm,
+learned positions, biases, the head tied to the token embedding, exact-erf GELU, LayerNorm with eps
+1e-5 and biased variance; AdamW (0.9, 0.99, eps 1e-8, decay on matrices only), warmup + cosine LR and
+global-norm clipping. test_gpt.py checks that logits, loss, every gradient and three optimizer steps
+agree to 1e-9. A scalar autograd engine stands in for PyTorch: all gpt.py adds is efficiency.
 """
 import argparse  # the command line, with gpt.py's flag names
 import math  # exp, log, erf, sqrt, cos
@@ -16,7 +15,7 @@ import os  # finds shakespeare.txt next to this file
 import random  # init, batches and sampling, each from its own seeded generator
 import time  # ms/step
 
-# ------------------------------------------------------------ the text (its characters are the tokens)
+# ------------------------------------------------------------ the text and its characters
 def load_text(path):
     if not os.path.exists(path):  # the default text also sits next to this file
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
@@ -224,23 +223,11 @@ def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
         p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)
         p.grad = 0.0
 
-# ------------------------------------------------------------ the training loop (and the command line)
-def main():
-    p = argparse.ArgumentParser(description="Train the pure-Python GPT on a text, then sample from it.")
-    p.add_argument("--data", default="shakespeare.txt")
-    p.add_argument("--n_layer", type=int, default=1)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=16)
-    p.add_argument("--block_size", type=int, default=16)
-    p.add_argument("--num_steps", type=int, default=1000)  # one block_size sequence per step
-    p.add_argument("--learning_rate", type=float, default=1e-2)  # high: tiny models take big steps
-    p.add_argument("--seed", type=int, default=1337)
-    args = p.parse_args()
+# ------------------------------------------------------------ the training loop
+def train(args):  # returns the weights and the vocabulary
     cfg = argparse.Namespace(learning_rate=args.learning_rate, min_lr=args.learning_rate / 10,
                              warmup_iters=20, max_iters=args.num_steps, lr_decay_iters=None,
                              weight_decay=0.1, grad_clip=1.0)
-    if args.n_embd % args.n_head:
-        p.error(f"--n_embd {args.n_embd} is not divisible by --n_head {args.n_head}")
     text = load_text(args.data)
     vocab = sorted(set(text))  # the same tokenizer as gpt.py's: sorted characters
     stoi = {ch: i for i, ch in enumerate(vocab)}
@@ -264,10 +251,7 @@ def main():
             ms = (time.time() - t0) * 1000
             print(f"step {step + 1} / {args.num_steps} | loss {loss.data:.4f} | {ms:.0f} ms/step | "
                   f"{args.block_size / ms * 1000:,.0f} tok/s | lr {lr:.2e}", flush=True)
-    print("\n--- a sample:")
-    start = [stoi["\n"]] if "\n" in stoi else [0]
-    ids = generate(sd, args.n_head, args.block_size, start, 200, 0.8, random.Random(args.seed))
-    print("".join(vocab[i] for i in ids))
+    return sd, vocab
 
 # ------------------------------------------------------------ sampling
 def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None):
@@ -291,6 +275,26 @@ def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=N
         ids.append(token)
         new.append(token)
     return new
+
+# ------------------------------------------------------------ the command line
+def main():
+    p = argparse.ArgumentParser(description="Train the pure-Python GPT on a text, then sample from it.")
+    p.add_argument("--data", default="shakespeare.txt")
+    p.add_argument("--n_layer", type=int, default=1)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=16)
+    p.add_argument("--block_size", type=int, default=16)
+    p.add_argument("--num_steps", type=int, default=1000)  # one block_size sequence per step
+    p.add_argument("--learning_rate", type=float, default=1e-2)  # high: tiny models take big steps
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args()
+    if args.n_embd % args.n_head:
+        p.error(f"--n_embd {args.n_embd} is not divisible by --n_head {args.n_head}")
+    sd, vocab = train(args)
+    print("\n--- a sample:")
+    start = [vocab.index("\n")] if "\n" in vocab else [0]
+    ids = generate(sd, args.n_head, args.block_size, start, 200, 0.8, random.Random(args.seed))
+    print("".join(vocab[i] for i in ids))
 
 if __name__ == "__main__":
     main()
