@@ -399,8 +399,9 @@ class Run:
     best_val_loss: float = math.inf  # the lowest val loss so far: best.pt holds those weights
     log: list = field(default_factory=list)  # log.csv's rows, one per eval
     trained_s: float = 0.0  # seconds trained before this process began (by the run it resumes)
-    start: float = field(default_factory=time.perf_counter)  # when this process began, and
-    start_iter: int = 0  # at which step
+    start: float = field(default_factory=time.perf_counter)  # when this process began
+    clock: float = field(default_factory=time.perf_counter)  # when the last eval ended (or start),
+    clock_iter: int = 0  # and at which step: the speed is measured since then
 
 @torch.no_grad()
 def evaluate(model, data, cfg, autocast, device, run):
@@ -428,10 +429,11 @@ def evaluate(model, data, cfg, autocast, device, run):
     if data.masks["val"] is not None:
         line += " (on the answers' tokens)"
     say(line)
-    seconds = time.perf_counter() - run.start
-    tokens_per_s = (run.iter - run.start_iter) * cfg.batch_size * cfg.block_size / seconds
+    now = time.perf_counter()
+    tokens_per_s = (run.iter - run.clock_iter) * cfg.batch_size * cfg.block_size / (now - run.clock)
     run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
-                    round(tokens_per_s), round(run.trained_s + seconds, 1)])
+                    round(tokens_per_s), round(run.trained_s + now - run.start, 1)])
+    run.clock, run.clock_iter = time.perf_counter(), run.iter  # the next stretch starts
     best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
     return best
 
@@ -525,7 +527,7 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
     batch_generator.set_state(resume["rng"]["batch"])
     run.iter, run.best_val_loss, run.log = resume["iter"], resume["best_val_loss"], resume["log"]
-    run.trained_s, run.start_iter = run.log[-1][-1], run.iter  # every saved run evaluated step 0
+    run.trained_s, run.clock_iter = run.log[-1][-1], run.iter  # every saved run evaluated step 0
 
 # ------------------------------------------------------------ the training loop
 def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays off
@@ -591,7 +593,7 @@ def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops
     if not math.isfinite(loss):  # checked before any save: no NaN is ever saved
         raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt "
                        f"keep the last good state; lower --learning_rate (now {cfg.learning_rate})")
-    step_s = (time.perf_counter() - run.start) / max(run.iter - run.start_iter, 1)
+    step_s = (time.perf_counter() - run.clock) / max(run.iter - run.clock_iter, 1)
     minutes, seconds = divmod(round((cfg.max_iters - run.iter) * step_s), 60)
     tokens_per_s = cfg.batch_size * cfg.block_size / step_s
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "

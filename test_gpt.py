@@ -108,7 +108,7 @@ def test_preset_parameter_counts(name, spec_millions):
                                   n_embd=p["n_embd"]))
     count = sum(t.numel() for t in model.parameters())
     assert count == expected_params(p["n_layer"], p["n_embd"])
-    assert abs(count / 1e6 - spec_millions) / spec_millions < 0.015  # SPEC §2's table, to its rounding
+    assert abs(count / 1e6 - spec_millions) / spec_millions < 0.015  # the README's table, to its rounding
 
 
 def test_state_dict_keys_are_gpt2_names():
@@ -420,14 +420,16 @@ def test_eval_measures_each_split_on_its_own_data():
 
 def test_an_eval_logs_the_step_both_losses_the_last_lr_the_speed_and_the_time_trained(monkeypatch, capsys):
     monkeypatch.setattr(gpt.time, "perf_counter", lambda: 12.0)  # a clock that reads 12 s now
-    run = gpt.Run(iter=30, start=2.0, start_iter=20, trained_s=100.0, best_val_loss=1.5)
+    run = gpt.Run(iter=30, start=2.0, clock=10.0, clock_iter=20, trained_s=100.0, best_val_loss=1.5)
     assert gpt.evaluate(MeanTarget(), zeros_and_ones(), EVAL_CFG, contextlib.nullcontext(), CPU, run) is True
     progress = (29 - 10) / (50 - 10)  # the lr of the step just taken, step 29: 19 of the 40 cosine steps
     lr = 1e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (1e-3 - 1e-4)
-    # 10 steps x 4 sequences x 8 tokens in the 10 s since this process began; 100 s before it
-    assert run.log == [[30, 0.0, 0.6931, pytest.approx(lr), 32, 110.0]]
+    # 10 steps x 4 sequences x 8 tokens in the 2 s since the last eval; 100 s before this process, 10 in it
+    assert run.log == [[30, 0.0, 0.6931, pytest.approx(lr), 160, 110.0]]
+    assert (run.clock, run.clock_iter) == (12.0, 30)  # the next stretch starts now
     assert run.best_val_loss == pytest.approx(math.log(2))
     run.iter, run.best_val_loss = 40, 0.5
+    monkeypatch.setattr(gpt.time, "perf_counter", lambda: 13.0)
     assert gpt.evaluate(MeanTarget(), zeros_and_ones(0.25), EVAL_CFG, contextlib.nullcontext(), CPU, run) is False
     assert run.best_val_loss == 0.5  # BPE: 0.25 tokens a character
     assert capsys.readouterr().out.splitlines()[-1].endswith("val loss 0.6931 (0.1733 per character)")
@@ -620,7 +622,7 @@ def test_twins_share_state_dict_keys_and_the_tie():
 
 # ----------------------------------------------------------------------------- bad input: one clear line, never lost work
 def assert_clean_failure(result, code, *names):
-    """A failure as SPEC §7 wants it: the exit code, every culprit named, and no traceback."""
+    """A clean failure: the exit code, every culprit named, and no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
     for name in names:

@@ -1,5 +1,5 @@
 """
-eval_chat.py: how often a chat model answers held-out questions exactly right, skill by skill (SPEC §14).
+eval_chat.py: how often a chat model answers held-out questions exactly right, skill by skill.
 
     python scripts/eval_chat.py out_chat chats/test.jsonl
     python scripts/eval_chat.py out_chat chats/test.jsonl --device cpu --max_new_tokens 32

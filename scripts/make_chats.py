@@ -1,6 +1,6 @@
 """
 make_chats.py: a seeded set of synthetic conversations whose answers can be checked exactly, to
-fine-tune a small model into answering, and to measure how well it learned (SPEC §14).
+fine-tune a small model into answering, and to measure how well it learned.
 
     python scripts/make_chats.py --out chats/                 # chats/train.jsonl and chats/test.jsonl
     python scripts/prepare.py chats/train.jsonl --out data/chats --vocab_from out/best.pt

@@ -8,7 +8,7 @@ serve.py: watch the model think, in a browser: one page on this machine for the 
 The page (scripts/serve.html: one file, nothing from the network) samples as `python gpt.py --sample`
 does, through gpt.py's own generate, and shows for each token the five the model found likeliest; it
 shows which earlier tokens each token attended to, from the model's own attention, computed by hand;
-for a chat model it chats. Under it lies a small HTTP API (SPEC §15), for scripts too:
+for a chat model it chats. Under it lies a small HTTP API, for scripts too:
 
     GET  /           the page
     POST /generate   {"prompt", "max_new_tokens", "temperature", "top_k", "seed"}, each optional:
