@@ -152,10 +152,10 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
         raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
     with open(path, "rb") as f:
         raw = f.read()
+    if not raw:
+        raise GPTError(f"data file {path} is empty")
     try:
         text = raw.decode("utf-8")
-        if not text:
-            raise GPTError(f"data file {path} is empty")
         tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
         n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
         splits = dict(train=np.array(tokenizer.encode(text[:n])),
@@ -171,8 +171,8 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
 def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
     path = os.path.join(folder, name)
     if not os.path.isfile(path) or os.path.getsize(path) != count * np.dtype(dtype).itemsize:
-        raise GPTError(f"data folder {folder} is incomplete: its {name} is cut short; prepare it "
-                       "again")
+        raise GPTError(f"data folder {folder} is incomplete: its {name} is missing or cut short; "
+                       "prepare it again")
     return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
 
 def read_folder(folder, tokenizer=None):
@@ -366,10 +366,9 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 # ------------------------------------------------------------ one training step
-def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, targets):
-    """One optimizer step on this process's micro-batches [(x, y), ...]; the loss is the mean over the
-    step's targets, `targets` of them per process. autocast runs the matmuls in bfloat16 or float16
-    where that is faster (float32: it does nothing); float16 also needs the scaler (below)."""
+def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_targets):
+    """One optimizer step on this process's micro-batches [(x, y), ...]. Its loss is the mean over all
+    the step's targets: each piece adds its sum over n_targets (the count, per process)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
@@ -377,17 +376,19 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, targe
         # torchrun: DDP averages the processes' gradients in backward; once, after the last piece
         last = i == len(batches) - 1 or not isinstance(model, DDP)
         with autocast, nullcontext() if last else model.no_sync():
-            loss = next_token_loss(model(x), y, reduction="sum") / targets  # the pieces add up
-            # the backward pass: every parameter's .grad, d(loss)/d(parameter). float16 scales the
-            # loss up first, or small gradients would round to 0 (the scaler is off otherwise)
+            loss = next_token_loss(model(x), y, reduction="sum") / n_targets
+            # The backward pass: every parameter's .grad, d(loss)/d(parameter). In float16 the
+            # scaler multiplies the loss first, or small gradients would round to 0 (else: nothing).
             scaler.scale(loss).backward()
         total += loss.detach()
     scaler.unscale_(optimizer)  # the true gradients again
     if grad_clip > 0:  # shrink the whole gradient to length grad_clip at most: one freak batch
         # must not undo hours of training
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)  # optimizer.step(): AdamW moves every parameter a little against its
-    scaler.update()  # gradient (float16: unless a gradient overflowed; then the scale goes down)
+    # optimizer.step(): AdamW moves every parameter a little against its gradient. In float16 the
+    # scaler skips a step whose gradients overflowed, and lowers the scale (else: nothing)
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)  # backward adds into .grad: clear it for the next step
     return total
 
@@ -422,6 +423,9 @@ def evaluate(model, data, cfg, autocast, device, run):
             dist.all_reduce(total)
         losses[split] = (total[0] / total[1]).item()
     model.train()
+    if not math.isfinite(losses["val"]):  # checked before any save: no NaN is ever saved
+        raise GPTError(f"the val loss became {losses['val']} at step {run.iter}; {cfg.out_dir}/ckpt.pt and "
+                       f"best.pt keep the last good state; lower --learning_rate (now {cfg.learning_rate})")
     train, val = losses["train"], losses["val"]
     line = f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}"
     if data.per_char != 1:  # BPE: comparable with a char model
@@ -489,10 +493,14 @@ def model_from(ckpt, device):  # a checkpoint's model, ready to sample
 def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
     for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
         if fresh and os.path.exists(path):
-            c = load_checkpoint(path, "")
-            raise GPTError(f"{out_dir} already holds a model (step {c['iter']}, best val loss "
-                           f"{c['best_val_loss']:.4f}); continue it with --resume, train into another "
-                           "--out_dir, or replace it with --overwrite")
+            what = "unreadable"
+            try:
+                c = load_checkpoint(path, "")
+                what = f"step {c['iter']}, best val loss {c['best_val_loss']:.4f}"
+            except GPTError:
+                pass
+            raise GPTError(f"{out_dir} already holds a model ({what}); continue it with --resume, train "
+                           "into another --out_dir, or replace it with --overwrite")
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write_test{os.environ.get('RANK', '')}")
@@ -604,7 +612,7 @@ def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, a
     if world_size > 1:
         where += f" x {world_size} processes"
     size = sum(p.numel() for p in model.parameters()) / 1e6
-    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | "
+    say(f"device {where} | dtype {str(dtype).removeprefix('torch.')} | compile {'on' if compiling else 'off'} | "
         f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train "
         f"{len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
 
@@ -634,9 +642,9 @@ def train(cfg, resume=None, init=None):
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, batch_generator)
-            targets = max((y != -1).sum().item(), 1) / world_size  # DDP averages the processes'
+            n_targets = max((y != -1).sum().item(), 1) / world_size  # per process: DDP averages
             batches = my_share(x, y, cfg.grad_accum, device)
-            loss = train_step(fast, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, targets)
+            loss = train_step(fast, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, n_targets)
             run.iter = it + 1
             evaluating = run.iter % cfg.eval_interval == 0 or run.iter == cfg.max_iters
             stop = stop_requested()
@@ -755,22 +763,23 @@ def parse_args(argv):
     for name in ("sample", "resume", "overwrite", "verbose"):
         p.add_argument(f"--{name}", action="store_true", default=False)
     p.add_argument("--compile", type=boolean, nargs="?", const=True, help="(on for CUDA on Linux)")
-    settings = {**PRESETS["medium"], **DEFAULTS}
-    for name, default in settings.items():
+    known = {**PRESETS["medium"], **DEFAULTS}
+    for name, default in known.items():
         shown = default
         if name in PRESETS["tiny"]:
             shown = "/".join(str(c[name]) for c in PRESETS.values())
         if name != "compile":
             kind = dict(top_k=int, lr_decay_iters=int).get(name, type(default))  # None's: ints
-            p.add_argument(f"--{name}", type=kind, choices=dict(config=PRESETS).get(name),
-                           help=f"({shown})")
+            choices = dict(config=PRESETS, device=("auto", "cpu", "cuda", "mps"), gelu=("exact", "tanh"),
+                           dtype=("auto", "float32", "bfloat16", "float16"))
+            p.add_argument(f"--{name}", type=kind, choices=choices.get(name), help=f"({shown})")
     given = argparse.Namespace()
     if "--prompt" in argv[:-1]:  # a prompt may start with "-": it goes around argparse
         at = argv.index("--prompt")
         given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
     args, unknown = p.parse_known_args(argv, given)
-    if unknown and "ipykernel" not in sys.modules:  # a notebook's kernel has its own (-f kernel.json)
-        flags = [f"--{k}" for k in settings]
+    if unknown:
+        flags = [f"--{k}" for k in known]
         closest = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0)
         usage_error(f"unrecognized argument {unknown[0]}; the closest flag is {closest[0]}")
     for name, value in vars(args).items():  # sizes must be at least 1; counts, rates and the seed 0
@@ -808,8 +817,10 @@ def settings(args):
                        "drop them, or train anew in another --out_dir")
     return cfg, resume, init
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-f kernel.json)
+    if argv is None:
+        argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
+    args = parse_args(list(argv))
     try:
         if args.sample:
             return sample(argparse.Namespace(**{**DEFAULTS, **vars(args)}))

@@ -404,12 +404,22 @@ class MeanTarget(torch.nn.Module):
 
 CPU = torch.device("cpu")
 EVAL_CFG = SimpleNamespace(seed=0, eval_iters=3, batch_size=4, block_size=8, grad_accum=2, learning_rate=1e-3,
-                           min_lr=1e-4, warmup_iters=10, max_iters=50, lr_decay_iters=None)
+                           min_lr=1e-4, warmup_iters=10, max_iters=50, lr_decay_iters=None, out_dir="out")
 
 
 def zeros_and_ones(per_char=1.0):  # a train split of zeros and a val split of ones
     return gpt.Data(None, dict(train=np.zeros(100, np.int64), val=np.ones(100, np.int64)), dict(train=None, val=None),
                     per_char)
+
+
+class NaNModel(torch.nn.Module):
+    def forward(self, idx):
+        return torch.full((*idx.shape, 2), math.nan)
+
+
+def test_an_eval_that_finds_a_nan_stops_the_run_before_anything_is_saved():
+    with pytest.raises(gpt.GPTError, match="val loss became nan at step 0"):
+        gpt.evaluate(NaNModel(), zeros_and_ones(), EVAL_CFG, contextlib.nullcontext(), CPU, gpt.Run())
 
 
 def test_eval_measures_each_split_on_its_own_data():
@@ -483,10 +493,15 @@ def test_compile_flag_accepts_nanogpt_habits():
         assert getattr(args, "compile", None) is expected, argv
 
 
-def test_notebook_kernel_argv_is_ignored(monkeypatch):
+def test_in_a_notebook_the_kernels_argv_is_not_ours_but_a_typo_in_main_is_refused(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ipykernel", sys)  # as in a notebook, whose kernel runs with -f kernel.json
-    args = gpt.parse_args(["-f", "/root/.local/share/jupyter/runtime/kernel-1234.json", "--config", "tiny"])
-    assert args.config == "tiny"
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel-1.json"])
+    ran = []
+    monkeypatch.setattr(gpt, "train", lambda cfg, resume, init: ran.append(cfg) or 0)
+    assert gpt.main() == 0 and ran[0].config == "medium"  # the pasted cell: the defaults
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo is not ignored
+    assert exit_info.value.code == 2 and "closest flag is --learning_rate" in capsys.readouterr().err
 
 
 def test_flags_override_one_field_of_the_preset(data_file, tmp_path):
@@ -633,7 +648,8 @@ def assert_clean_failure(result, code, *names):
     (["--config", "huge"], "--config"), (["--n_layer", "0"], "--n_layer"), (["--n_embd", "-8"], "--n_embd"),
     (["--batch_size", "0"], "--batch_size"), (["--block_size", "0"], "--block_size"), (["--top_k", "0"], "--top_k"),
     (["--temperature", "-1"], "--temperature"), (["--learning_rate", "nan"], "--learning_rate"),
-    (["--dropout", "1.5"], "--dropout"), (["--max_iter", "5"], "--max_iter"), (["--compile", "maybe"], "--compile")])
+    (["--dropout", "1.5"], "--dropout"), (["--max_iter", "5"], "--max_iter"), (["--compile", "maybe"], "--compile"),
+    (["--dtype", "float64"], "--dtype"), (["--device", "cuda:0"], "--device"), (["--gelu", "relu"], "--gelu")])
 def test_usage_errors_name_the_flag_and_exit_2(args, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse's own exit, as in a real run (checked below)
         gpt.main(args)
@@ -861,6 +877,13 @@ def test_a_fresh_run_into_a_trained_folder_is_refused_and_changes_nothing(traine
         assert result.stdout == ""  # not even the header: nothing started
     assert snapshot(out) == before  # the same files, the same bytes, the same modification times
 
+
+
+def test_a_folder_holding_an_unreadable_model_is_protected_and_the_message_says_how_to_replace_it(data_file, tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path))
+    assert_clean_failure(result, 1, f"{tmp_path} already holds a model (unreadable)", "--overwrite")
+    assert (tmp_path / "best.pt").read_bytes() == b"not a checkpoint"
 
 
 def test_a_folder_holding_only_ckpt_pt_is_protected_too(trained, tmp_path):  # best.pt deleted, or not copied
@@ -1401,7 +1424,7 @@ def test_train_step_hands_the_optimizer_the_true_gradient_clipped_to_grad_clip(d
         return step(*args, **kwargs)
     optimizer.step = record
     mean_loss = gpt.train_step(model, optimizer, scaler, autocast, batches, lr=3e-4, grad_clip=clip * true_norm,
-                               targets=4 * 8)
+                               n_targets=4 * 8)
     assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-3)
     assert len(handed) == 1 and all(p.grad is None for p in model.parameters())
     assert [g["lr"] for g in optimizer.param_groups] == [3e-4, 3e-4]
@@ -2024,7 +2047,7 @@ def test_a_micro_batch_without_answers_adds_nothing_to_the_steps_mean_over_its_a
     optimizer.step = record
     autocast, scaler = gpt.mixed_precision(CPU, torch.float32)
     loss = gpt.train_step(model, optimizer, scaler, autocast, gpt.my_share(x, y, 2, CPU), 1e-3, 0.0,
-                          targets=(y != -1).sum().item())
+                          n_targets=(y != -1).sum().item())
     assert math.isfinite(loss.item())
     for got, want in zip(handed[0], (p.grad for p in reference.parameters())):
         assert (got - want).abs().max().item() < 1e-12
