@@ -48,7 +48,7 @@ DEFAULTS = dict(  # what every preset shares; a flag overrides any of these, or 
     lr_decay_iters=None,  # None: the learning rate decays until max_iters
     weight_decay=0.1, grad_clip=1.0, seed=1337, log_interval=10, gelu="exact",
     prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1)  # --sample's
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "gelu")  # a model's shape
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "gelu", "vocab_size")  # a model's shape
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 class GPTError(Exception):  # a problem the user can fix: main prints it as one line, no traceback
@@ -59,8 +59,10 @@ def say(*args, **kwargs):  # under torchrun, process 0 speaks for all
         print(*args, **kwargs, flush=True)
 
 # ------------------------------------------------------------ the device and its precision
-def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids), AVX-512 BF16
-    if not os.path.exists(cpuinfo):  # (Zen 4): 1.5-1.9x faster steps; elsewhere emulated, slower
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):
+    # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD Zen 4) multiply bfloat16 natively:
+    # training steps 1.5-1.9x faster, measured. Elsewhere it is emulated, slower than float32.
+    if not os.path.exists(cpuinfo):  # not Linux: float32
         return False
     with open(cpuinfo, encoding="utf-8") as f:
         return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
@@ -149,7 +151,7 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
                 raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 "
                                f"text file at {os.path.abspath(path)} or pass --data PATH") from None
     if not os.path.isfile(path):
-        raise GPTError(f"data file {path} not found; pass --data PATH to a UTF-8 text file")
+        raise GPTError(f"data file {path} not found (or not a file); pass --data PATH to a UTF-8 text file")
     with open(path, "rb") as f:
         raw = f.read()
     if not raw:
@@ -186,7 +188,7 @@ def read_folder(folder, tokenizer=None):
         data = Data(make_tokenizer(spec), {}, dict(train=None, val=None),
                     counts["val"] / max(meta["val"]["characters"], 1), chat)
     except (OSError, ValueError, LookupError, TypeError):  # missing, not JSON, not prepare.py's
-        raise GPTError(f"data folder {folder} has no meta.json from scripts/prepare.py") from None
+        raise GPTError(f"data folder {folder} has no meta.json, or not one scripts/prepare.py wrote") from None
     old = tokenizer.spec if tokenizer else spec  # a char model's vocabulary may grow (--init_from)
     if old != spec and not (old["name"] == spec["name"] == "char" and spec["vocab"].startswith(old["vocab"])):
         raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
@@ -323,9 +325,11 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        for name, p in self.named_parameters():  # each block adds two branches to the residual
-            if name.endswith("c_proj.weight"):  # stream: scaled down, they keep its variance from
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))  # growing
+        # Each block adds two branches (their c_proj) to the residual stream: scaled down, they keep
+        # its variance from growing with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
     def forward(self, idx, cache=None):
         B, T = idx.size()
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
@@ -382,8 +386,9 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
             scaler.scale(loss).backward()
         total += loss.detach()
     scaler.unscale_(optimizer)  # the true gradients again
-    if grad_clip > 0:  # shrink the whole gradient to length grad_clip at most: one freak batch
-        # must not undo hours of training
+    # Shrink the whole gradient to length grad_clip at most: one freak batch must not undo hours of
+    # training (0: off)
+    if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     # optimizer.step(): AdamW moves every parameter a little against its gradient. In float16 the
     # scaler skips a step whose gradients overflowed, and lowers the scale (else: nothing)
@@ -473,8 +478,9 @@ def load_checkpoint(path, what_to_do):  # weights_only: a stranger's checkpoint 
     except Exception:  # torch's own words would suggest weights_only=False: never safe here
         raise GPTError(f"{path} is not a loadable checkpoint: cut short, not from torch.save, or "
                        "holding more than tensors and plain data (which gpt.py never runs)") from None
-    if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= ckpt.keys():
-        raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config and vocab in it)")
+    if not (isinstance(ckpt, dict) and {"model", "config", "vocab", "iter", "best_val_loss"} <= ckpt.keys()
+            and set(MODEL_KEYS[:4]) <= set(ckpt["config"])):
+        raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config, vocab, iter or val loss)")
     return ckpt
 
 def tokenizer_of(ckpt):  # a char model keeps its vocab, a BPE model its tokenizer; no model, None
@@ -486,8 +492,8 @@ def model_from(ckpt, device):  # a checkpoint's model, ready to sample
     config = {**DEFAULTS, **ckpt["config"]}  # a checkpoint from before "gelu" existed is exact
     model = GPT(GPTConfig(**{k: config[k] for k in MODEL_KEYS})).to(device).eval()
     model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
-    for block in model.transformer.h:  # MPS's attention kernel has given wrong results for one
-        block.attn.by_hand = device.type == "mps"  # query (pytorch issues 163597, 169222)
+    for block in model.transformer.h:  # on MPS the formula: its fused kernel has given wrong
+        block.attn.by_hand = device.type == "mps"  # results for one query (pytorch #163597, #169222)
     return model
 
 def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
@@ -507,7 +513,7 @@ def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained m
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        raise GPTError(f"output folder {out_dir} is not writable ({e.strerror})") from None
+        raise GPTError(f"--out_dir {out_dir} is not a folder that can be written ({e.strerror})") from None
 
 def restore(model, optimizer, scaler, batch_generator, run, resume, init):
     """--resume: all that ckpt.pt holds. --init_from: the weights only (if the data brought new
@@ -746,10 +752,10 @@ def sample(cfg):
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
     return ("true", "false").index(text.lower()) == 0  # else argparse reports the ValueError
 
-def usage_error(message):  # one line, exit 2. Under torchrun process 0 says it; the others wait a
-    say(f"gpt.py: error: {message}", file=sys.stderr)  # moment, or torchrun would stop it first
-    if int(os.environ.get("RANK", 0)):
-        time.sleep(3)
+def usage_error(message):  # one line, exit 2
+    say(f"gpt.py: error: {message}", file=sys.stderr)
+    if int(os.environ.get("RANK", 0)):  # torchrun: process 0 says it; the others wait, or torchrun
+        time.sleep(3)  # would stop process 0 before it could
     sys.exit(2)
 
 def parse_args(argv):
@@ -779,13 +785,13 @@ def parse_args(argv):
         given.prompt, argv = argv[at + 1], [*argv[:at], *argv[at + 2:]]
     args, unknown = p.parse_known_args(argv, given)
     if unknown:
-        flags = [f"--{k}" for k in known]
-        closest = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0)
-        usage_error(f"unrecognized argument {unknown[0]}; the closest flag is {closest[0]}")
+        flags = [f"--{k}" for k in ("sample", "resume", "overwrite", "verbose", *known)]
+        closest = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1) or ["--help"]
+        usage_error(f"unrecognized argument {unknown[0]}; did you mean {closest[0]}?")
     for name, value in vars(args).items():  # sizes must be at least 1; counts, rates and the seed 0
         low = int(type(value) is int and name not in ("seed", "max_iters", "warmup_iters"))
-        if type(value) in (int, float) and not (math.isfinite(value) and value >= low):
-            usage_error(f"argument --{name}: must be at least {low}, got {value}")
+        if type(value) in (int, float) and not (math.isfinite(value) and low <= value < 2**63):
+            usage_error(f"argument --{name}: must be at least {low} (and below 2**63), got {value}")
     if getattr(args, "dropout", 0) >= 1:
         usage_error(f"argument --dropout: must be below 1, got {args.dropout}")
     return args
@@ -794,8 +800,10 @@ def settings(args):
     """The run's settings, weakest first: the defaults, a checkpoint's, the preset's, the flags."""
     resume = init = None
     if args.resume:
-        resume = load_checkpoint(os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt"),
-                                 "--resume continues a run: start one without --resume first")
+        path = os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt")
+        resume = load_checkpoint(path, "--resume continues a run: start one without --resume first")
+        if not {"optimizer", "rng", "log"} <= resume.keys():
+            raise GPTError(f"{path} holds no optimizer state (a best.pt?): start from it with --init_from")
     elif getattr(args, "init_from", ""):
         init = load_checkpoint(args.init_from, "--init_from needs a gpt.py checkpoint")
     saved = (resume or init or {}).get("config", {})
@@ -810,11 +818,11 @@ def settings(args):
     if cfg.batch_size % (world_size * cfg.grad_accum):
         usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
                     f"--grad_accum {cfg.grad_accum}: every micro-batch must have one size")
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:4]
-               if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]  # (--init_from may
+               if k in saved and saved[k] != getattr(cfg, k)]  # grow vocab_size)
     if changed:
-        raise GPTError(f"--resume or --init_from: the flags change the model ({', '.join(changed)}); "
-                       "drop them, or train anew in another --out_dir")
+        raise GPTError(f"--resume or --init_from: the flags or --config change the model "
+                       f"({', '.join(changed)}); drop them, or train anew in another --out_dir")
     return cfg, resume, init
 
 def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-f kernel.json)
@@ -827,6 +835,12 @@ def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-
         return train(*settings(args))
     except GPTError as e:
         say(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # out of memory, on any device: ckpt.pt is whole, --resume after
+        if "alloc" not in str(e):
+            raise
+        say("error: out of memory: lower --batch_size or --block_size or the model, or raise --grad_accum",
+            file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop: in the setup or the first eval
         say("\ninterrupted", file=sys.stderr)

@@ -501,7 +501,7 @@ def test_in_a_notebook_the_kernels_argv_is_not_ours_but_a_typo_in_main_is_refuse
     assert gpt.main() == 0 and ran[0].config == "medium"  # the pasted cell: the defaults
     with pytest.raises(SystemExit) as exit_info:
         gpt.main(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo is not ignored
-    assert exit_info.value.code == 2 and "closest flag is --learning_rate" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "did you mean --learning_rate?" in capsys.readouterr().err
 
 
 def test_flags_override_one_field_of_the_preset(data_file, tmp_path):
@@ -658,8 +658,23 @@ def test_usage_errors_name_the_flag_and_exit_2(args, flag, capsys):
     assert flag in err and err.strip().splitlines()[-1].startswith("gpt.py: error:"), err
 
 
+@pytest.mark.parametrize("typo, suggestion", [("--max_iter", "--max_iters"), ("--resum", "--resume"),
+                                              ("--overwite", "--overwrite"), ("tiny", "--help")])
+def test_a_mistyped_flag_is_one_line_that_names_the_closest_flag(typo, suggestion, capsys):
+    with pytest.raises(SystemExit):
+        gpt.main([typo])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip().endswith(f"did you mean {suggestion}?"), err
+
+
+def test_a_seed_too_big_for_torch_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--seed", str(2**64)])
+    assert exit_info.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
 def test_a_usage_error_in_a_real_process_is_one_line_and_exit_2():
-    assert_clean_failure(run_gpt("--top_k", "0"), 2, "argument --top_k: must be at least 1, got 0")
+    assert_clean_failure(run_gpt("--top_k", "0"), 2, "argument --top_k: must be at least 1 (and below 2**63), got 0")
 
 
 def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
@@ -753,6 +768,29 @@ def test_resume_with_another_model_shape_says_what_differs(trained, tmp_path):
     assert_clean_failure(result, 1, "n_layer 1 -> 2", "n_embd 32 -> 48")
 
 
+def test_resume_refuses_a_best_pt_in_ckpt_pts_place_and_a_changed_gelu(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    assert_clean_failure(call_gpt("--resume", "--out_dir", str(out), "--gelu", "tanh"), 1, "gelu exact -> tanh")
+    shutil.copy(out / "best.pt", out / "ckpt.pt")  # best.pt keeps no optimizer
+    assert_clean_failure(call_gpt("--resume", "--out_dir", str(out)), 1, "no optimizer state", "--init_from")
+
+
+def test_a_checkpoint_missing_what_gpt_py_writes_is_named_not_a_traceback(trained, tmp_path):
+    ckpt = torch.load(os.path.join(trained.out_dir, "best.pt"), weights_only=True)
+    torch.save(dict(model=ckpt["model"], config={}, vocab=ckpt["vocab"]), tmp_path / "best.pt")
+    assert_clean_failure(call_gpt("--sample", "--out_dir", str(tmp_path)), 1, "is not a gpt.py checkpoint")
+
+
+def test_running_out_of_memory_is_one_line_that_names_the_flags_to_lower(data_file, tmp_path, monkeypatch):
+    def allocates_too_much(self, idx, cache=None):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(gpt.GPT, "forward", allocates_too_much)
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path))
+    assert_clean_failure(result, 1, "out of memory", "--batch_size", "--grad_accum")
+    assert result.stderr.count("\n") == 1
+
+
 def test_resume_with_another_vocabulary_says_what_differs(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained.out_dir, out)
@@ -766,7 +804,7 @@ def test_unwritable_output_folder_fails_before_training(data_file, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder", encoding="utf-8")
     result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(blocker / "out"))
-    assert_clean_failure(result, 1, str(blocker / "out"), "not writable")
+    assert_clean_failure(result, 1, str(blocker / "out"), "not a folder that can be written")
     assert "step 1 " not in result.stdout and "eval" not in result.stdout
 
 
