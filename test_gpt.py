@@ -684,7 +684,7 @@ def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    (None, "not found"), (b"", "empty"), (b"abc\xff\xfe def" * 50, "not UTF-8"), (b"x" * 100, "too short")])
+    (None, "not found"), (b"", "has 0 tokens"), (b"abc\xff\xfe def" * 50, "not UTF-8"), (b"x" * 100, "too short")])
 def test_bad_data_files_are_named_with_their_problem(tmp_path, content, problem):
     path = tmp_path / "text.txt"
     if content is not None:
@@ -895,7 +895,7 @@ def test_any_bytes_as_data_either_train_or_fail_cleanly(tmp_path_factory, conten
     if code == 0:
         assert os.path.exists(folder / "out" / "best.pt")
     else:
-        assert code == 1 and err.startswith(f"error: data file {folder / 'data.bin'}") and err.count("\n") == 1, err
+        assert code == 1 and err.startswith("error: data ") and str(folder / 'data.bin') in err and err.count("\n") == 1, err
 
 
 # ----------------------------------------------------------------------------- the first hour: nothing lost, nothing silent
