@@ -83,6 +83,13 @@ def mixed_precision(device, dtype):
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return autocast, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
+def start_processes(device):
+    """torchrun starts a process per GPU and sets RANK: they join, NCCL between GPUs (gloo for CPU
+    tensors). Returns this process's rank and how many there are."""
+    if "RANK" in os.environ:
+        dist.init_process_group(device_id=device if device.type == "cuda" else None)
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
 # ------------------------------------------------------------ the text and its characters
 class CharTokenizer:
     """Each distinct character is one token, numbered in sorted order: one text, one vocabulary."""
@@ -194,7 +201,7 @@ def get_batch(data, split, batch_size, block_size, generator):
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
     at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
     window = torch.from_numpy(tokens[at].astype(np.int64))  # of a memory map, only these are read
-    x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()  # contiguous: pinned as they are
+    x, y = window[:, :-1].contiguous(), window[:, 1:].clone()  # y a copy: masking it must not touch x
     if mask is not None:  # conversations: learn to answer, not to ask
         y[torch.from_numpy(mask[at[:, 1:]] == 0)] = -1  # the loss skips targets of -1
     return x, y
@@ -214,7 +221,7 @@ def my_share(x, y, grad_accum, device):
 # ------------------------------------------------------------ the model
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65  # distinct tokens; always set from the data (63 for shakespeare.txt)
+    vocab_size: int = 63  # distinct tokens; always set from the data (63 for shakespeare.txt)
     block_size: int = 256  # the longest context the model sees, in tokens (T at most)
     n_layer: int = 6
     n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
@@ -358,8 +365,9 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
     for i, (x, y) in enumerate(batches):
         # torchrun: DDP averages the processes' gradients in backward; once, after the last piece
         last = i == len(batches) - 1 or not isinstance(model, DDP)
-        with autocast, nullcontext() if last else model.no_sync():
-            loss = next_token_loss(model(x), y, reduction="sum") / n_targets
+        with nullcontext() if last else model.no_sync():
+            with autocast:
+                loss = next_token_loss(model(x), y, reduction="sum") / n_targets
             # The backward pass: every parameter's .grad, d(loss)/d(parameter). In float16 the
             # scaler multiplies the loss first, or small gradients would round to 0 (else: nothing).
             scaler.scale(loss).backward()
@@ -538,7 +546,8 @@ def fast_model(model, compiling, device, data, cfg, autocast):
         x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, None)  # a trial step
         x, y = my_share(x, y, cfg.grad_accum, device)[0]
         with autocast:
-            next_token_loss(fast(x), y).backward()
+            loss = next_token_loss(fast(x), y)
+        loss.backward()
     except Exception as e:
         say(f"warning: torch.compile failed, training without it: {str(e).splitlines()[0][:200]}")
         if isinstance(fast, DDP):
@@ -586,8 +595,8 @@ def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops
 def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, at the start
     where = f"{device.type} x {world_size} processes" if world_size > 1 else device.type
     size = sum(p.numel() for p in model.parameters()) / 1e6
-    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | {size:.2f}M "
-        f"parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
+    say(f"device {where} | dtype {str(dtype).removeprefix('torch.')} | compile {'on' if compiling else 'off'} | "
+        f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
         f"val {len(data.splits['val']):,} tokens")
 
 def train(cfg, resume=None, init=None):
@@ -596,9 +605,7 @@ def train(cfg, resume=None, init=None):
     device, dtype = pick_device(cfg.device, cfg.dtype)
     data = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
     claim_out_dir(cfg.out_dir, fresh=not resume and not cfg.overwrite)
-    if "RANK" in os.environ:  # torchrun started a process per GPU: they join (NCCL; CPU: gloo)
-        dist.init_process_group(device_id=device if device.type == "cuda" else None)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = start_processes(device)
     cfg.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: alike in every process
@@ -625,7 +632,9 @@ def train(cfg, resume=None, init=None):
             stop = stop_requested()
             if run.iter % cfg.log_interval == 0 or run.iter == 1 or evaluating or stop:
                 report(loss, lr, cfg, run)  # .item() waits for the device: not at every step
-            best = evaluating and evaluate(model, data, cfg, autocast, device, run)
+            best = False
+            if evaluating:
+                best = evaluate(model, data, cfg, autocast, device, run)
             if (evaluating or stop) and rank == 0:
                 save_checkpoint(*checkpoint, best)
             if stop:

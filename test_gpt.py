@@ -2038,11 +2038,12 @@ def masked(tokens, mask):  # a prepared chat folder's train split, in memory
     return gpt.Data(None, dict(train=tokens, val=tokens), dict(train=mask, val=mask))
 
 
-def test_a_mask_turns_exactly_the_targets_it_marks_0_into_minus_1():
+@pytest.mark.parametrize("batch_size", [6, 1])  # 1: x and y are both contiguous views of one window
+def test_a_mask_turns_exactly_the_targets_it_marks_0_into_minus_1(batch_size):
     data = np.arange(500, dtype=np.uint16)  # each token is its own position
     mask = np.random.default_rng(0).integers(0, 2, 500).astype(np.uint8)
-    x, y = gpt.get_batch(masked(data, None), "train", 6, 10, torch.Generator().manual_seed(3))
-    xm, ym = gpt.get_batch(masked(data, mask), "train", 6, 10, torch.Generator().manual_seed(3))
+    x, y = gpt.get_batch(masked(data, None), "train", batch_size, 10, torch.Generator().manual_seed(3))
+    xm, ym = gpt.get_batch(masked(data, mask), "train", batch_size, 10, torch.Generator().manual_seed(3))
     assert torch.equal(x, xm)
     assert torch.equal(ym, torch.where(torch.from_numpy(mask[y.numpy()]) == 0, -1, y))
     assert (ym == -1).any() and (ym != -1).any()
