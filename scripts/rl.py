@@ -1,0 +1,423 @@
+"""
+rl.py: learn from reward. A chat model answers each question several times, every answer is checked
+against the reference, and the model moves towards the answers that scored.
+
+    python scripts/rl.py --init_from out_chat/best.pt --data chats/train.jsonl --out_dir out_rl \\
+        --eval_data chats/test.jsonl
+    python scripts/eval_chat.py out_rl chats/test.jsonl                   # greedy accuracy per skill
+    python scripts/rl.py --init_from out_rl/best.pt --eval_data chats/test.jsonl --eval_only  # and pass@8
+
+Fine-tuning on conversations copies the reference answers. Here the model writes its own, and only a
+score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
+- --data holds conversations, as scripts/prepare.py reads them: the last assistant turn of a line is
+  the reference answer, the turns before it the question;
+- each step asks --batch_size questions and samples --samples answers to each at --temperature, with
+  gpt.py's sampler in the chat template the checkpoint keeps;
+- reward: 1 if an answer equals the reference exactly (surrounding spaces aside), else 0;
+- advantage: the reward minus the mean reward of the answers to the same question. A question whose
+  answers all score alike teaches nothing: it is skipped, and counted;
+- loss: -advantage x log p of each answer's own tokens and end marker; AdamW, the gradient clipped.
+Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
+best.pt (the best mean accuracy over the skills), ckpt.pt (the latest, also written on Ctrl-C) and
+log.csv are gpt.py's formats: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from chat import chat_turn  # noqa: E402  scripts/chat.py: a turn as fine-tuning saw it
+import eval_chat  # noqa: E402  scripts/eval_chat.py: greedy answers, as the held-out eval gives them
+import gpt  # noqa: E402  the model, its sampler and its checkpoints
+import prepare  # noqa: E402  scripts/prepare.py: the check of a conversation, and PrepareError
+
+WEIGHT_DECAY = 0.0  # as nanochat's chat_rl: only the reward should move the weights
+
+
+# ------------------------------------------------------------ questions and their reference answers
+@dataclass
+class Question:
+    skill: str  # the line's "skill" field, to report accuracy per skill
+    turns: list  # the conversation up to and including the reference answer
+    answer: str  # the reference: the last assistant turn, surrounding spaces stripped
+    prompt: list  # the token ids the model answers after: the turns before, then "Assistant: "
+
+
+def prompt_ids(tokenizer, template, turns, block_size):
+    """The ids scripts/chat.py's chat_reply writes before an answer: the turns as chat_turn renders them,
+    the oldest dropped while they overflow 3/4 of a block, then the assistant's prefix."""
+    rendered = [[i for piece in chat_turn(t, template) for i in tokenizer.encode(piece)] for t in turns]
+    ids = tokenizer.encode(template["assistant"])
+    while len(rendered) > 1 and sum(map(len, rendered)) + len(ids) > block_size * 3 // 4:
+        rendered.pop(0)
+    return [i for turn in rendered for i in turn] + ids
+
+
+def read_questions(path, tokenizer, template, block_size, max_new_tokens):
+    """Every line of a .jsonl file of conversations as a Question; a line that cannot be one is named."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (FileNotFoundError, IsADirectoryError):
+        raise prepare.PrepareError(f"{path} is not a file") from None
+    except UnicodeDecodeError:
+        raise prepare.PrepareError(f"{path} is not UTF-8 text") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not {"messages", "prompt", "completion"} & record.keys():
+            raise prepare.PrepareError(f'{where}: not a conversation ({{"messages": [...]}} or '
+                                       '{"prompt": ..., "completion": ...})')
+        turns = prepare.conversation(record, where)  # names "no assistant turn", a bad role, ...
+        last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
+        turns, answer = turns[:last + 1], turns[last]["content"].strip()
+        try:
+            prompt = prompt_ids(tokenizer, template, turns[:-1], block_size)
+        except gpt.GPTError as e:
+            raise prepare.PrepareError(f"{where}: the question cannot be read by this model: {e}") from None
+        try:
+            written = len(tokenizer.encode(answer + template["end"]))
+        except gpt.GPTError as e:
+            raise prepare.PrepareError(f"{where}: the answer {answer!r} cannot be written by this model: "
+                                       f"{e}") from None
+        if written > max_new_tokens:
+            raise prepare.PrepareError(f"{where}: the answer and its end marker are {written} tokens, more "
+                                       f"than --max_new_tokens {max_new_tokens}")
+        if len(prompt) + max_new_tokens > block_size:
+            raise prepare.PrepareError(f"{where}: the question is {len(prompt)} tokens; with "
+                                       f"--max_new_tokens {max_new_tokens} it does not fit the model's "
+                                       f"block_size {block_size}")
+        questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt))
+    if not questions:
+        raise prepare.PrepareError(f"{path} holds no conversations")
+    return questions
+
+
+# ------------------------------------------------------------ trying answers
+def sample_answers(model, tokenizer, end, prompts, samples, temperature, max_new_tokens, generator):
+    """samples answers to each prompt, as lists of token ids up to and including the end marker (or
+    max_new_tokens of them, if it never came). The model knows no padding, so the rows of a batch must
+    be equally long: the prompts of each length are answered together, in one batch."""
+    device = next(model.parameters()).device
+    answers = [None] * len(prompts)
+    by_length = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    for group in by_length.values():
+        idx = torch.tensor([prompts[i] for i in group for _ in range(samples)], device=device)  # (B, T)
+        rows, done = [[] for _ in range(len(idx))], [False] * len(idx)
+        for next_id, _ in gpt.generate(model, idx, max_new_tokens, temperature, None, generator):
+            for row, token in enumerate(next_id[:, 0].tolist()):  # (B, 1) -> B ids
+                if not done[row]:
+                    rows[row].append(token)
+                    # the marker lies in the last len(end) tokens at most: no need to decode more
+                    done[row] = end in tokenizer.decode(rows[row][-len(end):])
+            if all(done):  # rows that ended are sampled on (and ignored) until all have
+                break
+        for j, i in enumerate(group):
+            answers[i] = rows[j * samples:(j + 1) * samples]
+    return answers
+
+
+def answer_text(tokenizer, end, ids):
+    """What an answer says: its text before the end marker, surrounding spaces stripped, as eval_chat.py
+    reads it. None if it never ended: otherwise a model could learn to trail on (cut off and stripped)
+    instead of stopping."""
+    text = tokenizer.decode(ids)
+    return text[:text.index(end)].strip() if end in text else None
+
+
+# ------------------------------------------------------------ the reward and the policy gradient
+def advantages(rewards):
+    """Each reward minus its group's mean: an answer better than its siblings is pushed up, a worse one
+    down. nanochat (and Dr. GRPO) leave out GRPO's division by the group's std."""
+    mean = sum(rewards) / len(rewards)
+    return [r - mean for r in rewards]
+
+
+def policy_batch(prompt, answers, advantage, device):
+    """One question's answers as inputs x and targets y (B, T), and their advantages (B,). A target is
+    an answer token (the end marker's too) or -1: the prompt, and the padding after a short answer, get
+    no loss, hence no gradient. A causal model's earlier positions never see the padding."""
+    T = len(prompt) + max(map(len, answers)) - 1
+    x = torch.zeros(len(answers), T, dtype=torch.long)
+    y = torch.full((len(answers), T), -1, dtype=torch.long)
+    for i, answer in enumerate(answers):
+        tokens = torch.tensor(prompt + answer)
+        x[i, :len(tokens) - 1] = tokens[:-1]
+        y[i, len(prompt) - 1:len(tokens) - 1] = tokens[len(prompt):]  # each answer token where predicted
+    return x.to(device), y.to(device), torch.tensor(advantage, dtype=torch.float32, device=device)
+
+
+def policy_loss(logits, y, advantage, answers):
+    """-advantage x log p(answer), summed over the answers' tokens and divided by the number of answers
+    sampled in the step (skipped groups' too). On average its gradient is that of the mean reward
+    (REINFORCE). Dividing by all answers, not only those that teach, makes a step whose groups were
+    mostly skipped a small one: one lucky mixed group does not get a whole AdamW step to itself."""
+    logp = -gpt.next_token_loss(logits.float(), y, reduction="none").view_as(y)  # (B, T); 0 where y is -1
+    return -(advantage[:, None] * logp).sum() / answers
+
+
+def rl_step(model, optimizer, questions, tokenizer, end, args, generator):
+    """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
+    log-probabilities must be those of the model that sampled. Returns (mean reward, mixed groups,
+    skipped groups, answer tokens sampled)."""
+    device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
+    tries = sample_answers(model, tokenizer, end, [q.prompt for q in questions], args.samples,
+                           args.temperature, args.max_new_tokens, generator)
+    rewards_seen, skipped, tokens, total = [], 0, 0, 0.0
+    for q, answers in zip(questions, tries):
+        rewards = [float(answer_text(tokenizer, end, a) == q.answer) for a in answers]
+        rewards_seen += rewards
+        tokens += sum(map(len, answers))
+        if len(set(rewards)) == 1:  # all right or all wrong: every advantage is 0
+            skipped += 1
+            continue
+        # A backward pass per question: its answers share its prompt, so a batch of them is hardly
+        # padded (a batch of all the step's answers was 2x the work, its prompts being of all lengths)
+        x, y, advantage = policy_batch(q.prompt, answers, advantages(rewards), device)
+        loss = policy_loss(model(x), y, advantage, answers_sampled)
+        loss.backward()  # the gradients add up over the questions
+        total += loss.item()
+    if skipped < len(questions):
+        if not math.isfinite(total):
+            raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return sum(rewards_seen) / len(rewards_seen), len(questions) - skipped, skipped, tokens
+
+
+# ------------------------------------------------------------ measuring: greedy accuracy and pass@k
+def greedy_accuracy(model, tokenizer, template, questions, max_new_tokens):
+    """{skill: percent right}, answering greedily exactly as scripts/eval_chat.py does."""
+    tests = [(q.skill, q.turns) for q in questions]
+    results = eval_chat.answer_all(model, tokenizer, template, tests, max_new_tokens)
+    return per_skill([(skill, answer == expected) for skill, _, expected, answer in results])
+
+
+def pass_at_k(model, tokenizer, template, questions, k, temperature, max_new_tokens, generator):
+    """{skill: percent of questions with at least one right answer among k sampled}."""
+    end = template["end"]
+    tries = sample_answers(model, tokenizer, end, [q.prompt for q in questions], k, temperature,
+                           max_new_tokens, generator)
+    return per_skill([(q.skill, any(answer_text(tokenizer, end, a) == q.answer for a in answers))
+                      for q, answers in zip(questions, tries)])
+
+
+def per_skill(right):
+    """(skill, bool) pairs as {skill: percent}, skills sorted."""
+    skills = sorted({skill for skill, _ in right})
+    return {s: 100 * sum(ok for skill, ok in right if skill == s) / sum(skill == s for skill, _ in right)
+            for s in skills}
+
+
+def mean(accuracy):  # over the skills, each counted once however many questions it has
+    return sum(accuracy.values()) / len(accuracy)
+
+
+def shown(accuracy):
+    return " | ".join(f"{skill} {percent:.0f}%" for skill, percent in accuracy.items())
+
+
+# ------------------------------------------------------------ checkpoints and log.csv
+def checkpoint(model, init, args, step, accuracy, optimizer=None):
+    """gpt.py's checkpoint format, so every tool that reads best.pt reads this one. No loss is measured
+    here: best_val_loss is NaN, and "accuracy" the mean greedy accuracy."""
+    config = {**init["config"], **{k: v for k, v in vars(args).items() if k != "eval_only"}}
+    state = dict(model=model.state_dict(), config=config, vocab=init["vocab"], chat=init["chat"], iter=step,
+                 best_val_loss=float("nan"), accuracy=accuracy)
+    if "tokenizer" in init:  # a BPE model's tokenizer; a char model's is its vocab
+        state["tokenizer"] = init["tokenizer"]
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
+def write_log(rows, skills, out_dir):
+    """A row per step: iter, reward, mixed (share of the groups), skipped (groups), tokens_per_s (answer
+    tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean accuracy
+    and one column per skill, in percent."""
+    path = os.path.join(out_dir, "log.csv")
+    columns = ["iter", "reward", "mixed", "skipped", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
+               *skills]
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+# ------------------------------------------------------------ the loop
+def train(args, init, model, tokenizer, questions, held_out, device):
+    """--max_iters steps of learning from reward; returns the exit code (130 after Ctrl-C)."""
+    template, skills = init["chat"], sorted({q.skill for q in held_out})
+    optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=args.learning_rate,
+                                                             weight_decay=WEIGHT_DECAY), device)
+    picker = torch.Generator().manual_seed(args.seed)  # which questions each step asks
+    sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
+    print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
+          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}; {device}",
+          flush=True)
+    log, best, train_s, started = [], -1.0, 0.0, time.perf_counter()
+
+    def evaluate(step, row):  # True if this is the best model so far
+        nonlocal best
+        if not held_out:
+            return True  # nothing to measure by: the latest model is the best known
+        accuracy = greedy_accuracy(model, tokenizer, template, held_out, args.max_new_tokens)
+        row.update(accuracy=round(mean(accuracy), 2), **{s: round(accuracy[s], 2) for s in skills})
+        better, best = mean(accuracy) > best, max(best, mean(accuracy))
+        print(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
+              f"{' (best so far: best.pt)' if better else ''}", flush=True)
+        return better
+
+    def save(step, accuracy, better):
+        if better:
+            gpt.save_atomic(checkpoint(model, init, args, step, accuracy),
+                            os.path.join(args.out_dir, "best.pt"))
+        gpt.save_atomic(checkpoint(model, init, args, step, accuracy, optimizer),
+                        os.path.join(args.out_dir, "ckpt.pt"))
+        write_log(log, skills, args.out_dir)
+
+    row = dict(iter=0, train_s=0.0, elapsed_s=0.0)
+    better = evaluate(0, row)
+    log.append(row)
+    save(0, row.get("accuracy"), better)
+    stop = []  # Ctrl-C or SIGTERM: the step finishes, then all is saved (a second Ctrl-C: at once)
+
+    def handler(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving", flush=True)
+        stop.append(signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for step in range(1, args.max_iters + 1):
+            t0 = time.perf_counter()
+            picked = torch.randint(len(questions), (args.batch_size,), generator=picker).tolist()
+            reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
+                                                     tokenizer, template["end"], args, sampler)
+            step_s = time.perf_counter() - t0
+            train_s += step_s
+            minutes, seconds = divmod(round((args.max_iters - step) * train_s / step), 60)
+            print(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
+                  f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
+                  f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
+            row = dict(iter=step, reward=round(reward, 4), mixed=round(mixed / args.batch_size, 4),
+                       skipped=skipped, tokens_per_s=round(tokens / step_s), train_s=round(train_s, 2))
+            evaluating = step % args.eval_interval == 0 or step == args.max_iters
+            better = evaluate(step, row) if evaluating else False
+            row["elapsed_s"] = round(time.perf_counter() - started, 2)
+            log.append(row)
+            if evaluating or stop:
+                save(step, row.get("accuracy"), better)
+            if stop:
+                print(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured",
+                      flush=True)
+                return 128 + stop[0]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    measured = f": {best:.1f}% mean greedy accuracy" if held_out else ""
+    print(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
+          f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}",
+          flush=True)
+    return 0
+
+
+def eval_only(args, model, tokenizer, template, held_out):
+    """Greedy accuracy and pass@--samples per skill on --eval_data: the table the README shows."""
+    started = time.perf_counter()
+    greedy = greedy_accuracy(model, tokenizer, template, held_out, args.max_new_tokens)
+    sampled = pass_at_k(model, tokenizer, template, held_out, args.samples, args.temperature,
+                        args.max_new_tokens, torch.Generator().manual_seed(args.seed))
+    print(f"{args.init_from} on {args.eval_data}: {len(held_out)} questions, "
+          f"{time.perf_counter() - started:.0f}s")
+    print(f"{'skill':<10} {'greedy':>7} {f'pass@{args.samples}':>8}  (sampled at temperature "
+          f"{args.temperature})")
+    for skill in greedy:
+        print(f"{skill:<10} {greedy[skill]:6.1f}% {sampled[skill]:7.1f}%")
+    print(f"{'mean':<10} {mean(greedy):6.1f}% {mean(sampled):7.1f}%")
+    return 0
+
+
+# ------------------------------------------------------------ command line
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="rl.py", description="Make a chat model better at checkable "
+                                "questions: it tries answers, and keeps what scores.")
+    p.add_argument("--init_from", required=True, help="a chat model's best.pt or ckpt.pt to start from")
+    p.add_argument("--data", help="conversations to ask (.jsonl); each line's last answer is the reference")
+    p.add_argument("--out_dir", default="out_rl", help="for best.pt, ckpt.pt, log.csv (default out_rl)")
+    p.add_argument("--eval_data", help="held-out conversations: greedy accuracy per skill; best.pt by it")
+    p.add_argument("--max_iters", type=int, default=500, help="steps (default 500)")
+    p.add_argument("--batch_size", type=int, default=32, help="questions per step (default 32)")
+    p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
+    p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
+    p.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW's (default 1e-4)")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient's norm (default 1.0)")
+    p.add_argument("--max_new_tokens", type=int, default=32, help="the longest answer (default 32)")
+    p.add_argument("--eval_interval", type=int, default=50, help="steps between evals (default 50)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out_dir")
+    p.add_argument("--eval_only", action="store_true",
+                   help="only measure --init_from on --eval_data: greedy and pass@--samples per skill")
+    args = p.parse_args(argv)
+    for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
+    for name in ("temperature", "learning_rate", "grad_clip"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
+    if args.eval_only and not args.eval_data:
+        p.error("--eval_only needs --eval_data")
+    if not args.eval_only and not args.data:
+        p.error("--data is needed: the conversations to ask (for example chats/train.jsonl)")
+    threads = torch.get_num_threads()
+    try:
+        init = gpt.load_checkpoint(args.init_from, "fine-tune one on chats first (README: Teach it to "
+                                   "answer)")
+        if not init.get("chat"):
+            raise gpt.GPTError(f"{args.init_from} was never fine-tuned on conversations: it has no chat "
+                               "template, no end marker to stop at (README: Teach it to answer)")
+        device, _ = gpt.pick_device(args.device)
+        if device.type == "cpu":  # a tiny model's batches are too small to share out: on a busy CPU
+            torch.set_num_threads(1)  # threads wait for each other (a step 6x slower on a busy 2-core VM)
+        model, tokenizer = gpt.model_from(init, device), gpt.tokenizer_of(init)
+        template, block_size = init["chat"], model.config.block_size
+        held_out = []  # read before anything is written: a bad line leaves no half-made run behind
+        if args.eval_data:
+            held_out = read_questions(args.eval_data, tokenizer, template, block_size, args.max_new_tokens)
+        if args.eval_only:
+            return eval_only(args, model, tokenizer, template, held_out)
+        questions = read_questions(args.data, tokenizer, template, block_size, args.max_new_tokens)
+        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)
+        return train(args, init, model, tokenizer, questions, held_out, device)
+    except (gpt.GPTError, prepare.PrepareError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        torch.set_num_threads(threads)  # as they were, for a caller that goes on (the tests)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
