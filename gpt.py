@@ -5,12 +5,10 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
     torchrun --standalone --nproc_per_node 4 gpt.py   # nanoGPT's shakespeare_char (10.8M), 4 GPUs
 
-One story in the order a run happens, each name defined before it is used. The model is GPT-2,
-small, and: its tokens are the text's own characters; its GELU is exact, not tanh (from_gpt2.py's
-checkpoints ask for GPT-2's); AdamW's beta2 is 0.99, as small batches want. microgpt.py is the same
-in plain Python.
+One story in the order a run happens, each name defined before it is used: GPT-2, small, with the
+text's own characters as its tokens. microgpt.py is the same in plain Python.
 """
-import argparse, difflib, json, math, os, signal, sys, time
+import argparse, difflib, json, math, os, signal, sys, tempfile, time
 import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -23,14 +21,11 @@ import torch.distributed as dist  # torchrun only: several processes training on
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 # ------------------------------------------------------------ settings
-# n_layer: transformer blocks, one on top of the other. n_head: attention heads in each block.
-# n_embd: numbers that describe each token inside the model. dropout: the share of numbers zeroed at
-# random while training, so the model cannot lean on any one of them (0: none).
-# batch_size: text windows per optimizer step. max_iters: optimizer steps in the whole run.
-# eval_interval: steps between measurements of the loss (and checkpoints); eval_iters: batches each.
-# learning_rate: the largest step size, reached after warmup_iters steps; then it falls to min_lr.
-# tiny and small are tuned for the best text in about 2 and 10 minutes on a 2-core CPU; medium is
-# nanoGPT's shakespeare_char recipe, made for a GPU.
+# n_layer blocks of n_head attention heads; n_embd numbers describe each token inside the model;
+# dropout zeroes that share of them at random while training. batch_size: text windows per step;
+# eval_interval: steps between measurements of the loss (and checkpoints), of eval_iters batches.
+# The learning rate warms up to learning_rate, then falls to min_lr. tiny and small are tuned for
+# a 2-core CPU; medium is nanoGPT's shakespeare_char recipe, made for a GPU.
 PRESETS = dict(
     tiny=dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=16, max_iters=1500,
               eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4, warmup_iters=50),
@@ -59,18 +54,16 @@ def say(*args, **kwargs):  # under torchrun, process 0 speaks for all
         print(*args, **kwargs, flush=True)
 
 # ------------------------------------------------------------ the device and its precision
-def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):
-    # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD Zen 4) multiply bfloat16 natively:
-    # training steps 1.5-1.9x faster, measured. Elsewhere it is emulated, slower than float32.
-    if not os.path.exists(cpuinfo):  # not Linux: float32
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # emulated elsewhere, slower than float32
+    # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD Zen 4): steps 1.5-1.9x faster, measured
+    if not os.path.exists(cpuinfo):  # not Linux
         return False
     with open(cpuinfo, encoding="utf-8") as f:
         return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
 
 def pick_device(name="auto", dtype="auto"):
     """The device and its precision, decided once; the model reads its device from its inputs."""
-    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(),
-                     cpu=True)
+    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
     if name == "auto":
         name = next(d for d in available if available[d])
     if not available[name]:
@@ -121,11 +114,11 @@ class BPETokenizer:
         except ImportError:
             raise GPTError('tiktoken is not installed: pip install -e ".[bpe]"') from None
         ranks = {token.encode("latin-1"): i for i, token in enumerate(spec["tokens"])}
-        self.enc = tiktoken.Encoding(spec["name"], pat_str=spec["pattern"], mergeable_ranks=ranks,
-                                     special_tokens={"<|endoftext|>": len(ranks)})  # between texts
+        enc = tiktoken.Encoding(spec["name"], pat_str=spec["pattern"], mergeable_ranks=ranks,
+                                special_tokens={"<|endoftext|>": len(ranks)})  # between texts
         self.spec, self.vocab_size = spec, len(ranks) + 1
-        self.encode = self.enc.encode_ordinary  # "<|endoftext|>" typed in a text is just text
-        self.decode = self.enc.decode  # a character cut across tokens reads "\ufffd" until whole
+        self.encode = enc.encode_ordinary  # "<|endoftext|>" typed in a text is just text
+        self.decode = enc.decode  # a character cut across tokens reads "\ufffd" until whole
 
 def make_tokenizer(spec):  # from the plain data that checkpoints and prepared folders keep
     return CharTokenizer(spec["vocab"]) if spec["name"] == "char" else BPETokenizer(spec)
@@ -148,33 +141,28 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
                 urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path + ".tmp")
                 os.replace(path + ".tmp", path)  # whole or not at all
             except OSError as e:
-                raise GPTError(f"{path} not found and downloading it failed ({e}); put a UTF-8 "
-                               f"text file at {os.path.abspath(path)} or pass --data PATH") from None
+                raise GPTError(f"{path} not found and downloading it failed ({e}); pass --data PATH") from None
     if not os.path.isfile(path):
         raise GPTError(f"data file {path} not found (or not a file); pass --data PATH to a UTF-8 text file")
     with open(path, "rb") as f:
         raw = f.read()
-    if not raw:
-        raise GPTError(f"data file {path} is empty")
     try:
         text = raw.decode("utf-8")
         tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
         n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
-        splits = dict(train=np.array(tokenizer.encode(text[:n])),
-                      val=np.array(tokenizer.encode(text[n:])))
+        splits = dict(train=np.array(tokenizer.encode(text[:n]), dtype=np.int64),
+                      val=np.array(tokenizer.encode(text[n:]), dtype=np.int64))
     except UnicodeDecodeError as e:
         raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
                        f"{e.start})") from None
     except GPTError as e:  # a char model given a text with characters it never saw
         raise GPTError(f"data file {path}: {e}") from None
-    per_char = len(splits["val"]) / max(len(text) - n, 1)
-    return Data(tokenizer, splits, dict(train=None, val=None), per_char)
+    return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
 
 def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
     path = os.path.join(folder, name)
     if not os.path.isfile(path) or os.path.getsize(path) != count * np.dtype(dtype).itemsize:
-        raise GPTError(f"data folder {folder} is incomplete: its {name} is missing or cut short; "
-                       "prepare it again")
+        raise GPTError(f"data folder {folder} is incomplete: its {name} is missing or cut short; prepare it again")
     return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
 
 def read_folder(folder, tokenizer=None):
@@ -183,28 +171,26 @@ def read_folder(folder, tokenizer=None):
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
-        spec, dtype, chat = meta["tokenizer"], np.dtype(meta["dtype"]), meta.get("chat")
-        counts = dict(train=meta["train"]["tokens"], val=meta["val"]["tokens"])
-        data = Data(make_tokenizer(spec), {}, dict(train=None, val=None),
-                    counts["val"] / max(meta["val"]["characters"], 1), chat)
+        counts, dtype = dict(train=meta["train"]["tokens"], val=meta["val"]["tokens"]), np.dtype(meta["dtype"])
+        data = Data(make_tokenizer(meta["tokenizer"]), {}, dict(train=None, val=None),
+                    counts["val"] / max(meta["val"]["characters"], 1), meta.get("chat"))
     except (OSError, ValueError, LookupError, TypeError):  # missing, not JSON, not prepare.py's
         raise GPTError(f"data folder {folder} has no meta.json, or not one scripts/prepare.py wrote") from None
-    old = tokenizer.spec if tokenizer else spec  # a char model's vocabulary may grow (--init_from)
-    if old != spec and not (old["name"] == spec["name"] == "char" and spec["vocab"].startswith(old["vocab"])):
+    old, new = (tokenizer or data.tokenizer).spec, data.tokenizer.spec  # a char vocabulary may grow
+    if old != new and not (old["name"] == new["name"] == "char" and new["vocab"].startswith(old["vocab"])):
         raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
     for split, count in counts.items():
         data.splits[split] = mapped(folder, f"{split}.bin", dtype, count)
-        if chat:
+        if data.chat:
             data.masks[split] = mapped(folder, f"{split}_mask.bin", np.uint8, count)
     return data
 
 def load_data(path, block_size, tokenizer=None):  # --data: a text file or a prepared folder
     data = read_folder(path, tokenizer) if os.path.isdir(path) else read_text(path, tokenizer)
-    for split, tokens in data.splits.items():
+    for split, tokens in data.splits.items():  # (an empty file too)
         if len(tokens) < block_size + 1:
-            what = "folder" if os.path.isdir(path) else "file"
-            raise GPTError(f"data {what} {path} is too short: its {split} split has {len(tokens)} "
-                           f"tokens, fewer than block_size + 1 = {block_size + 1}")
+            raise GPTError(f"data {path} is too short: its {split} split has {len(tokens)} tokens, "
+                           f"fewer than block_size + 1 = {block_size + 1}")
     return data
 
 # ------------------------------------------------------------ batches
@@ -215,7 +201,7 @@ def get_batch(data, split, batch_size, block_size, generator):
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
     at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
     window = torch.from_numpy(tokens[at].astype(np.int64))  # of a memory map, only these are read
-    x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()  # contiguous: pinned as they are
+    x, y = window[:, :-1].contiguous(), window[:, 1:].clone()  # y a copy: masking it must not touch x
     if mask is not None:  # conversations: learn to answer, not to ask
         y[torch.from_numpy(mask[at[:, 1:]] == 0)] = -1  # the loss skips targets of -1
     return x, y
@@ -235,7 +221,7 @@ def my_share(x, y, grad_accum, device):
 # ------------------------------------------------------------ the model
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65  # distinct tokens; always set from the data (63 for shakespeare.txt)
+    vocab_size: int = 63  # distinct tokens; always set from the data (63 for shakespeare.txt)
     block_size: int = 256  # the longest context the model sees, in tokens (T at most)
     n_layer: int = 6
     n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
@@ -379,8 +365,9 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
     for i, (x, y) in enumerate(batches):
         # torchrun: DDP averages the processes' gradients in backward; once, after the last piece
         last = i == len(batches) - 1 or not isinstance(model, DDP)
-        with autocast, nullcontext() if last else model.no_sync():
-            loss = next_token_loss(model(x), y, reduction="sum") / n_targets
+        with nullcontext() if last else model.no_sync():
+            with autocast:
+                loss = next_token_loss(model(x), y, reduction="sum") / n_targets
             # The backward pass: every parameter's .grad, d(loss)/d(parameter). In float16 the
             # scaler multiplies the loss first, or small gradients would round to 0 (else: nothing).
             scaler.scale(loss).backward()
@@ -409,15 +396,19 @@ class Run:
     clock: float = field(default_factory=time.perf_counter)  # when the last eval ended (or start),
     clock_iter: int = 0  # and at which step: the speed is measured since then
 
+def check_finite(loss, what, cfg, run):  # before any save: no NaN is ever saved
+    if not math.isfinite(loss):
+        raise GPTError(f"{what} became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt keep "
+                       f"the last good state; lower --learning_rate (now {cfg.learning_rate})")
+
 @torch.no_grad()
 def evaluate(model, data, cfg, autocast, device, run):
     """Each split's mean loss over the same eval_iters batches every time (so two evals differ only
     by what the model learned), printed and logged; True when the val loss is the best yet."""
     model.eval()  # no dropout
-    losses = {}
+    losses = []
     for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(cfg.seed + 1)
-        total = torch.zeros(2, device=device)  # the summed loss, and how many targets
+        generator, total = torch.Generator().manual_seed(cfg.seed + 1), torch.zeros(2, device=device)
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data, split, cfg.batch_size, cfg.block_size, generator)
             for x, y in my_share(x, y, cfg.grad_accum, device):  # torchrun: each process a share
@@ -426,21 +417,19 @@ def evaluate(model, data, cfg, autocast, device, run):
                 total[1] += (y != -1).sum()  # the targets: a batch without any adds nothing
         if dist.is_initialized():
             dist.all_reduce(total)
-        losses[split] = (total[0] / total[1]).item()
+        losses.append((total[0] / total[1]).item())
     model.train()
-    if not math.isfinite(losses["val"]):  # checked before any save: no NaN is ever saved
-        raise GPTError(f"the val loss became {losses['val']} at step {run.iter}; {cfg.out_dir}/ckpt.pt and "
-                       f"best.pt keep the last good state; lower --learning_rate (now {cfg.learning_rate})")
-    train, val = losses["train"], losses["val"]
-    line = f"eval at step {run.iter}: train loss {train:.4f} | val loss {val:.4f}"
+    train_loss, val = losses
+    check_finite(val, "the val loss", cfg, run)
+    line = f"eval at step {run.iter}: train loss {train_loss:.4f} | val loss {val:.4f}"
     if data.per_char != 1:  # BPE: comparable with a char model
         line += f" ({val * data.per_char:.4f} per character)"
-    if data.masks["val"] is not None:
+    if data.chat:
         line += " (on the answers' tokens)"
     say(line)
     now = time.perf_counter()
     tokens_per_s = (run.iter - run.clock_iter) * cfg.batch_size * cfg.block_size / (now - run.clock)
-    run.log.append([run.iter, round(train, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
+    run.log.append([run.iter, round(train_loss, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
                     round(tokens_per_s), round(run.trained_s + now - run.start, 1)])
     run.clock, run.clock_iter = time.perf_counter(), run.iter  # the next stretch starts
     best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
@@ -499,19 +488,16 @@ def model_from(ckpt, device):  # a checkpoint's model, ready to sample
 def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
     for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
         if fresh and os.path.exists(path):
-            what = "unreadable"
             try:
                 c = load_checkpoint(path, "")
                 what = f"step {c['iter']}, best val loss {c['best_val_loss']:.4f}"
             except GPTError:
-                pass
+                what = "unreadable"
             raise GPTError(f"{out_dir} already holds a model ({what}); continue it with --resume, train "
                            "into another --out_dir, or replace it with --overwrite")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write_test{os.environ.get('RANK', '')}")
-        open(probe, "w").close()
-        os.remove(probe)
+        tempfile.TemporaryFile(dir=out_dir).close()  # writable?
     except OSError as e:
         raise GPTError(f"--out_dir {out_dir} is not a folder that can be written ({e.strerror})") from None
 
@@ -525,10 +511,8 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
         model.load_state_dict(weights)
     if not resume:
         return
-    if len(resume["model"]["transformer.wte.weight"]) != model.config.vocab_size:
-        raise GPTError(f"--resume: the data has {model.config.vocab_size} tokens, the model "
-                       f"{len(resume['model']['transformer.wte.weight'])}; a vocabulary grows with "
-                       "--init_from")
+    if len(resume["model"]["lm_head.weight"]) != model.config.vocab_size:
+        raise GPTError("--resume: the data brings new tokens; a vocabulary grows with --init_from")
     model.load_state_dict(resume["model"])
     optimizer.load_state_dict(resume["optimizer"])
     for group in optimizer.param_groups:  # this device's choice, not the saved run's (CPU -> GPU)
@@ -550,13 +534,11 @@ def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays of
 def fast_model(model, compiling, device, data, cfg, autocast):
     """What the loop calls: under torchrun the model in DDP, which averages the processes'
     gradients in backward; compiled (faster kernels after a minute of compiling) if a trial works."""
-    fast = model
-    if dist.is_initialized():
-        fast = DDP(model)
+    fast = DDP(model) if dist.is_initialized() else model
     if not compiling:
         return fast
+    torch._dynamo.reset()  # a second model in one process (a notebook, bench.py) starts afresh
     try:
-        torch._dynamo.reset()  # a second model in one process (a notebook, bench.py) starts afresh
         if isinstance(fast, DDP):  # compiled inside DDP, it is split at DDP's buckets: sharing
             fast.module = torch.compile(model)  # gradients overlaps backward (not so around DDP)
         else:
@@ -564,7 +546,8 @@ def fast_model(model, compiling, device, data, cfg, autocast):
         x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, None)  # a trial step
         x, y = my_share(x, y, cfg.grad_accum, device)[0]
         with autocast:
-            next_token_loss(fast(x), y).backward()
+            loss = next_token_loss(fast(x), y)
+        loss.backward()
     except Exception as e:
         say(f"warning: torch.compile failed, training without it: {str(e).splitlines()[0][:200]}")
         if isinstance(fast, DDP):
@@ -603,24 +586,18 @@ def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops
     if dist.is_initialized():  # each process's loss: world_size x its share of the mean (train_step)
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
-    loss = loss.item()
-    if not math.isfinite(loss):  # checked before any save: no NaN is ever saved
-        raise GPTError(f"loss became {loss} at step {run.iter}; {cfg.out_dir}/ckpt.pt and best.pt "
-                       f"keep the last good state; lower --learning_rate (now {cfg.learning_rate})")
+    check_finite(loss.item(), "loss", cfg, run)
     step_s = (time.perf_counter() - run.clock) / max(run.iter - run.clock_iter, 1)
     minutes, seconds = divmod(round((cfg.max_iters - run.iter) * step_s), 60)
-    tokens_per_s = cfg.batch_size * cfg.block_size / step_s
-    say(f"step {run.iter} / {cfg.max_iters} | loss {loss:.4f} | {step_s * 1000:.0f} ms/step | "
-        f"{tokens_per_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
+    say(f"step {run.iter} / {cfg.max_iters} | loss {loss.item():.4f} | {step_s * 1000:.0f} ms/step | "
+        f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
 
 def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, at the start
-    where = device.type
-    if world_size > 1:
-        where += f" x {world_size} processes"
+    where = f"{device.type} x {world_size} processes" if world_size > 1 else device.type
     size = sum(p.numel() for p in model.parameters()) / 1e6
     say(f"device {where} | dtype {str(dtype).removeprefix('torch.')} | compile {'on' if compiling else 'off'} | "
-        f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train "
-        f"{len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
+        f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
+        f"val {len(data.splits['val']):,} tokens")
 
 def train(cfg, resume=None, init=None):
     """Train per cfg (the flags). resume: a loaded ckpt.pt to go on from; init: a loaded checkpoint
@@ -632,8 +609,7 @@ def train(cfg, resume=None, init=None):
     cfg.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: alike in every process
-    config = GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)
-    model = GPT(config).to(device)
+    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
     optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
     say_what_runs(device, world_size, dtype, compiling, model, data)
     autocast, scaler = mixed_precision(device, dtype)
@@ -669,14 +645,13 @@ def train(cfg, resume=None, init=None):
         say(f"talk to it: python scripts/chat.py --out_dir {cfg.out_dir}")
     elif rank == 0:
         say("A taste of it:")
-        taste = dict(max_new_tokens=300, num_samples=1, prompt="", verbose=False)
-        return sample(argparse.Namespace(**{**vars(cfg), **taste}))
+        return sample(argparse.Namespace(**{**vars(cfg), "max_new_tokens": 300, "num_samples": 1,
+                                            "prompt": "", "verbose": False}))
     return 0
 
 # ------------------------------------------------------------ sampling
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
-             use_cache=True):
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
     """Yield max_new_tokens ids (B, 1) after idx (B, T), with the probabilities they were drawn from
     (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
     block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
@@ -705,8 +680,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
             next_id = torch.multinomial(probs, num_samples=1, generator=generator).to(idx.device)
         idx = torch.cat([idx, next_id], dim=1)  # the drawn token joins the context
         yield next_id, probs
-
-
 
 def sample(cfg):
     """--sample: text from best.pt on stdout, the rest on stderr (so `> poem.txt` keeps the poem).
@@ -761,24 +734,20 @@ def usage_error(message):  # one line, exit 2
 def parse_args(argv):
     """Each setting is a flag, --name value or --name=value, of its default's type; the switches
     --sample, --resume, --overwrite and --verbose need no value, nor does --compile."""
-    about = ("Train a GPT, or --sample from it. In brackets: each flag's default, or tiny/small/"
-             "medium's. gpt.py's settings say what each means.")
-    p = argparse.ArgumentParser(prog="gpt.py", description=about, allow_abbrev=False,
-                                argument_default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="gpt.py", allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                                description="Train a GPT, or --sample from it. In brackets: each flag's "
+                                            "default, or tiny/small/medium's.")
     p.error = usage_error  # one line, not argparse's usage
     for name in ("sample", "resume", "overwrite", "verbose"):
         p.add_argument(f"--{name}", action="store_true", default=False)
     p.add_argument("--compile", type=boolean, nargs="?", const=True, help="(on for CUDA on Linux)")
+    choices = dict(config=PRESETS, device=("auto", "cpu", "cuda", "mps"), gelu=("exact", "tanh"),
+                   dtype=("auto", "float32", "bfloat16", "float16"))
     known = {**PRESETS["medium"], **DEFAULTS}
-    for name, default in known.items():
-        shown = default
-        if name in PRESETS["tiny"]:
-            shown = "/".join(str(c[name]) for c in PRESETS.values())
-        if name != "compile":
-            kind = dict(top_k=int, lr_decay_iters=int).get(name, type(default))  # None's: ints
-            choices = dict(config=PRESETS, device=("auto", "cpu", "cuda", "mps"), gelu=("exact", "tanh"),
-                           dtype=("auto", "float32", "bfloat16", "float16"))
-            p.add_argument(f"--{name}", type=kind, choices=choices.get(name), help=f"({shown})")
+    shown = {**known, **{k: "/".join(str(c[k]) for c in PRESETS.values()) for k in PRESETS["tiny"]}}
+    for name in [k for k in known if k != "compile"]:
+        kind = dict(top_k=int, lr_decay_iters=int).get(name, type(known[name]))  # None's: ints
+        p.add_argument(f"--{name}", type=kind, choices=choices.get(name), help=f"({shown[name]})")
     given = argparse.Namespace()
     if "--prompt" in argv[:-1]:  # a prompt may start with "-": it goes around argparse
         at = argv.index("--prompt")
