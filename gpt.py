@@ -241,7 +241,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None):  # cache: only while sampling (see generate); skip it at first
         B, T, C = x.size()  # batch, time (positions), channels
         # Each token asks a query (what am I looking for?), offers a key (what do I hold?) and a
-        # value (what I pass on if chosen). Heads move next to the batch: each attends on its own.
+        # value (what I pass on if chosen). Each head takes hs of the C numbers: with nh beside B,
+        # one matmul serves all heads.
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -256,7 +257,7 @@ class CausalSelfAttention(nn.Module):
             # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
             causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
         if self.by_hand:  # for reading, and for looking inside (scripts/serve.py)
-            # how well each query matches each key; / sqrt(hs) keeps scores near 1 whatever hs is
+            # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
             # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
             att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
             att = att.masked_fill(~causal, float("-inf"))  # no looking ahead
@@ -316,7 +317,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-    def forward(self, idx, cache=None):
+    def forward(self, idx, cache=None):  # idx: (B, T) token ids -> logits (B, T, vocab_size)
         B, T = idx.size()
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
@@ -357,8 +358,8 @@ def get_lr(it, cfg):
 
 # ------------------------------------------------------------ one training step
 def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_targets):
-    """One optimizer step on this process's micro-batches [(x, y), ...]. Its loss is the mean over all
-    the step's targets: each piece adds its sum over n_targets (the count, per process)."""
+    """One optimizer step on this process's pieces [(x, y), ...]. Its loss is the mean over all
+    the step's targets: each piece adds its summed loss / n_targets (the count / processes)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
@@ -459,7 +460,7 @@ def save_checkpoint(model, optimizer, scaler, batch_generator, data, cfg, run, b
         f.writelines(",".join(map(str, row)) + "\n" for row in run.log)
     os.replace(path + ".tmp", path)
 
-def load_checkpoint(path, what_to_do):  # weights_only: a stranger's checkpoint runs no code
+def load_checkpoint(path, what_to_do):  # weights_only: tensors and data, a stranger's file runs no code
     if not os.path.exists(path):
         raise GPTError(f"no checkpoint at {path}; {what_to_do}")
     try:
@@ -613,18 +614,18 @@ def train(cfg, resume=None, init=None):
     optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
     say_what_runs(device, world_size, dtype, compiling, model, data)
     autocast, scaler = mixed_precision(device, dtype)
-    fast = fast_model(model, compiling, device, data, cfg, autocast)  # what the steps run
+    fast = fast_model(model, compiling, device, data, cfg, autocast)  # model, compiled or in DDP
     restore(model, optimizer, scaler, batch_generator, run, resume, init)
-    checkpoint = (model, optimizer, scaler, batch_generator, data, cfg, run)  # what is saved
+    to_save = (model, optimizer, scaler, batch_generator, data, cfg, run)  # evaluate, save: model
     if not resume:  # a fresh model scores about ln(vocab_size)
         best = evaluate(model, data, cfg, autocast, device, run)
         if rank == 0:
-            save_checkpoint(*checkpoint, best)
+            save_checkpoint(*to_save, best)
     with stop_signals() as stop_requested:  # from here on, Ctrl-C saves before it stops
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, batch_generator)
-            n_targets = max((y != -1).sum().item(), 1) / world_size  # per process: DDP averages
+            n_targets = max((y != -1).sum().item(), 1) / world_size  # DDP averages: each its share
             batches = my_share(x, y, cfg.grad_accum, device)
             loss = train_step(fast, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, n_targets)
             run.iter = it + 1
@@ -636,7 +637,7 @@ def train(cfg, resume=None, init=None):
             if evaluating:
                 best = evaluate(model, data, cfg, autocast, device, run)
             if (evaluating or stop) and rank == 0:
-                save_checkpoint(*checkpoint, best)
+                save_checkpoint(*to_save, best)
             if stop:
                 say(f"saved {cfg.out_dir}/ckpt.pt at step {run.iter}; go on with --resume")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
