@@ -389,10 +389,14 @@ def test_eval_chat_counts_questions_a_char_model_cannot_read_as_wrong_and_says_h
     (None, "no checkpoint at"),
     ([GOOD, '{"text": "a story"}'], "test.jsonl, line 2: not a conversation"),
     ([GOOD, chat(("user", "hi"), ("assistant", "yo"), ("user", "?"))], "test.jsonl, line 2: the last turn is not"),
-    ([chat(("user", "hi"), ("robot", "yo"))], "test.jsonl, line 1, message 2: unknown role")])
+    ([chat(("user", "hi"), ("robot", "yo"))], "test.jsonl, line 1, message 2: unknown role"),
+    ("a folder", "test.jsonl not found (or not a file)")])
 def test_eval_chat_bad_input_is_one_line_and_exit_1(tmp_path, capsys, lines, expected):
     if lines is not None:  # None: not even a checkpoint
         checkpoint(tmp_path / "run" / "best.pt")
+    if lines == "a folder":
+        (tmp_path / "test.jsonl").mkdir()
+    elif lines is not None:
         write_lines(tmp_path / "test.jsonl", lines)
     assert eval_chat.main([str(tmp_path / "run"), str(tmp_path / "test.jsonl"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()

@@ -26,17 +26,16 @@ import prepare  # noqa: E402  scripts/prepare.py: the chat template, and the che
 SHOWN = 5  # wrong answers printed
 
 
-def read_tests(path):
-    """(skill, turns) for every conversation of the file; its last turn, the assistant's, is the answer
-    expected."""
-    tests = []
+def conversations(path):
+    """(where, record, turns) for every conversation of a .jsonl file; a line that is not one is named."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
-    except FileNotFoundError:
-        raise prepare.PrepareError(f"{path} not found") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise prepare.PrepareError(f"{path} not found (or not a file)") from None
     except UnicodeDecodeError:
         raise prepare.PrepareError(f"{path} is not UTF-8 text") from None
+    found = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -48,13 +47,21 @@ def read_tests(path):
         if not isinstance(record, dict) or not {"messages", "prompt", "completion"} & record.keys():
             raise prepare.PrepareError(f'{where}: not a conversation ({{"messages": [...]}} or '
                                        '{"prompt": ..., "completion": ...})')
-        turns = prepare.conversation(record, where)
+        found.append((where, record, prepare.conversation(record, where)))  # names "no assistant turn"
+    if not found:
+        raise prepare.PrepareError(f"{path} holds no conversations")
+    return found
+
+
+def read_tests(path):
+    """(skill, turns) for every conversation of the file; its last turn, the assistant's, is the answer
+    expected."""
+    tests = []
+    for where, record, turns in conversations(path):
         if turns[-1]["role"] != "assistant":
             raise prepare.PrepareError(f"{where}: the last turn is not the assistant's: no answer to "
                                        "compare with")
         tests.append((str(record.get("skill", "(none)")), turns))
-    if not tests:
-        raise prepare.PrepareError(f"{path} holds no conversations")
     return tests
 
 

@@ -24,7 +24,6 @@ log.csv are gpt.py's formats: gpt.py --sample, scripts/chat.py, serve.py and eva
 """
 import argparse
 import csv
-import json
 import math
 import os
 import signal
@@ -65,26 +64,8 @@ def prompt_ids(tokenizer, template, turns, block_size):
 
 def read_questions(path, tokenizer, template, block_size, max_new_tokens):
     """Every line of a .jsonl file of conversations as a Question; a line that cannot be one is named."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except (FileNotFoundError, IsADirectoryError):
-        raise prepare.PrepareError(f"{path} is not a file") from None
-    except UnicodeDecodeError:
-        raise prepare.PrepareError(f"{path} is not UTF-8 text") from None
     questions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not {"messages", "prompt", "completion"} & record.keys():
-            raise prepare.PrepareError(f'{where}: not a conversation ({{"messages": [...]}} or '
-                                       '{"prompt": ..., "completion": ...})')
-        turns = prepare.conversation(record, where)  # names "no assistant turn", a bad role, ...
+    for where, record, turns in eval_chat.conversations(path):  # each line a conversation, or named
         last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
         turns, answer = turns[:last + 1], turns[last]["content"].strip()
         try:
@@ -104,8 +85,6 @@ def read_questions(path, tokenizer, template, block_size, max_new_tokens):
                                        f"--max_new_tokens {max_new_tokens} it does not fit the model's "
                                        f"block_size {block_size}")
         questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt))
-    if not questions:
-        raise prepare.PrepareError(f"{path} holds no conversations")
     return questions
 
 
