@@ -788,8 +788,8 @@ def settings(args):
     if cfg.batch_size % (world_size * cfg.grad_accum):
         usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
                     f"--grad_accum {cfg.grad_accum}: every micro-batch must have one size")
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS[:-1]  # (--init_from may
-               if k in saved and saved[k] != getattr(cfg, k)]  # grow vocab_size)
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS  # the data sets vocab_size
+               if k in saved and saved[k] != getattr(cfg, k)]  # later (--init_from may grow it)
     if changed:
         raise GPTError(f"--resume or --init_from: the flags or --config change the model "
                        f"({', '.join(changed)}); drop them, or train anew in another --out_dir")
