@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import random
 import signal
 import sys
 
@@ -22,6 +23,7 @@ import gpt
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
 from chat import chat_reply  # noqa: E402  scripts/chat.py
+import make_chats  # noqa: E402  scripts/make_chats.py: fresh questions to learn from
 import rl  # noqa: E402  scripts/rl.py
 
 VOCAB = "\nAUab|"
@@ -132,6 +134,44 @@ def test_a_group_whose_answers_all_score_alike_is_skipped_and_counted(tmp_path, 
     assert unchanged == skipped
 
 
+def test_an_anchor_mixes_in_its_reference_answers_loss_even_where_every_group_is_skipped(tmp_path,
+                                                                                        monkeypatch):
+    path, questions_file = toy(tmp_path)
+    ckpt, model, tokenizer = loaded(path)
+    questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2) * 3
+    monkeypatch.setattr(rl, "sample_answers", lambda model, tokenizer, end, prompts, *rest:
+                        [[tokenizer.encode("b|")] * 4 for _ in prompts])  # all wrong: no reward to learn from
+    x, y, _ = rl.policy_batch(questions[0].prompt, [tokenizer.encode("a|")], [0.0], torch.device("cpu"))
+    def log_p_reference():  # of "a|", the reference and its end marker
+        with torch.no_grad():
+            return -gpt.next_token_loss(model(x), y, reduction="sum").item()
+    before = log_p_reference()
+    assert rl.reference_loss(model, questions, tokenizer, "|", torch.device("cpu")).item() == \
+        pytest.approx(-before, rel=1e-5)  # summed over the answer's tokens, averaged over the questions
+    optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=1e-2, weight_decay=0.0),
+                                   torch.device("cpu"))
+    args = argparse.Namespace(samples=4, temperature=1.0, max_new_tokens=2, learning_rate=1e-2,
+                              grad_clip=1.0, sft_weight=1.0)
+    for _ in range(5):  # --sft_data's conversations: here the same question
+        step = rl.rl_step(model, optimizer, questions, tokenizer, "|", args, None, questions[:2])
+        assert step[1:3] == (0, 3)
+    assert log_p_reference() > before + 0.1
+
+
+def test_sft_data_is_read_checked_and_used_by_a_run(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    run = ["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "2", *TOY_RUN]
+    assert rl.main([*run, "--sft_data", questions_file, "--sft_weight", "0.5"]) == 0
+    assert "questions.jsonl x 0.5 mixed in" in capsys.readouterr().out
+    bad = write_lines(tmp_path / "anchor.jsonl", [GOOD, chat(("user", "b"), ("assistant", "z"))])
+    assert rl.main([*run, "--overwrite", "--sft_data", bad, "--sft_weight", "0.5"]) == 1
+    assert "anchor.jsonl, line 2: the answer 'z' cannot be written" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        rl.main([*run, "--overwrite", "--sft_data", questions_file])  # no weight
+    assert usage.value.code == 2 and "go together" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- learning, end to end
 def test_a_few_steps_teach_the_toy_model_its_answer(tmp_path):
     path, questions_file = toy(tmp_path)
@@ -207,3 +247,92 @@ def test_a_model_never_fine_tuned_on_chats_is_refused_in_one_line(tmp_path, caps
     gpt.save_atomic({**ckpt, "chat": None}, path)
     assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out")]) == 1
     assert "never fine-tuned on conversations" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the learning rate
+def test_min_lr_makes_the_learning_rate_fall_in_a_straight_line_to_it_at_the_last_step(tmp_path,
+                                                                                       monkeypatch):
+    path, questions_file = toy(tmp_path)
+    used, step = [], rl.rl_step
+    def recorded(model, optimizer, *rest):  # what AdamW steps with, not what the log says
+        used.append([group["lr"] for group in optimizer.param_groups])
+        return step(model, optimizer, *rest)
+    monkeypatch.setattr(rl, "rl_step", recorded)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "5",
+                    *TOY_RUN, "--min_lr", "2e-3"]) == 0  # TOY_RUN's learning rate: 1e-2
+    expected = [1e-2, 8e-3, 6e-3, 4e-3, 2e-3]
+    assert [lrs for lrs in used] == [[pytest.approx(lr)] * 2 for lr in expected]
+    assert [float(row["lr"]) for row in read_log(out)[1:]] == pytest.approx(expected)
+    used.clear()
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "3",
+                    *TOY_RUN, "--overwrite"]) == 0  # without --min_lr: constant
+    assert used == [[1e-2, 1e-2]] * 3
+
+
+@pytest.mark.parametrize("flag, value", [("--min_lr", "2e-2"), ("--min_lr", "-1e-3"), ("--min_lr", "nan"),
+                                         ("--sft_weight", "-1"), ("--sft_weight", "nan")])
+def test_a_min_lr_above_the_learning_rate_or_below_0_or_a_negative_sft_weight_is_a_usage_error(
+        tmp_path, capsys, flag, value):
+    path, questions_file = toy(tmp_path)
+    with pytest.raises(SystemExit) as usage:
+        rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
+                 *TOY_RUN, flag, value])
+    assert usage.value.code == 2 and flag in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fresh questions to learn from
+def asked(path):
+    """The question of every user turn of a make_chats.py file, as make_chats.key gives it."""
+    keys = set()
+    for line in open(path, encoding="utf-8"):
+        for turn in json.loads(line)["messages"]:
+            if turn["role"] == "user":
+                keys.add(make_chats.question_of(turn["content"]))
+    assert None not in keys  # every question is read back
+    return keys
+
+
+def test_make_chats_reads_back_the_question_of_every_wording():
+    rng = random.Random(0)
+    questions = make_chats.all_questions(rng)
+    for skill in make_chats.SKILLS:
+        for question in questions[skill][:50]:
+            for _ in range(10):  # the wordings, and both orders of the numbers
+                text = make_chats.ask(skill, question, rng)[0]["content"]
+                assert make_chats.question_of(text) == make_chats.key(skill, question), text
+    assert make_chats.question_of("What is the capital of France?") is None
+
+
+def test_fresh_words_and_exclude_give_questions_the_chat_model_was_never_tested_on(tmp_path):
+    chats, fresh = tmp_path / "chats", tmp_path / "chats_rl"
+    assert make_chats.main(["--out", str(chats), "--train", "400", "--test", "400"]) == 0
+    assert make_chats.main(["--out", str(fresh), "--seed", "1", "--train", "8000", "--test", "400",
+                            "--fresh_words", "--exclude", str(chats / "test.jsonl")]) == 0
+    assert not set(make_chats.FRESH_WORDS) & set(make_chats.WORDS)
+    tested = asked(chats / "test.jsonl")
+    for name in "train.jsonl", "test.jsonl":
+        keys = asked(fresh / name)
+        assert not keys & tested  # 2,000 sums of ~4,000 pairs: without --exclude ~50 of the 100 tested
+        assert {k[0] for k in keys} == set(make_chats.SKILLS)
+        assert {k[1] for k in keys if k[0] in ("count", "reverse")} <= set(make_chats.FRESH_WORDS)
+    assert not asked(fresh / "train.jsonl") & asked(fresh / "test.jsonl")  # its test: a validation set
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (['{"messages": [{"role": "user", "content": "What is 12 + 30?"}]}', "not json"],
+     "x.jsonl, line 2: not a"),
+    (['{"messages": [{"role": "user", "content": "Hi there"}]}'], "x.jsonl, line 1: its last question is"),
+    (['{"text": "What is 12 + 30?"}'], "x.jsonl, line 1: not a conversation"),
+    (None, "--exclude "),
+])
+def test_a_bad_file_to_exclude_is_one_line_naming_it_and_its_line_and_nothing_is_written(tmp_path, capsys,
+                                                                                        lines, expected):
+    bad = tmp_path / "x.jsonl"
+    if lines is not None:
+        write_lines(bad, lines)
+    out = tmp_path / "out"
+    assert make_chats.main(["--out", str(out), "--train", "40", "--test", "40", "--exclude", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -20,6 +20,14 @@ opens with a system turn. A question is its skill and its numbers (in either ord
 letter, whatever the wording: no question of the test file is in the train file, so the test measures
 what the model learned, not what it memorised.
 
+Questions a model never fine-tuned on, to learn from reward (scripts/rl.py), held out from chats/:
+
+    python scripts/make_chats.py --out chats_rl --seed 1 --fresh_words --exclude chats/test.jsonl
+
+--fresh_words counts letters in and spells backwards another 911 words, none in the default list;
+--exclude leaves out every question of a file (add and max have no others: their ~4,000 pairs of
+2-digit numbers are all in chats/, train or test). Its test.jsonl is then a validation set.
+
 The default sizes: 20,000 train conversations, 5,000 a skill, 1.1 million characters once rendered.
 Each of the ~4,000 pairs of 2-digit numbers left for training is added, and compared, about once; each
 of the 336 words left is spelled backwards about 15 times, and each of its letters counted about 5
@@ -31,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 
 SKILLS = ("add", "count", "reverse", "max")
@@ -85,14 +94,74 @@ queen king prince princess knight dragon giant fairy pirate sailor soldier
 breeze feather flame frost harbor jungle marble needle rainbow seed shell silk thread violet wheat wool
 """.split()
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# More words, none of them in WORDS: --fresh_words asks count and reverse about these instead, so a model
+# fine-tuned on the default files has never seen the questions (scripts/rl.py learns from them).
+FRESH_WORDS = """
+apricot avocado berry lime kiwi fig date olive almond peanut walnut chestnut raisin prune nectarine
+tangerine lettuce spinach celery radish turnip pea bean corn broccoli mushroom parsley ginger cinnamon
+vanilla mustard vinegar ketchup sauce gravy toast bagel muffin biscuit cracker pretzel popcorn waffle
+omelet yogurt cream custard pudding pie tart donut cereal oatmeal porridge steak bacon sausage ham turkey
+salmon tuna shrimp lobster oyster juice lemonade soda tea cocoa wine beer feast meal snack picnic recipe
+oven stove sink fridge freezer cupboard drawer shelf closet attic cellar basement hallway stairs porch
+balcony fence gate yard lawn hedge barn shed cabin cottage tent igloo apartment building temple museum
+theater stadium airport station harbour factory prison hospital pharmacy bakery butcher grocery cinema
+circus zoo park playground fountain statue monument desk sofa couch bed mattress lamp clock curtain rug
+towel soap sponge brush comb razor kettle teapot pan pot jar jug tray napkin scissors tape glue paint
+crayon marker eraser ruler notebook folder envelope stamp parcel box crate barrel sack bag purse wallet
+suitcase trunk key lock chain rope string cable wire pipe hose nail screw bolt wrench shovel rake axe saw
+drill chisel anvil lever pulley gear piston valve motor battery bulb switch socket plug fan heater cooler
+brain lung liver stomach bone skin blood muscle nerve thumb wrist ankle toe heel chin cheek lip tongue
+throat neck chest belly back hip waist forehead eyebrow eyelash beard hat cap scarf glove sock shoe boot
+sandal shirt skirt dress coat sweater vest belt tie collar sleeve apron gown cloak hood helmet crown ring
+necklace bracelet earring jewel diamond pearl ruby emerald sapphire crystal gold iron copper bronze steel
+tin lead zinc nickel granite clay brick concrete timber plank lizard toad newt salamander tortoise hamster
+gerbil ferret otter beaver badger fox deer moose elk reindeer buffalo bison goat pig cow bull calf lamb
+pony mule hippo rhino gorilla chimp leopard cheetah jaguar panther hyena jackal raccoon skunk squid
+octopus crab shark seal walrus penguin pelican flamingo swan crane heron stork pigeon sparrow robin crow
+raven hawk falcon vulture peacock ostrich hen rooster chick moth wasp bee hornet ant flea tick worm snail
+slug jellyfish starfish coral comet galaxy universe meteor orbit gravity volcano glacier canyon cliff cave
+swamp marsh pond stream creek brook waterfall tide wave current bay coast shore reef lagoon plain prairie
+field farm ranch vineyard grove pine oak maple willow birch cedar elm palm bamboo cactus fern moss ivy
+vine rose tulip daisy lily orchid poppy lotus sunflower dandelion clover thistle weed root branch twig
+bark petal blossom thorn acorn cone pollen nectar lightning hail fog mist dew drizzle blizzard tornado
+hurricane sunshine sunset sunrise dawn dusk noon midnight season month week weekend hour minute second
+moment century decade january february march april june july august september october november december
+monday tuesday wednesday thursday friday saturday sunday one two three four five six seven eight nine ten
+eleven twelve twenty thirty forty fifty hundred thousand million first last next early late soon often
+never always again almost already amber crimson scarlet maroon navy indigo lavender beige ivory teal
+turquoise bright dark light heavy soft hard smooth rough sharp dull wet dry clean dirty empty full rich
+poor cheap expensive easy difficult great tiny huge wide narrow deep thin thick round flat sweet sour
+bitter salty spicy fresh rotten ripe raw proud shy calm wild lazy busy eager honest polite rude silly wise
+foolish lucky famous ready sleepy hungry thirsty tired sick healthy alive dead awake asleep climb crawl
+fly float dive ride drive sail row skate ski hike cook bake boil fry roast chop slice stir mix pour spill
+fill wash sweep scrub polish fold build break fix mend cut paste draw sketch color carve sew knit weave
+open close push pull lift drop throw catch kick hit swing shake spin twist bend stretch buy sell pay spend
+save earn lend owe count weigh guess solve explain describe remember forget imagine believe hope wish
+decide choose prefer enjoy hate love like miss arrive leave enter return visit stay wait rest relax worry
+shout yell scream giggle cry sob sigh sneeze cough yawn snore breathe blink wink nod agree argue promise
+invite thank greet emperor duke baron lord lady servant slave merchant trader banker lawyer judge police
+sheriff captain general major colonel sergeant guard warrior hunter fisher miner builder carpenter plumber
+mechanic engineer scientist chemist inventor explorer astronaut tailor cobbler barber waiter chef butler
+maid clerk secretary manager boss worker neighbor stranger guest host visitor tourist traveler passenger
+uncle aunt cousin nephew niece grandson grandma grandpa husband wife son daughter twin orphan hero villain
+thief robber spy ghost witch goblin troll elf dwarf ogre unicorn mermaid vampire zombie language alphabet
+sentence paragraph chapter novel poem poetry verse rhyme riddle joke fable legend myth grammar spelling
+vowel consonant syllable noun verb adjective math algebra geometry physics chemistry biology geography art
+drama addition subtraction fraction decimal percent angle line point curve shape cube sphere cylinder
+pyramid rectangle oval army battle war peace victory defeat flag sword shield spear bow cannon pistol
+rifle bullet bomb voyage trip tour quest mission errand chore task job career hobby sport soccer baseball
+football basketball hockey golf boxing chess cards dice marbles jigsaw toy teddy happiness sadness anger
+fear joy trust courage honor pride shame guilt envy greed luck chance fate fortune danger safety freedom
+justice truth wisdom knowledge memory silence noise sound voice echo whistle bell horn siren alarm
+""".split()
 
 
-def all_questions(rng):
+def all_questions(rng, words=WORDS):
     """Every question each skill can ask, as the values its wordings take: a question is these values,
     in any wording (and for add and max, in either order)."""
     numbers = range(10, 100)
     counts = []  # each word with the letters it has twice or more, one it has once, one it lacks
-    for word in WORDS:
+    for word in words:
         once = [c for c in sorted(set(word)) if word.count(c) == 1]
         counts += [dict(word=word, letter=c) for c in sorted(set(word)) if word.count(c) > 1]
         if once:
@@ -100,8 +169,62 @@ def all_questions(rng):
         counts.append(dict(word=word, letter=rng.choice([c for c in LETTERS if c not in word])))
     return {"add": [dict(a=a, b=b) for a in numbers for b in numbers if a <= b],
             "count": counts,
-            "reverse": [dict(word=word) for word in WORDS],
+            "reverse": [dict(word=word) for word in words],
             "max": [dict(a=a, b=b) for a in numbers for b in numbers if a < b]}
+
+
+def key(skill, question):
+    """What a question asks, whatever its wording and the order of its numbers."""
+    if skill in ("add", "max"):
+        return skill, min(question["a"], question["b"]), max(question["a"], question["b"])
+    if skill == "count":
+        return skill, question["word"], question["letter"]
+    return skill, question["word"]
+
+
+def question_of(text):
+    """The question a user turn of these files asks, as key() gives it; None if it is in no wording."""
+    for skill in SKILLS:
+        for wording in WORDINGS[skill]:
+            pattern = re.escape(wording)
+            for name, values in ("a", r"\d+"), ("b", r"\d+"), ("word", "[a-z]+"), ("letter", "[a-z]"):
+                pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{values})")
+            found = re.fullmatch(pattern, text.strip())
+            if found:
+                values = found.groupdict()
+                for name in ("a", "b"):
+                    if name in values:
+                        values[name] = int(values[name])
+                return key(skill, values)
+    return None
+
+
+class ChatsError(Exception):
+    """A file to --exclude that is not one these skills wrote: one line naming the file and line."""
+
+
+def excluded(path):
+    """The keys of every question a .jsonl file of these conversations asks, in any of its rounds. A line
+    whose last question is not one of these skills' is named: a wrong file must not exclude nothing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChatsError(f"--exclude {path}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+    keys = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            asked = [turn["content"] for turn in record["messages"] if turn["role"] == "user"]
+        except (ValueError, TypeError, KeyError):
+            raise ChatsError(f"{path}, line {number}: not a conversation ({{\"messages\": [...]}})") from None
+        found = [question_of(text) for text in asked if isinstance(text, str)]
+        if not found or found[-1] is None:
+            raise ChatsError(f"{path}, line {number}: its last question is none of make_chats.py's skills")
+        keys.update(k for k in found if k is not None)
+    return keys
 
 
 def answer(skill, question):
@@ -161,15 +284,28 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
     p.add_argument("--train", type=int, default=20_000, help="train conversations (default 20,000)")
     p.add_argument("--test", type=int, default=400, help="held-out conversations (default 400)")
+    p.add_argument("--fresh_words", action="store_true", help="count and reverse ask about another "
+                   f"{len(FRESH_WORDS)} words, none in the default list: questions the README's chat model "
+                   "never saw (add and max keep their numbers: use --exclude)")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE", help="leave out every "
+                   "question of this .jsonl (for example chats/test.jsonl), in train and test; repeatable")
     args = p.parse_args(argv)
     for name in ("train", "test"):
         if getattr(args, name) < 1:
             p.error(f"--{name} {getattr(args, name)}: must be at least 1")
     rng = random.Random(args.seed)
-    questions = all_questions(rng)
+    questions = all_questions(rng, FRESH_WORDS if args.fresh_words else WORDS)
+    try:
+        left_out = set().union(*map(excluded, args.exclude))
+    except ChatsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    questions = {skill: [q for q in asked if key(skill, q) not in left_out]
+                 for skill, asked in questions.items()}
     most = min(len(asked) for asked in questions.values()) // 2 * len(SKILLS)
     if args.test > most:
-        p.error(f"--test {args.test}: at most {most}, so that half the questions of each skill stay for training")
+        p.error(f"--test {args.test}: at most {most}, so that half the questions of each skill stay for training"
+                f"{' (after --exclude)' if args.exclude else ''}")
     test_sizes = shares(args.test)
     test_pool, train_pool = {}, {}
     for skill in SKILLS:

@@ -17,7 +17,13 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
 - reward: 1 if an answer equals the reference exactly (surrounding spaces aside), else 0;
 - advantage: the reward minus the mean reward of the answers to the same question. A question whose
   answers all score alike teaches nothing: it is skipped, and counted;
-- loss: -advantage x log p of each answer's own tokens and end marker; AdamW, the gradient clipped.
+- loss: -advantage x log p of each answer's own tokens and end marker; AdamW, the gradient clipped;
+  the learning rate falls linearly to --min_lr at the last step if it is given (as nanochat's does,
+  to 0): the late steps, when most groups are alike, then move the other skills less;
+- --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
+  fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
+  answers (InstructGPT's "pretraining mix"): an anchor for a skill the reward does not teach, which
+  the other skills' updates would otherwise drag. Without them: reward only.
 Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
 best.pt (the best mean accuracy over the skills), ckpt.pt (the latest, also written on Ctrl-C) and
 log.csv are gpt.py's formats: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them.
@@ -153,10 +159,25 @@ def policy_loss(logits, y, advantage, answers):
     return -(advantage[:, None] * logp).sum() / answers
 
 
-def rl_step(model, optimizer, questions, tokenizer, end, args, generator):
+def reference_loss(model, questions, tokenizer, end, device):
+    """Fine-tuning's loss on the questions' reference answers and end markers: -log p summed over
+    their tokens, divided by the number of questions. One batch, padded on the right: a causal model's
+    earlier positions never see the padding, and its targets are -1."""
+    rows = [q.prompt + tokenizer.encode(q.answer + end) for q in questions]
+    x = torch.zeros(len(rows), max(map(len, rows)) - 1, dtype=torch.long)
+    y = torch.full_like(x, -1)
+    for i, (q, row) in enumerate(zip(questions, rows)):
+        x[i, :len(row) - 1] = torch.tensor(row[:-1])
+        y[i, len(q.prompt) - 1:len(row) - 1] = torch.tensor(row[len(q.prompt):])
+    x, y = x.to(device), y.to(device)
+    return gpt.next_token_loss(model(x).float(), y, reduction="sum") / len(questions)
+
+
+def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor=()):
     """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
     log-probabilities must be those of the model that sampled. Returns (mean reward, mixed groups,
-    skipped groups, answer tokens sampled)."""
+    skipped groups, answer tokens sampled). anchor: questions whose reference answers' loss, x
+    args.sft_weight, is added."""
     device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
     tries = sample_answers(model, tokenizer, end, [q.prompt for q in questions], args.samples,
                            args.temperature, args.max_new_tokens, generator)
@@ -174,7 +195,11 @@ def rl_step(model, optimizer, questions, tokenizer, end, args, generator):
         loss = policy_loss(model(x), y, advantage, answers_sampled)
         loss.backward()  # the gradients add up over the questions
         total += loss.item()
-    if skipped < len(questions):
+    if anchor:
+        loss = args.sft_weight * reference_loss(model, anchor, tokenizer, end, device)
+        loss.backward()
+        total += loss.item()
+    if skipped < len(questions) or anchor:
         if not math.isfinite(total):
             raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -230,11 +255,11 @@ def checkpoint(model, init, args, step, accuracy, optimizer=None):
 
 
 def write_log(rows, skills, out_dir):
-    """A row per step: iter, reward, mixed (share of the groups), skipped (groups), tokens_per_s (answer
-    tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean accuracy
-    and one column per skill, in percent."""
+    """A row per step: iter, reward, mixed (share of the groups), skipped (groups), lr, tokens_per_s
+    (answer tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean
+    accuracy and one column per skill, in percent."""
     path = os.path.join(out_dir, "log.csv")
-    columns = ["iter", "reward", "mixed", "skipped", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
+    columns = ["iter", "reward", "mixed", "skipped", "lr", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
                *skills]
     with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, columns)
@@ -244,16 +269,27 @@ def write_log(rows, skills, out_dir):
 
 
 # ------------------------------------------------------------ the loop
-def train(args, init, model, tokenizer, questions, held_out, device):
+def learning_rate_at(step, args):
+    """--learning_rate at step 1, falling in a straight line to --min_lr at --max_iters (constant
+    without --min_lr)."""
+    if args.min_lr is None or args.max_iters == 1:
+        return args.learning_rate
+    return args.learning_rate + (args.min_lr - args.learning_rate) * (step - 1) / (args.max_iters - 1)
+
+
+def train(args, init, model, tokenizer, questions, held_out, device, anchors=()):
     """--max_iters steps of learning from reward; returns the exit code (130 after Ctrl-C)."""
     template, skills = init["chat"], sorted({q.skill for q in held_out})
     optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=args.learning_rate,
                                                              weight_decay=WEIGHT_DECAY), device)
     picker = torch.Generator().manual_seed(args.seed)  # which questions each step asks
     sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
+    anchor_picker = torch.Generator().manual_seed(args.seed + 2)  # apart: --sft_data changes no question
+    decay = "" if args.min_lr is None else f" falling to {args.min_lr}"
+    decay += f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
     print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
-          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}; {device}",
-          flush=True)
+          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{decay}; "
+          f"{device}", flush=True)
     log, best, train_s, started = [], -1.0, 0.0, time.perf_counter()
 
     def evaluate(step, row):  # True if this is the best model so far
@@ -291,8 +327,15 @@ def train(args, init, model, tokenizer, questions, held_out, device):
         for step in range(1, args.max_iters + 1):
             t0 = time.perf_counter()
             picked = torch.randint(len(questions), (args.batch_size,), generator=picker).tolist()
+            anchor = []  # --sft_data's conversations, their reference answers' loss mixed in
+            if anchors:
+                drawn = torch.randint(len(anchors), (args.batch_size,), generator=anchor_picker)
+                anchor = [anchors[i] for i in drawn.tolist()]
+            lr = learning_rate_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
-                                                     tokenizer, template["end"], args, sampler)
+                                                     tokenizer, template["end"], args, sampler, anchor)
             step_s = time.perf_counter() - t0
             train_s += step_s
             minutes, seconds = divmod(round((args.max_iters - step) * train_s / step), 60)
@@ -300,7 +343,8 @@ def train(args, init, model, tokenizer, questions, held_out, device):
                   f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
                   f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
             row = dict(iter=step, reward=round(reward, 4), mixed=round(mixed / args.batch_size, 4),
-                       skipped=skipped, tokens_per_s=round(tokens / step_s), train_s=round(train_s, 2))
+                       skipped=skipped, lr=f"{lr:.4g}", tokens_per_s=round(tokens / step_s),
+                       train_s=round(train_s, 2))
             evaluating = step % args.eval_interval == 0 or step == args.max_iters
             better = evaluate(step, row) if evaluating else False
             row["elapsed_s"] = round(time.perf_counter() - started, 2)
@@ -350,6 +394,12 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
     p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
     p.add_argument("--learning_rate", type=float, default=2e-4, help="AdamW's (default 2e-4)")
+    p.add_argument("--min_lr", type=float, help="fall linearly to this at the last step (default: none, "
+                   "the learning rate stays constant)")
+    p.add_argument("--sft_data", help="conversations to mix fine-tuning's loss on into each step (.jsonl, "
+                   "say chats/train.jsonl, what the model was fine-tuned on), --batch_size of them")
+    p.add_argument("--sft_weight", type=float, default=0.0, help="that loss's weight (default 0: learn "
+                   "from reward only)")
     p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient's norm (default 1.0)")
     p.add_argument("--max_new_tokens", type=int, default=32, help="the longest answer (default 32; the "
                    "sampling of a batch stops when all its answers ended, or after this many tokens)")
@@ -363,9 +413,16 @@ def main(argv=None):
     for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
         if getattr(args, name) < 1:
             p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
+    if not args.sft_weight >= 0:  # also refuses nan
+        p.error(f"argument --sft_weight: must be 0 or more, got {args.sft_weight}")
+    if bool(args.sft_data) != bool(args.sft_weight):
+        p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
     for name in ("temperature", "learning_rate", "grad_clip"):
         if not getattr(args, name) > 0:  # also refuses nan
             p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
+    if args.min_lr is not None and not 0 <= args.min_lr <= args.learning_rate:  # also refuses nan
+        p.error(f"argument --min_lr: must be from 0 to --learning_rate ({args.learning_rate}), got "
+                f"{args.min_lr}")
     if args.eval_only and not args.eval_data:
         p.error("--eval_only needs --eval_data")
     if not args.eval_only and not args.data:
@@ -388,8 +445,11 @@ def main(argv=None):
         if args.eval_only:
             return eval_only(args, model, tokenizer, template, held_out)
         questions = read_questions(args.data, tokenizer, template, block_size, args.max_new_tokens)
+        anchors = []
+        if args.sft_data:
+            anchors = read_questions(args.sft_data, tokenizer, template, block_size, args.max_new_tokens)
         gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)
-        return train(args, init, model, tokenizer, questions, held_out, device)
+        return train(args, init, model, tokenizer, questions, held_out, device, anchors)
     except (gpt.GPTError, prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
