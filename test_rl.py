@@ -249,36 +249,13 @@ def test_a_model_never_fine_tuned_on_chats_is_refused_in_one_line(tmp_path, caps
     assert "never fine-tuned on conversations" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- the learning rate
-def test_min_lr_makes_the_learning_rate_fall_in_a_straight_line_to_it_at_the_last_step(tmp_path,
-                                                                                       monkeypatch):
-    path, questions_file = toy(tmp_path)
-    used, step = [], rl.rl_step
-    def recorded(model, optimizer, *rest):  # what AdamW steps with, not what the log says
-        used.append([group["lr"] for group in optimizer.param_groups])
-        return step(model, optimizer, *rest)
-    monkeypatch.setattr(rl, "rl_step", recorded)
-    out = str(tmp_path / "out")
-    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "5",
-                    *TOY_RUN, "--min_lr", "2e-3"]) == 0  # TOY_RUN's learning rate: 1e-2
-    expected = [1e-2, 8e-3, 6e-3, 4e-3, 2e-3]
-    assert [lrs for lrs in used] == [[pytest.approx(lr)] * 2 for lr in expected]
-    assert [float(row["lr"]) for row in read_log(out)[1:]] == pytest.approx(expected)
-    used.clear()
-    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "3",
-                    *TOY_RUN, "--overwrite"]) == 0  # without --min_lr: constant
-    assert used == [[1e-2, 1e-2]] * 3
-
-
-@pytest.mark.parametrize("flag, value", [("--min_lr", "2e-2"), ("--min_lr", "-1e-3"), ("--min_lr", "nan"),
-                                         ("--sft_weight", "-1"), ("--sft_weight", "nan")])
-def test_a_min_lr_above_the_learning_rate_or_below_0_or_a_negative_sft_weight_is_a_usage_error(
-        tmp_path, capsys, flag, value):
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
     path, questions_file = toy(tmp_path)
     with pytest.raises(SystemExit) as usage:
         rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
-                 *TOY_RUN, flag, value])
-    assert usage.value.code == 2 and flag in capsys.readouterr().err
+                 *TOY_RUN, "--sft_data", questions_file, "--sft_weight", value])
+    assert usage.value.code == 2 and "--sft_weight" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- fresh questions to learn from

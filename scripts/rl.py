@@ -2,10 +2,11 @@
 rl.py: learn from reward. A chat model answers each question several times, every answer is checked
 against the reference, and the model moves towards the answers that scored.
 
-    python scripts/rl.py --init_from out_chat/best.pt --data chats/train.jsonl --out_dir out_rl \\
-        --eval_data chats/test.jsonl --max_new_tokens 20 --max_iters 350
+    python scripts/make_chats.py --out chats_rl --seed 1 --fresh_words --exclude chats/test.jsonl
+    python scripts/rl.py --init_from out_chat/best.pt --data chats_rl/train.jsonl --out_dir out_rl \\
+        --eval_data chats_rl/test.jsonl --max_new_tokens 20 --max_iters 600
     python scripts/eval_chat.py out_rl chats/test.jsonl                   # greedy accuracy per skill
-    python scripts/rl.py --init_from out_rl/best.pt --eval_data chats/test.jsonl --eval_only \\
+    python scripts/rl.py --init_from out_rl/ckpt.pt --eval_data chats/test.jsonl --eval_only \\
         --temperature 1                                                   # greedy and pass@8 per skill
 
 Fine-tuning on conversations copies the reference answers. Here the model writes its own, and only a
@@ -17,13 +18,12 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
 - reward: 1 if an answer equals the reference exactly (surrounding spaces aside), else 0;
 - advantage: the reward minus the mean reward of the answers to the same question. A question whose
   answers all score alike teaches nothing: it is skipped, and counted;
-- loss: -advantage x log p of each answer's own tokens and end marker; AdamW, the gradient clipped;
-  the learning rate falls linearly to --min_lr at the last step if it is given (as nanochat's does,
-  to 0): the late steps, when most groups are alike, then move the other skills less;
+- loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
+  rate, the gradient clipped;
 - --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
   fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
-  answers (InstructGPT's "pretraining mix"): an anchor for a skill the reward does not teach, which
-  the other skills' updates would otherwise drag. Without them: reward only.
+  answers (InstructGPT's "pretraining mix"): an anchor against the reward narrowing what the model
+  samples (RESULTS.md: counting's pass@8 stayed 91%, not 59%). Without them: reward only.
 Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
 best.pt (the best mean accuracy over the skills), ckpt.pt (the latest, also written on Ctrl-C) and
 log.csv are gpt.py's formats: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them.
@@ -255,11 +255,11 @@ def checkpoint(model, init, args, step, accuracy, optimizer=None):
 
 
 def write_log(rows, skills, out_dir):
-    """A row per step: iter, reward, mixed (share of the groups), skipped (groups), lr, tokens_per_s
+    """A row per step: iter, reward, mixed (share of the groups), skipped (groups), tokens_per_s
     (answer tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean
     accuracy and one column per skill, in percent."""
     path = os.path.join(out_dir, "log.csv")
-    columns = ["iter", "reward", "mixed", "skipped", "lr", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
+    columns = ["iter", "reward", "mixed", "skipped", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
                *skills]
     with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, columns)
@@ -269,14 +269,6 @@ def write_log(rows, skills, out_dir):
 
 
 # ------------------------------------------------------------ the loop
-def learning_rate_at(step, args):
-    """--learning_rate at step 1, falling in a straight line to --min_lr at --max_iters (constant
-    without --min_lr)."""
-    if args.min_lr is None or args.max_iters == 1:
-        return args.learning_rate
-    return args.learning_rate + (args.min_lr - args.learning_rate) * (step - 1) / (args.max_iters - 1)
-
-
 def train(args, init, model, tokenizer, questions, held_out, device, anchors=()):
     """--max_iters steps of learning from reward; returns the exit code (130 after Ctrl-C)."""
     template, skills = init["chat"], sorted({q.skill for q in held_out})
@@ -285,10 +277,9 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
     picker = torch.Generator().manual_seed(args.seed)  # which questions each step asks
     sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
     anchor_picker = torch.Generator().manual_seed(args.seed + 2)  # apart: --sft_data changes no question
-    decay = "" if args.min_lr is None else f" falling to {args.min_lr}"
-    decay += f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
+    mix = f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
     print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
-          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{decay}; "
+          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
           f"{device}", flush=True)
     log, best, train_s, started = [], -1.0, 0.0, time.perf_counter()
 
@@ -331,9 +322,6 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
             if anchors:
                 drawn = torch.randint(len(anchors), (args.batch_size,), generator=anchor_picker)
                 anchor = [anchors[i] for i in drawn.tolist()]
-            lr = learning_rate_at(step, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
                                                      tokenizer, template["end"], args, sampler, anchor)
             step_s = time.perf_counter() - t0
@@ -343,7 +331,7 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
                   f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
                   f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
             row = dict(iter=step, reward=round(reward, 4), mixed=round(mixed / args.batch_size, 4),
-                       skipped=skipped, lr=f"{lr:.4g}", tokens_per_s=round(tokens / step_s),
+                       skipped=skipped, tokens_per_s=round(tokens / step_s),
                        train_s=round(train_s, 2))
             evaluating = step % args.eval_interval == 0 or step == args.max_iters
             better = evaluate(step, row) if evaluating else False
@@ -394,8 +382,6 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
     p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
     p.add_argument("--learning_rate", type=float, default=2e-4, help="AdamW's (default 2e-4)")
-    p.add_argument("--min_lr", type=float, help="fall linearly to this at the last step (default: none, "
-                   "the learning rate stays constant)")
     p.add_argument("--sft_data", help="conversations to mix fine-tuning's loss on into each step (.jsonl, "
                    "say chats/train.jsonl, what the model was fine-tuned on), --batch_size of them")
     p.add_argument("--sft_weight", type=float, default=0.0, help="that loss's weight (default 0: learn "
@@ -420,14 +406,10 @@ def main(argv=None):
     for name in ("temperature", "learning_rate", "grad_clip"):
         if not getattr(args, name) > 0:  # also refuses nan
             p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
-    if args.min_lr is not None and not 0 <= args.min_lr <= args.learning_rate:  # also refuses nan
-        p.error(f"argument --min_lr: must be from 0 to --learning_rate ({args.learning_rate}), got "
-                f"{args.min_lr}")
     if args.eval_only and not args.eval_data:
         p.error("--eval_only needs --eval_data")
     if not args.eval_only and not args.data:
         p.error("--data is needed: the conversations to ask (for example chats/train.jsonl)")
-    threads = torch.get_num_threads()
     try:
         init = gpt.load_checkpoint(args.init_from, "fine-tune one on chats first (README: Teach it to "
                                    "answer)")
@@ -435,8 +417,6 @@ def main(argv=None):
             raise gpt.GPTError(f"{args.init_from} was never fine-tuned on conversations: it has no chat "
                                "template, no end marker to stop at (README: Teach it to answer)")
         device, _ = gpt.pick_device(args.device)
-        if device.type == "cpu":  # a tiny model's batches are too small to share out: on a busy CPU
-            torch.set_num_threads(1)  # threads wait for each other (a step 6x slower on a busy 2-core VM)
         model, tokenizer = gpt.model_from(init, device), gpt.tokenizer_of(init)
         template, block_size = init["chat"], model.config.block_size
         held_out = []  # read before anything is written: a bad line leaves no half-made run behind
@@ -456,8 +436,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    finally:
-        torch.set_num_threads(threads)  # as they were, for a caller that goes on (the tests)
 
 
 if __name__ == "__main__":
