@@ -314,6 +314,12 @@ def test_make_chats_is_the_same_for_a_seed_and_differs_for_another(tmp_path):
     assert read["a"] == read["b"] and read["a"][0] != read["c"][0] and read["a"][1] != read["c"][1]
 
 
+def test_make_chats_names_the_next_command_with_a_prepared_folder_named_after_its_own(tmp_path, capsys):
+    for out in ("chats_rl", "chats_rl/"):  # a second set must not be prepared over data/chats
+        assert make_chats.main(["--out", str(tmp_path / out), "--train", "200", "--test", "40"]) == 0
+        assert f"prepare.py {tmp_path / 'chats_rl' / 'train.jsonl'} --out data/chats_rl " in capsys.readouterr().out
+
+
 def test_make_chats_writes_balanced_checked_answers_and_no_test_question_is_in_train(chats):
     keys = {}
     for name, lines in chats.items():

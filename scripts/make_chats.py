@@ -324,7 +324,7 @@ def main(argv=None):
         return 1
     print(f"wrote {train_path} ({len(train):,} conversations) and {test_path} ({len(test):,}, none of "
           f"their questions in train), seed {args.seed}. Next: python scripts/prepare.py {train_path} "
-          "--out data/chats --vocab_from out/best.pt")
+          f"--out data/{os.path.basename(os.path.normpath(args.out))} --vocab_from out/best.pt")
     return 0
 
 
