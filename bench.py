@@ -38,7 +38,7 @@ PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": HOPPER_SXM,  # the SXM5 module
                "NVIDIA L4": {"bfloat16": 121, "float16": 121, "float32": 60},
                "Tesla T4": {"float16": 65, "float32": 8.1}}
 COLUMNS = ["device", "config", "dtype", "compile", "batch", "train ms/iter", "train tokens/s", "MFU", "peak mem MB",
-           "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
+           "attention", "other attention", "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
 
 
 def available_devices():
@@ -121,6 +121,22 @@ def timed(fn, device, iters, max_seconds):
     return statistics.median(times), len(times)
 
 
+def in_turns(fn_a, fn_b, device, pairs):
+    """The median of time(fn_a) / time(fn_b) over pairs run in turns (A B, then B A, ...): a ratio that holds
+    while a shared machine's speed drifts, where two medians taken one after the other would not."""
+    ratios = []
+    for i in range(pairs):
+        seconds = {}
+        for name, fn in ((("a", fn_a), ("b", fn_b)) if i % 2 == 0 else (("b", fn_b), ("a", fn_a))):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[name] = time.perf_counter() - t0
+        ratios.append(seconds["a"] / seconds["b"])
+    return statistics.median(ratios)
+
+
 def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size=None, dtype="auto"):
     device, dtype = gpt.pick_device(device_type, dtype)
     preset = gpt.PRESETS[config]
@@ -142,13 +158,19 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
     autocast, scaler = gpt.mixed_precision(device, dtype)  # exactly what train() runs
     step_model = gpt.fast_model(model, compiling, device, data, cfg, autocast)
     generator = torch.Generator().manual_seed(0)
+    formula = device.type == "cpu" and dtype == torch.bfloat16  # the attention train() runs: gpt.py's rule
 
-    def step():
+    def step(by_hand=formula):
+        for block in model.transformer.h:  # the formula written out, or PyTorch's fused kernel
+            block.attn.by_hand = by_hand
         x, y = gpt.get_batch(data, "train", cfg.batch_size, cfg.block_size, generator)
         gpt.train_step(step_model, optimizer, scaler, autocast, gpt.my_share(x, y, 1, device), cfg.learning_rate,
                        cfg.grad_clip, cfg.batch_size * cfg.block_size)
 
     step_s, n = timed(step, device, iters, max_seconds)
+    # The other attention's step time over this one's, timed in turns: above 1, gpt.py chose the faster
+    step(not formula)  # its warm-up (a compiled model compiles it once)
+    other = in_turns(lambda: step(not formula), step, device, max(n, 2))
     tokens_per_s = cfg.batch_size * cfg.block_size / step_s
     # FLOPs per token, forward and backward: 6 per weight (nanoGPT counts no position embeddings) plus attention
     n_weights = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
@@ -172,7 +194,8 @@ def bench_one(device_type, config, iters, sample_tokens, max_seconds, batch_size
         print(f"warning: {device_type}/{config}: greedy text differs with and without the KV cache")
     return dict(device=device_type, config=config, dtype=str(dtype)[6:], compile=step_model is not model,
                 batch=cfg.batch_size, iters=n, train_ms_per_iter=step_s * 1000, train_tokens_per_s=tokens_per_s,
-                mfu=mfu, peak_mem_mb=memory, sample_tokens_per_s_kv=speeds[True],
+                mfu=mfu, peak_mem_mb=memory, attention="formula" if formula else "fused kernel",
+                other_attention_ratio=other, sample_tokens_per_s_kv=speeds[True],
                 sample_tokens_per_s_nokv=speeds[False])
 
 
@@ -180,6 +203,7 @@ def row(r):
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
     return [r["device"], r["config"], r["dtype"], "on" if r["compile"] else "off", str(r["batch"]),
             f"{r['train_ms_per_iter']:,.1f}", f"{r['train_tokens_per_s']:,.0f}", mfu, f"{r['peak_mem_mb']:,.0f}",
+            r["attention"], f"{r['other_attention_ratio']:.2f}x the time",
             f"{r['sample_tokens_per_s_kv']:,.0f}", f"{r['sample_tokens_per_s_nokv']:,.0f}",
             f"{r['sample_tokens_per_s_kv'] / r['sample_tokens_per_s_nokv']:.1f}x"]
 
@@ -262,14 +286,15 @@ def main():
     print(markdown([row(r) for r in records]))
     print(f"MFU: model FLOPs (6 per non-position weight + 12·n_layer·n_embd·block_size per token) over the "
           f"data-sheet dense peak, for the GPUs bench.py's PEAK_TFLOPS lists. Sampling: {args.sample_tokens} new "
-          f"tokens, batch 1, greedy.")
+          f"tokens, batch 1, greedy. Attention: the one train() runs (the formula by hand, or PyTorch's fused "
+          f"kernel); the other's training step, timed in turns with it, as a multiple of its time.")
     if "cuda" in devices and peak_tflops(torch.cuda.get_device_name(), "float32") is None:
         print(f"MFU: unknown peak for {torch.cuda.get_device_name()!r} (add its data-sheet numbers to PEAK_TFLOPS)")
     if args.microgpt:
         bench_microgpt(steps=10)
     if args.json:
         keys = ["device", "config", "dtype", "train_ms_per_iter", "train_tokens_per_s", "mfu", "peak_mem_mb",
-                "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"]
+                "attention", "other_attention_ratio", "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"]
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([{k: r[k] for k in keys} for r in records], f, indent=2)
 
