@@ -5,61 +5,331 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
     torchrun --standalone --nproc_per_node 4 gpt.py   # nanoGPT's shakespeare_char (10.8M), 4 GPUs
 
-One story in the order a run happens, each name defined before it is used: GPT-2, small, with the
-text's own characters as its tokens. microgpt.py is the same in plain Python.
+GPT-2, small: it reads text as tokens (here a character each) and learns to guess the next token;
+its parameters are the numbers that learning adjusts. The lesson comes first, in the order a run
+uses it: the text, batches, the model, the loss, the optimizer, a training step, writing. The
+machinery after it (its headers say so) makes it fast and dependable: a first read may skip to the
+training loop, where everything meets. Each name is defined before it is used. microgpt.py is the
+same in plain Python, every number in sight, even what PyTorch does unseen (.backward(), AdamW).
 """
-import argparse, difflib, json, math, os, signal, sys, tempfile, time
-import urllib.request  # fetches tiny-shakespeare when gpt.py runs alone, pasted into a notebook
+import argparse, difflib, json, math, os, pathlib, signal, sys, tempfile, time, urllib.request
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-
-import numpy as np  # a text's tokens, and memory maps of big ones
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import torch.distributed as dist  # torchrun only: several processes training one model
-from torch.nn.parallel import DistributedDataParallel as DDP
+try:  # torch takes seconds to load: a Ctrl-C meanwhile ends quietly, as it does later
+    import numpy as np  # a text's tokens, and memory maps of big ones
+    import torch  # arrays of numbers (tensors) on any device, their gradients, a model's parts
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torch.distributed as dist  # torchrun only: several processes training one model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+except KeyboardInterrupt:
+    sys.exit(130)
 
 # ------------------------------------------------------------ settings
-# n_layer blocks of n_head attention heads; n_embd numbers describe each token inside the model;
-# dropout zeroes that share of them at random while training. batch_size: text windows per step;
-# eval_interval: steps between measurements of the loss (and checkpoints), of eval_iters batches.
-# The learning rate warms up to learning_rate, then falls to min_lr. tiny and small are tuned for
-# a 2-core CPU; medium is nanoGPT's shakespeare_char recipe, made for a GPU.
+# Each setting is a flag (--n_layer 4), explained where it runs: n_layer, n_head, n_embd and dropout
+# in the model, batch_size and block_size in batches, the learning rates with the optimizer, the
+# iters in the training loop. tiny and small suit a 2-core CPU; medium (nanoGPT's) wants a GPU.
 PRESETS = dict(
     tiny=dict(n_layer=2, n_head=2, n_embd=128, dropout=0.0, batch_size=16, max_iters=1500,
-              eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4, warmup_iters=50),
+        eval_interval=250, eval_iters=40, learning_rate=5e-3, min_lr=5e-4, warmup_iters=50),
     small=dict(n_layer=4, n_head=4, n_embd=256, dropout=0.1, batch_size=16, max_iters=1200,
-               eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
+        eval_interval=200, eval_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50),
     medium=dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2, batch_size=64, max_iters=5000,
-                eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4,
-                warmup_iters=100))
+        eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100))
 DEFAULTS = dict(  # what every preset shares; a flag overrides any of these, or a preset's
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto",
-    init_from="",  # a checkpoint to start from: its weights, shape and tokens
-    compile=None,  # torch.compile; None: on for CUDA on Linux only, where it pays off
+    init_from="", compile=None,  # a checkpoint to start from (fine-tuning); compile: fast_model
     block_size=256,  # the longest context the model sees, in tokens
-    grad_accum=1,  # each batch in this many pieces, one after another: less memory, the same result
-    lr_decay_iters=None,  # None: the learning rate decays until max_iters
-    weight_decay=0.1, grad_clip=1.0, seed=1337, log_interval=10, gelu="exact",
-    prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1)  # --sample's
+    grad_accum=1, lr_decay_iters=None,  # see train_step and get_lr
+    weight_decay=0.1, grad_clip=1.0, seed=1337, log_interval=10, gelu="exact",  # the optimizer, MLP
+    prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1)  # writing new text
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "gelu", "vocab_size")  # a model's shape
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 class GPTError(Exception):  # a problem the user can fix: main prints it as one line, no traceback
     pass
 
-def say(*args, **kwargs):  # under torchrun, process 0 speaks for all
+def say(*args, **kwargs):  # under torchrun (many processes), process 0 speaks for all
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
 
-# ------------------------------------------------------------ the device and its precision
-def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # emulated elsewhere, slower than float32
-    # AMX (Xeons since Sapphire Rapids) and AVX-512 BF16 (AMD Zen 4): steps 1.5-1.9x faster, measured
-    if not os.path.exists(cpuinfo):  # not Linux
-        return False
-    with open(cpuinfo, encoding="utf-8") as f:
-        return not {"amx_bf16", "avx512_bf16"}.isdisjoint(f.read().split())
+# ------------------------------------------------------------ the text and its characters
+class CharTokenizer:
+    """Each distinct character is a token, numbered in sorted order: encode turns text into ids."""
+    def __init__(self, vocab):  # the characters in id order, one string (as checkpoints keep it)
+        self.vocab, self.vocab_size, self.spec = vocab, len(vocab), dict(name="char", vocab=vocab)
+        self.stoi = {ch: i for i, ch in enumerate(vocab)}
+    def encode(self, s):
+        unknown = "".join(sorted(set(s) - self.stoi.keys()))
+        if unknown:
+            raise GPTError(f"characters not in the model's vocabulary: {unknown!r} (it knows {self.vocab!r})")
+        return [self.stoi[ch] for ch in s]
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+@dataclass
+class Data:
+    """Tokens to learn from (train) and to measure on (val, never learned: it shows overfitting)."""
+    tokenizer: object  # a CharTokenizer, or a BPETokenizer (byte-pair encoding, in the machinery)
+    splits: dict  # "train" and "val": token ids, a numpy array or a prepared folder's memory map
+    masks: dict  # the same keys: None, or for conversations 1 where a token is part of an answer
+    per_char: float = 1.0  # val tokens per character: a BPE model's loss per character, loss x this
+    chat: dict = None  # conversations: the template they are written in (scripts/prepare.py)
+
+def read_text(path, tokenizer=None):  # read whole; its characters are the tokens, unless a model's
+    text = pathlib.Path(path).read_bytes().decode("utf-8")
+    tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
+    n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
+    splits = dict(train=np.array(tokenizer.encode(text[:n]), dtype=np.int64),
+                  val=np.array(tokenizer.encode(text[n:]), dtype=np.int64))
+    return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
+
+# ------------------------------------------------------------ batches
+def get_batch(data, split, batch_size, block_size, generator):
+    """B = batch_size windows of T = block_size tokens at random places: inputs x, targets y, (B, T)
+    each. A target is the token after its input, y is x shifted by one: one window, T guesses."""
+    tokens, mask = data.splits[split], data.masks[split]
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
+    at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
+    window = torch.from_numpy(tokens[at].astype(np.int64))  # of a memory map, only these are read
+    x = window[:, :-1].contiguous()  # (B, T)
+    y = window[:, 1:].clone()  # (B, T), a copy and not a view: masking y below must leave x alone
+    if mask is not None:  # conversations (scripts/prepare.py): learn to answer, not to ask
+        y[torch.from_numpy(mask[at[:, 1:]] == 0)] = -1  # the loss skips targets of -1
+    return x, y
+
+# ------------------------------------------------------------ the model
+# PyTorch in brief: a tensor is an array of numbers (on the CPU or a GPU) that remembers how it was
+# computed, so its gradients can be found (train_step). An nn.Module holds parameters (tensors that
+# training adjusts) and smaller modules; calling it, module(x), runs its forward(x). nn.Linear(n_in,
+# n_out) computes x @ weight.T + bias: each output a weighted sum of all inputs.
+@dataclass
+class GPTConfig:
+    vocab_size: int = 63  # distinct tokens; always set from the data (63 for shakespeare.txt)
+    block_size: int = 256  # the longest context the model sees, in tokens (T at most)
+    n_layer: int = 6  # blocks, one after another
+    n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head numbers (hs, head size)
+    n_embd: int = 384  # C, the numbers describing each token: the residual stream's width (Block)
+    dropout: float = 0.2  # zero that share of numbers at random while training, against overfitting
+    gelu: str = "exact"  # or "tanh", GPT-2's approximation (checkpoints from scripts/from_gpt2.py)
+
+class CausalSelfAttention(nn.Module):
+    """Each token gathers information from the tokens before it, weighted by how well they match."""
+    def __init__(self, config):
+        super().__init__()  # nn.Module's own set-up comes first
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v of all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # proj: the heads' results, mixed
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.by_hand = False  # the formula below, or PyTorch's fused kernel: the same numbers
+    def forward(self, x, cache=None):  # cache: only while writing (see generate); skip it at first
+        B, T, C = x.size()  # batch, time (positions), channels
+        # Each token asks a query (what am I looking for?), offers a key (what do I hold?) and a
+        # value (what I pass on if chosen), in nh heads: smaller attentions, each free to look for
+        # something else. view cuts each token's C numbers into nh heads of hs; transpose(1, 2) puts
+        # nh beside B, so each head is one more batch and one matmul serves them all.
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:  # writing: earlier tokens' keys and values are kept, not recomputed
+            if cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
+        Tk = k.size(2)  # the keys: T while training; with a cache, the Tk - T earlier ones first
+        # The fused kernel below covers training (T == Tk) and one new token (T == 1: it sees every
+        # key); several new tokens after a cache, and by_hand, take the formula (microgpt.py's loop)
+        if self.by_hand or T not in (1, Tk):  # softmax(q @ k.T / sqrt(hs)) @ v
+            # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
+            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, Tk)
+            # Causal: no token may see those after it, the ones it learns to guess. All positions
+            # run at once, so a mask hides the later keys (microgpt.py's gpt() runs one position at
+            # a time: it needs none). Query i sits at Tk - T + i; while training (Tk == T): a triangle
+            causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)  # (T, Tk)
+            att = att.masked_fill(~causal, float("-inf"))  # (B, nh, T, Tk); exp(-inf) is 0
+            att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
+            self.att = att  # for looking inside (scripts/serve.py)
+            y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs): the values, weighted
+        else:  # the same, fused, never storing att; is_causal (no mask built) lets GPUs use flash
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T == Tk)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side, in memory too (view)
+        return self.resid_dropout(self.c_proj(y))
+
+class MLP(nn.Module):
+    """Each position on its own: widen its C numbers to 4C, bend them (GELU), narrow back to C."""
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)  # fc: fully connected
+        # GELU(x) = x * P(normal < x): x above 0, 0 far below, smooth between; without a bend the
+        # Linears would add up to one. Exact erf, as microgpt.py; GPT-2's weights need tanh's
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+    def forward(self, x):  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        # LayerNorm: each token's numbers to mean 0, variance 1, then a learned gain and bias
+        self.ln_1 = nn.LayerNorm(config.n_embd)  # eps 1e-5, biased variance (÷ n): as in GPT-2
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+    def forward(self, x, cache=None):
+        # x is the residual stream: each sublayer reads it and adds to it (refines, not replaces)
+        x = x + self.attn(self.ln_1(x), cache)  # tokens look at earlier tokens
+        x = x + self.mlp(self.ln_2(x))  # each position is transformed on its own, no mixing
+        return x
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(  # GPT-2's names: other GPT-2 tools read the weights
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding: a vector per id
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding: one per place
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),  # h: the hidden blocks
+            ln_f=nn.LayerNorm(config.n_embd)))  # f: final
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # lm: language model
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per token, in and out
+        # Small random weights; LayerNorms keep gains 1, biases 0. Each block adds its two c_proj to
+        # the residual stream: they start smaller, lest its variance grow with depth.
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+    def forward(self, idx, cache=None):  # idx: (B, T) token ids -> logits (B, T, vocab_size)
+        B, T = idx.size()
+        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
+        assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B,T,C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else cache[i])
+        # logits: a score for every possible next token; softmax turns them into probabilities
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+
+# ------------------------------------------------------------ the loss
+def next_token_loss(logits, targets, reduction="mean"):
+    """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
+    positions: a fresh model bets evenly, ln(vocab_size), 4.14 for 63; a perfect one scores 0.
+    Targets of -1 are skipped (get_batch). train_step takes the sum and divides it by the step's
+    targets: the mean, even when the step comes in pieces of different numbers of targets."""
+    # F.cross_entropy takes the softmax itself (microgpt.py's next_token_loss writes it out);
+    # flatten(0, 1): (B, T, vocab_size) -> (B*T, vocab_size), a row per guess
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
+
+# ------------------------------------------------------------ the optimizer and the learning rate
+# The optimizer turns each parameter p's gradient g (one training step finds it) into a change of
+# p; lr, the learning rate, sets the size of that step. AdamW at step t, as microgpt.py's adamw_step
+# writes it out number by number:
+#   p = p - lr * weight_decay * p      AdamW's W: weight decay, a pull towards 0 against overfitting
+#   m = 0.9 * m + 0.1 * g              the gradient's running mean: its direction, smoothed
+#   v = 0.99 * v + 0.01 * g * g        its square's running mean: how large it tends to be
+#   p = p - lr * (m / (1 - 0.9**t)) / (sqrt(v / (1 - 0.99**t)) + 1e-8)   about lr, whatever g's
+#   scale (the divisions undo m's and v's start at 0)
+def make_optimizer(model, cfg, device):
+    # Decay matrices and embeddings (2+ dims) only: biases and LayerNorm gains cannot overfit
+    params = list(model.parameters())  # unique: the tied matrix appears once
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    fused = device.type == "cuda"  # on a GPU one kernel updates every tensor at once
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8, fused=fused)
+
+def get_lr(it, cfg):
+    """Linear warmup (random init gives wild first gradients), then a cosine glide down to min_lr:
+    big steps early to learn fast, small ones late to settle instead of bouncing."""
+    decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+# ------------------------------------------------------------ one training step
+def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_targets):
+    """One step of learning. Without its wrappers (marked below) it is five lines:
+        loss = next_token_loss(model(x), y)                      # 1. how wrong the guesses are
+        loss.backward()                                          # 2. each parameter's gradient
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # 3. no step too long
+        optimizer.step()                                         # 4. AdamW moves the parameters
+        optimizer.zero_grad()                                    # 5. clear the gradients"""
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # this step's learning rate (get_lr)
+    total = 0.0
+    for i, (x, y) in enumerate(batches):  # wrapper: the batch in pieces (grad_accum, torchrun's)
+        # Wrapper: under torchrun, DDP averages the processes' gradients, once is enough: after the
+        # last piece. The others run in model.no_sync(); without torchrun nothing wraps them.
+        last = i == len(batches) - 1 or not isinstance(model, DDP)
+        with nullcontext() if last else model.no_sync():
+            with autocast:  # wrapper: lower precision, or nothing
+                loss = next_token_loss(model(x), y, reduction="sum") / n_targets  # 1.
+            # 2. Backward: for each parameter, how much the loss would change if it moved a little,
+            # d(loss)/d(parameter), added into its .grad: the chain rule applied back through every
+            # operation that made the loss, as microgpt.py's Value.backward does number by number.
+            # (Wrapper: float16's scaler multiplies the loss, lest small gradients round to 0.)
+            scaler.scale(loss).backward()
+        total += loss.detach()  # its value alone, without the history of how it was made
+    scaler.unscale_(optimizer)  # float16: the true gradients again
+    # 3. All gradients as one long vector: if longer than grad_clip, all shrink alike (a freak batch
+    # must not undo hours of training; 0: off). The _ ending the name: it changes them in place.
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)  # 4. optimizer.step(); float16: skipped if the gradients overflowed
+    scaler.update()  # float16: a lower scale after an overflow
+    optimizer.zero_grad(set_to_none=True)  # 5. backward adds into .grad: clear it for the next step
+    return total
+
+# ------------------------------------------------------------ writing new text
+def draw(logits, temperature, top_k, generator):
+    """The next token's id (B, 1) from the model's scores (B, vocab_size), and the probabilities it
+    was drawn from. microgpt.py's generate does the same for one sequence."""
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # largest 0: same odds, no exp overflow
+    # Temperature divides the scores: below 1 the likeliest grow likelier (safer text), above 1
+    # the rest catch up (wilder text). 0 is greedy, the likeliest every time (probabilities at 1).
+    if temperature > 0:
+        logits = logits / max(temperature, 1e-30)  # a tiny one must not make 0 / 0
+    if top_k is not None:  # only the k likeliest may be drawn: the long tail of unlikely tokens,
+        # drawn surprisingly often all together, is cut (score -inf, probability 0)
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1), k-th
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # the scores as probabilities: exp(score) / their sum
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True), probs
+    probs = probs.cpu()  # drawn on the CPU: one seed gives one text on any device
+    # multinomial: one id per row, each with its probability (random.choices in microgpt.py)
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device), probs
+
+@torch.no_grad()  # writing learns nothing: no gradients
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+    """Yield max_new_tokens ids (B, 1) after idx (B, T), each with the probabilities it had."""
+    block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
+    for _ in range(max_new_tokens):
+        # Machinery, skip at first: past block_size positions the window slides a quarter block. The
+        # KV cache keeps keys and values: only the newest token runs; rebuilt when the window slides
+        if idx.size(1) - start > block_size:
+            start, cache = idx.size(1) - (block_size - block_size // 4), None
+        if cache:
+            logits = model(idx[:, -1:], cache=cache)
+        else:  # the whole window: to fill a fresh cache, or every time without one
+            cache = [{} for _ in model.transformer.h] if use_cache else None
+            logits = model(idx[:, start:], cache=cache)
+        logits = logits[:, -1, :].float()  # the last position's scores: (B, vocab_size)
+        next_id, probs = draw(logits, temperature, top_k, generator)
+        idx = torch.cat([idx, next_id], dim=1)  # the drawn token joins the context
+        yield next_id, probs
+
+# ============================================================ machinery (skip to the training loop)
+# ------------------------------------------------------------ machinery: the device, its precision
+def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids), AVX-512 BF16
+    # (AMD Zen 4): steps 1.5-1.9x faster, measured; elsewhere it is emulated, slower than float32
+    flags = pathlib.Path(cpuinfo).read_text(encoding="utf-8").split() if os.path.exists(cpuinfo) else []
+    return not {"amx_bf16", "avx512_bf16"}.isdisjoint(flags)  # (no /proc/cpuinfo: not Linux)
 
 def pick_device(name="auto", dtype="auto"):
     """The device and its precision, decided once; the model reads its device from its inputs."""
@@ -77,37 +347,14 @@ def pick_device(name="auto", dtype="auto"):
     return device, getattr(torch, dtype)
 
 def mixed_precision(device, dtype):
-    """autocast runs the matmuls in bfloat16 or float16 (float32: nothing); float16 also needs a
-    loss scaler (see train_step). Float32 matmuls on a GPU use its TF32 units."""
-    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
+    """autocast: matmuls in bfloat16 or float16 (float32: none); float16's scaler (train_step)."""
+    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"  # float32 matmuls on TF32 units
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return autocast, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-def start_processes(device):
-    """torchrun starts a process per GPU and sets RANK: they join, NCCL between GPUs (gloo for CPU
-    tensors). Returns this process's rank and how many there are."""
-    if "RANK" in os.environ:
-        dist.init_process_group(device_id=device if device.type == "cuda" else None)
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-# ------------------------------------------------------------ the text and its characters
-class CharTokenizer:
-    """Each distinct character is one token, numbered in sorted order: one text, one vocabulary."""
-    def __init__(self, vocab):  # the characters in id order, one string (as checkpoints keep it)
-        self.vocab, self.vocab_size, self.spec = vocab, len(vocab), dict(name="char", vocab=vocab)
-        self.stoi = {ch: i for i, ch in enumerate(vocab)}
-    def encode(self, s):
-        unknown = "".join(sorted(set(s) - self.stoi.keys()))
-        if unknown:
-            raise GPTError(f"characters not in the model's vocabulary: {unknown!r} "
-                           f"(it knows {self.vocab!r})")
-        return [self.stoi[ch] for ch in s]
-    def decode(self, ids):
-        return "".join(self.vocab[i] for i in ids)
-
+# ------------------------------------------------------------ machinery: big texts, BPE, chats
 class BPETokenizer:
-    """Byte-level BPE (GPT-2's tokens, or learned by scripts/prepare.py), run by tiktoken: any text
-    encodes, even characters it never saw, as their UTF-8 bytes."""
+    """Byte-level BPE (GPT-2's, or prepare.py's), by tiktoken: unseen characters encode as bytes."""
     def __init__(self, spec):  # the split pattern, and each token's bytes (as latin-1) in id order
         try:  # an optional package, imported only where it is needed
             import tiktoken
@@ -117,47 +364,10 @@ class BPETokenizer:
         enc = tiktoken.Encoding(spec["name"], pat_str=spec["pattern"], mergeable_ranks=ranks,
                                 special_tokens={"<|endoftext|>": len(ranks)})  # between texts
         self.spec, self.vocab_size = spec, len(ranks) + 1
-        self.encode = enc.encode_ordinary  # "<|endoftext|>" typed in a text is just text
-        self.decode = enc.decode  # a character cut across tokens reads "\ufffd" until whole
+        self.encode, self.decode = enc.encode_ordinary, enc.decode  # a typed <|endoftext|>: text
 
 def make_tokenizer(spec):  # from the plain data that checkpoints and prepared folders keep
     return CharTokenizer(spec["vocab"]) if spec["name"] == "char" else BPETokenizer(spec)
-
-@dataclass
-class Data:
-    """The tokens to learn from (train) and to measure on (val, which the model never learns)."""
-    tokenizer: object  # a CharTokenizer or a BPETokenizer
-    splits: dict  # "train" and "val": token ids, a numpy array or a prepared folder's memory map
-    masks: dict  # the same keys: None, or for conversations 1 where a token is part of an answer
-    per_char: float = 1.0  # val tokens per character: a BPE model's loss per character, loss x this
-    chat: dict = None  # conversations: the template they are written in (scripts/prepare.py)
-
-def read_text(path, tokenizer=None):  # read whole; its characters are the tokens, unless a model's
-    if path == DEFAULTS["data"] and not os.path.exists(path):  # beside this file, or downloaded
-        path = os.path.join(os.path.dirname(globals().get("__file__", "")), path)  # (a notebook)
-        if not os.path.exists(path):
-            say(f"downloading tiny-shakespeare (1.1 MB) into {os.path.abspath(path)}")
-            try:
-                urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path + ".tmp")
-                os.replace(path + ".tmp", path)  # whole or not at all
-            except OSError as e:
-                raise GPTError(f"{path} not found and downloading it failed ({e}); pass --data PATH") from None
-    if not os.path.isfile(path):
-        raise GPTError(f"data file {path} not found (or not a file); pass --data PATH to a UTF-8 text file")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-        tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
-        n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
-        splits = dict(train=np.array(tokenizer.encode(text[:n]), dtype=np.int64),
-                      val=np.array(tokenizer.encode(text[n:]), dtype=np.int64))
-    except UnicodeDecodeError as e:
-        raise GPTError(f"data file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
-                       f"{e.start})") from None
-    except GPTError as e:  # a char model given a text with characters it never saw
-        raise GPTError(f"data file {path}: {e}") from None
-    return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
 
 def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mapped
     path = os.path.join(folder, name)
@@ -166,11 +376,9 @@ def mapped(folder, name, dtype, count):  # a file of count numbers, memory-mappe
     return np.memmap(path, dtype, "r") if count else np.zeros(0, dtype)
 
 def read_folder(folder, tokenizer=None):
-    """A folder scripts/prepare.py wrote: meta.json, the ids in train.bin and val.bin, and for
-    conversations train_mask.bin and val_mask.bin. Memory-mapped: a batch reads only its windows."""
+    """prepare.py's meta.json, train.bin and val.bin (memory-mapped), and chats' *_mask.bin."""
     try:
-        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(pathlib.Path(folder, "meta.json").read_text(encoding="utf-8"))
         counts, dtype = dict(train=meta["train"]["tokens"], val=meta["val"]["tokens"]), np.dtype(meta["dtype"])
         data = Data(make_tokenizer(meta["tokenizer"]), {}, dict(train=None, val=None),
                     counts["val"] / max(meta["val"]["characters"], 1), meta.get("chat"))
@@ -181,211 +389,49 @@ def read_folder(folder, tokenizer=None):
         raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
     for split, count in counts.items():
         data.splits[split] = mapped(folder, f"{split}.bin", dtype, count)
+        if count and data.splits[split].max() >= data.tokenizer.vocab_size:  # one pass, no copy
+            raise GPTError(f"data folder {folder}: its {split}.bin holds ids beyond its tokenizer's "
+                           f"{data.tokenizer.vocab_size} tokens; prepare it again")
         if data.chat:
             data.masks[split] = mapped(folder, f"{split}_mask.bin", np.uint8, count)
     return data
 
 def load_data(path, block_size, tokenizer=None):  # --data: a text file or a prepared folder
-    data = read_folder(path, tokenizer) if os.path.isdir(path) else read_text(path, tokenizer)
+    if path == DEFAULTS["data"] and not os.path.exists(path):  # beside this file, or downloaded
+        path = os.path.join(os.path.dirname(globals().get("__file__", "")), path)  # (a notebook)
+        if not os.path.exists(path):
+            say(f"downloading tiny-shakespeare (1.1 MB) into {os.path.abspath(path)}")
+            try:
+                urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path + ".tmp")
+                os.replace(path + ".tmp", path)  # whole or not at all
+            except OSError as e:
+                raise GPTError(f"{path} not found and downloading it failed ({e}); pass --data PATH") from None
+    if os.path.isdir(path):
+        data = read_folder(path, tokenizer)
+    elif not os.path.isfile(path):
+        raise GPTError(f"data file {path} not found (or not a file); pass --data PATH to a UTF-8 text file")
+    else:
+        try:
+            data = read_text(path, tokenizer)
+        except UnicodeDecodeError as e:
+            raise GPTError(f"data file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})")
+        except GPTError as e:  # a char model given a text with characters it never saw
+            raise GPTError(f"data file {path}: {e}") from None
     for split, tokens in data.splits.items():  # (an empty file too)
         if len(tokens) < block_size + 1:
             raise GPTError(f"data {path} is too short: its {split} split has {len(tokens)} tokens, "
                            f"fewer than block_size + 1 = {block_size + 1}")
     return data
 
-# ------------------------------------------------------------ batches
-def get_batch(data, split, batch_size, block_size, generator):
-    """batch_size windows of block_size tokens from random places: inputs x and targets y, (B, T)
-    each. The target at each position is the token that follows it, so y is x shifted by one."""
-    tokens, mask = data.splits[split], data.masks[split]
-    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
-    at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
-    window = torch.from_numpy(tokens[at].astype(np.int64))  # of a memory map, only these are read
-    x, y = window[:, :-1].contiguous(), window[:, 1:].clone()  # y a copy: masking it must not touch x
-    if mask is not None:  # conversations: learn to answer, not to ask
-        y[torch.from_numpy(mask[at[:, 1:]] == 0)] = -1  # the loss skips targets of -1
-    return x, y
-
+# ------------------------------------------------------------ machinery: many processes (torchrun)
 def my_share(x, y, grad_accum, device):
-    """Every process draws the step's whole batch (the data never depends on how many there are) and
-    takes its share, as grad_accum micro-batches on its device."""
+    """This process's share of the batch (all draw the same one), in grad_accum micro-batches."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
-    shares, cuda = [], device.type == "cuda"
-    for x, y in zip(x.chunk(world_size * grad_accum)[mine], y.chunk(world_size * grad_accum)[mine]):
-        if cuda:  # from pinned memory, the copy to the GPU overlaps its work
-            x, y = x.pin_memory(), y.pin_memory()
-        shares.append((x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)))
-    return shares
+    pieces = zip(x.chunk(world_size * grad_accum)[mine], y.chunk(world_size * grad_accum)[mine])
+    return [(x.to(device), y.to(device)) for x, y in pieces]
 
-# ------------------------------------------------------------ the model
-@dataclass
-class GPTConfig:
-    vocab_size: int = 63  # distinct tokens; always set from the data (63 for shakespeare.txt)
-    block_size: int = 256  # the longest context the model sees, in tokens (T at most)
-    n_layer: int = 6
-    n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head channels (hs)
-    n_embd: int = 384  # C, the width of the residual stream
-    dropout: float = 0.2  # only while training; 0 for models too small to overfit in their time
-    gelu: str = "exact"  # or "tanh", GPT-2's approximation (checkpoints from scripts/from_gpt2.py)
-
-class CausalSelfAttention(nn.Module):
-    """Each token gathers information from the tokens before it, weighted by how well they match."""
-    def __init__(self, config):
-        super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v of all heads at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.by_hand = False  # True: the formula step by step, its weights kept in self.att
-    def forward(self, x, cache=None):  # cache: only while sampling (see generate); skip it at first
-        B, T, C = x.size()  # batch, time (positions), channels
-        # Each token asks a query (what am I looking for?), offers a key (what do I hold?) and a
-        # value (what I pass on if chosen). Each head takes hs of the C numbers: with nh beside B,
-        # one matmul serves all heads.
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:  # sampling: earlier tokens' keys and values are kept, not recomputed
-            if cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs): the Tk - T cached ones come first
-        Tk = k.size(2)
-        causal = None  # training (T == Tk) and one new token (T == 1) need no mask built: see below
-        if self.by_hand or T not in (1, Tk):
-            # Causal: query i (position Tk - T + i) may look at key j only if j <= Tk - T + i
-            causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-        if self.by_hand:  # for reading, and for looking inside (scripts/serve.py)
-            # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
-            # (B, nh, T, hs) x (B, nh, hs, Tk) -> (B, nh, T, Tk)
-            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
-            att = att.masked_fill(~causal, float("-inf"))  # no looking ahead
-            att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
-            self.att = att
-            y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs)
-        else:  # the same in one fused kernel that never stores att; is_causal: the causal mask
-            # without building it, which lets a GPU use its fastest (flash) kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=T == Tk)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again, in memory too
-        return self.resid_dropout(self.c_proj(y))
-
-class MLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        # Exact erf, as in microgpt.py; GPT-2's weights need its tanh approximation
-        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
-    def forward(self, x):  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-class Block(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        # LayerNorm rescales each token's numbers to mean 0, variance 1, then a learned gain, bias
-        self.ln_1 = nn.LayerNorm(config.n_embd)  # eps 1e-5, biased variance (÷ n): as in GPT-2
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
-    def forward(self, x, cache=None):
-        # x is the residual stream: each sublayer reads it and adds its result to it
-        x = x + self.attn(self.ln_1(x), cache)  # tokens look at earlier tokens
-        x = x + self.mlp(self.ln_2(x))  # each position is transformed on its own, no mixing
-        return x
-
-class GPT(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # a learned vector per token id
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # and per position, added to it
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-            ln_f=nn.LayerNorm(config.n_embd)))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per token, in and out
-        for module in self.modules():  # LayerNorm keeps PyTorch's weight 1, bias 0
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        # Each block adds two branches (their c_proj) to the residual stream: scaled down, they keep
-        # its variance from growing with depth
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-    def forward(self, idx, cache=None):  # idx: (B, T) token ids -> logits (B, T, vocab_size)
-        B, T = idx.size()
-        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
-        assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache[i])
-        # logits: a score for every possible next token; softmax turns them into probabilities
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-
-# ------------------------------------------------------------ the loss
-def next_token_loss(logits, targets, reduction="mean"):
-    """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
-    positions; targets of -1 are skipped. A fresh model bets evenly: ln(vocab_size), 4.14 for 63."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
-                           reduction=reduction)
-
-# ------------------------------------------------------------ the optimizer and the learning rate
-def make_optimizer(model, cfg, device):
-    # Decay only matrices and embeddings (2+ dims). Biases and LayerNorm gains have no capacity to
-    # overfit, and pulling a gain towards 0 would only fight the normalization.
-    params = list(model.parameters())  # unique: the tied matrix appears once
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-    fused = device.type == "cuda"  # on a GPU one kernel updates every tensor at once
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8, fused=fused)
-
-def get_lr(it, cfg):
-    """Linear warmup (random init gives wild first gradients), then cosine decay to min_lr."""
-    decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= decay_iters:
-        return cfg.min_lr
-    progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-# ------------------------------------------------------------ one training step
-def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_targets):
-    """One optimizer step on this process's pieces [(x, y), ...]. Its loss is the mean over all
-    the step's targets: each piece adds its summed loss / n_targets (the count / processes)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    total = 0.0
-    for i, (x, y) in enumerate(batches):
-        # torchrun: DDP averages the processes' gradients in backward; once, after the last piece
-        last = i == len(batches) - 1 or not isinstance(model, DDP)
-        with nullcontext() if last else model.no_sync():
-            with autocast:
-                loss = next_token_loss(model(x), y, reduction="sum") / n_targets
-            # The backward pass: every parameter's .grad, d(loss)/d(parameter). In float16 the
-            # scaler multiplies the loss first, or small gradients would round to 0 (else: nothing).
-            scaler.scale(loss).backward()
-        total += loss.detach()
-    scaler.unscale_(optimizer)  # the true gradients again
-    # Shrink the whole gradient to length grad_clip at most: one freak batch must not undo hours of
-    # training (0: off)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    # optimizer.step(): AdamW moves every parameter a little against its gradient. In float16 the
-    # scaler skips a step whose gradients overflowed, and lowers the scale (else: nothing)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)  # backward adds into .grad: clear it for the next step
-    return total
-
-# ------------------------------------------------------------ evaluation
+# ------------------------------------------------------------ machinery: evaluation
 @dataclass
 class Run:
     """Where a training run stands; ckpt.pt keeps it, so that --resume goes on from there."""
@@ -404,9 +450,8 @@ def check_finite(loss, what, cfg, run):  # before any save: no NaN is ever saved
 
 @torch.no_grad()
 def evaluate(model, data, cfg, autocast, device, run):
-    """Each split's mean loss over the same eval_iters batches every time (so two evals differ only
-    by what the model learned), printed and logged; True when the val loss is the best yet."""
-    model.eval()  # no dropout
+    """Each split's mean loss on the same eval_iters batches every time; True if val's is best."""
+    model.eval()  # dropout off
     losses = []
     for split in ("train", "val"):
         generator, total = torch.Generator().manual_seed(cfg.seed + 1), torch.zeros(2, device=device)
@@ -422,12 +467,9 @@ def evaluate(model, data, cfg, autocast, device, run):
     model.train()
     train_loss, val = losses
     check_finite(val, "the val loss", cfg, run)
-    line = f"eval at step {run.iter}: train loss {train_loss:.4f} | val loss {val:.4f}"
-    if data.per_char != 1:  # BPE: comparable with a char model
-        line += f" ({val * data.per_char:.4f} per character)"
-    if data.chat:
-        line += " (on the answers' tokens)"
-    say(line)
+    per_char = f" ({val * data.per_char:.4f} per character)" if data.per_char != 1 else ""  # BPE's
+    answers = " (on the answers' tokens)" if data.chat else ""
+    say(f"eval at step {run.iter}: train loss {train_loss:.4f} | val loss {val:.4f}{per_char}{answers}")
     now = time.perf_counter()
     tokens_per_s = (run.iter - run.clock_iter) * cfg.batch_size * cfg.block_size / (now - run.clock)
     run.log.append([run.iter, round(train_loss, 4), round(val, 4), get_lr(max(run.iter - 1, 0), cfg),
@@ -436,7 +478,7 @@ def evaluate(model, data, cfg, autocast, device, run):
     best, run.best_val_loss = val < run.best_val_loss, min(val, run.best_val_loss)
     return best
 
-# ------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------ machinery: checkpoints
 def save_atomic(obj, path):  # killed mid-write, the previous file is still whole
     torch.save(obj, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -460,7 +502,7 @@ def save_checkpoint(model, optimizer, scaler, batch_generator, data, cfg, run, b
         f.writelines(",".join(map(str, row)) + "\n" for row in run.log)
     os.replace(path + ".tmp", path)
 
-def load_checkpoint(path, what_to_do):  # weights_only: tensors and data, a stranger's file runs no code
+def load_checkpoint(path, what_to_do):  # weights_only: a stranger's file runs no code
     if not os.path.exists(path):
         raise GPTError(f"no checkpoint at {path}; {what_to_do}")
     try:
@@ -474,16 +516,15 @@ def load_checkpoint(path, what_to_do):  # weights_only: tensors and data, a stra
     return ckpt
 
 def tokenizer_of(ckpt):  # a char model keeps its vocab, a BPE model its tokenizer; no model, None
-    if ckpt is None:
-        return None
-    return make_tokenizer(ckpt.get("tokenizer") or dict(name="char", vocab=ckpt["vocab"]))
+    if ckpt is not None:
+        return make_tokenizer(ckpt.get("tokenizer") or dict(name="char", vocab=ckpt["vocab"]))
 
-def model_from(ckpt, device):  # a checkpoint's model, ready to sample
+def model_from(ckpt, device):  # a checkpoint's model, ready to write
     config = {**DEFAULTS, **ckpt["config"]}  # a checkpoint from before "gelu" existed is exact
     model = GPT(GPTConfig(**{k: config[k] for k in MODEL_KEYS})).to(device).eval()
     model.load_state_dict(ckpt["model"])  # copies the weights onto the model's device
     for block in model.transformer.h:  # on MPS the formula: its fused kernel has given wrong
-        block.attn.by_hand = device.type == "mps"  # results for one query (pytorch #163597, #169222)
+        block.attn.by_hand = device.type == "mps"  # results for one query (pytorch #163597)
     return model
 
 def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
@@ -503,8 +544,7 @@ def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained m
         raise GPTError(f"--out_dir {out_dir} is not a folder that can be written ({e.strerror})") from None
 
 def restore(model, optimizer, scaler, batch_generator, run, resume, init):
-    """--resume: all that ckpt.pt holds. --init_from: the weights only (if the data brought new
-    characters, their embeddings start fresh, after the old ones)."""
+    """--resume: all ckpt.pt holds. --init_from: the weights (new characters' embeddings fresh)."""
     if init:
         weights, wte = dict(init["model"]), model.transformer.wte.weight.detach().cpu().clone()
         wte[:len(weights["transformer.wte.weight"])] = weights["transformer.wte.weight"]
@@ -528,13 +568,49 @@ def restore(model, optimizer, scaler, batch_generator, run, resume, init):
     run.iter, run.best_val_loss, run.log = resume["iter"], resume["best_val_loss"], resume["log"]
     run.trained_s, run.clock_iter = run.log[-1][-1], run.iter  # every saved run evaluated step 0
 
-# ------------------------------------------------------------ the training loop
+# ------------------------------------------------------------ machinery: --sample
+def sample(cfg):
+    """best.pt's text on stdout, the rest on stderr (`> poem.txt` keeps the poem)."""
+    path = os.path.join(cfg.out_dir, "best.pt")
+    ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
+    device, _ = pick_device(cfg.device)
+    model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
+    prompt = cfg.prompt or ("\n" if "\n" in tokenizer.spec.get("vocab", "\n") else tokenizer.vocab[0])
+    idx = torch.tensor([tokenizer.encode(prompt)], device=device)  # (1, T)
+    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
+    generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
+    for i in range(cfg.num_samples):
+        if i:
+            print("\n---")
+        if cfg.verbose:
+            print("step | chosen | the five likeliest and their probabilities")
+        else:
+            print(prompt, end="", flush=True)
+        ids, shown = [], 0  # shown: how many of the ids are printed
+        tokens = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator)
+        for step, (next_id, probs) in enumerate(tokens, start=1):
+            ids.append(next_id.item())
+            if cfg.verbose:
+                p, top = probs[0].topk(min(5, probs.size(-1)))
+                likeliest = [f"{tokenizer.decode([t])!r} {q:.3g}" for q, t in zip(p.tolist(), top.tolist()) if q]
+                print(f"{step:4d} | {tokenizer.decode(ids[-1:])!r:>6} | {'  '.join(likeliest)}")
+            elif not tokenizer.decode(ids[shown:]).endswith("\ufffd"):  # whole characters only
+                print(tokenizer.decode(ids[shown:]), end="", flush=True)
+                shown = len(ids)
+        if cfg.verbose:  # then the same text as without --verbose
+            print(prompt, end="")
+        print(tokenizer.decode(ids[shown:]), end="")
+    print(flush=True)
+    n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
+    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
+    return 0
+
+# ------------------------------------------------------------ the training loop (machinery first)
 def compiles(cfg, device):  # by default only on CUDA on Linux, where it pays off
     return device.type == "cuda" and sys.platform == "linux" if cfg.compile is None else cfg.compile
 
 def fast_model(model, compiling, device, data, cfg, autocast):
-    """What the loop calls: under torchrun the model in DDP, which averages the processes'
-    gradients in backward; compiled (faster kernels after a minute of compiling) if a trial works."""
+    """What the loop calls: the model, in DDP under torchrun, compiled if a trial step works."""
     fast = DDP(model) if dist.is_initialized() else model
     if not compiling:
         return fast
@@ -560,9 +636,7 @@ def fast_model(model, compiling, device, data, cfg, autocast):
 
 @contextmanager
 def stop_signals():
-    """Ctrl-C (SIGINT) and SIGTERM (torchrun stopping, a cluster preempting) ask the loop to save
-    and stop after this step; the processes agree on it after every step. A second Ctrl-C (without
-    torchrun) stops at once. A signal gpt.py was started to ignore (a background job's) stays so."""
+    """Ctrl-C or SIGTERM: every process saves and stops after this step; a 2nd Ctrl-C, at once."""
     received, old = [], {}
     def handler(signum, frame):
         if received and "RANK" not in os.environ:
@@ -575,7 +649,7 @@ def stop_signals():
             dist.all_reduce(vote, op=dist.ReduceOp.MAX)
         return vote.item()
     for s in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(s) is not signal.SIG_IGN:
+        if signal.getsignal(s) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays so
             old[s] = signal.signal(s, handler)
     try:
         yield stop_requested
@@ -584,7 +658,7 @@ def stop_signals():
             signal.signal(s, h)
 
 def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops them all
-    if dist.is_initialized():  # each process's loss: world_size x its share of the mean (train_step)
+    if dist.is_initialized():  # each process's loss is world_size x its share of the mean
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
     check_finite(loss.item(), "loss", cfg, run)
@@ -593,30 +667,30 @@ def report(loss, lr, cfg, run):  # the progress line; a NaN on any process stops
     say(f"step {run.iter} / {cfg.max_iters} | loss {loss.item():.4f} | {step_s * 1000:.0f} ms/step | "
         f"{cfg.batch_size * cfg.block_size / step_s:,.0f} tok/s | lr {lr:.2e} | eta {minutes}m{seconds:02d}s")
 
-def say_what_runs(device, world_size, dtype, compiling, model, data):  # once, at the start
-    where = f"{device.type} x {world_size} processes" if world_size > 1 else device.type
-    size = sum(p.numel() for p in model.parameters()) / 1e6
-    say(f"device {where} | dtype {str(dtype).removeprefix('torch.')} | compile {'on' if compiling else 'off'} | "
-        f"{size:.2f}M parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
-        f"val {len(data.splits['val']):,} tokens")
-
 def train(cfg, resume=None, init=None):
-    """Train per cfg (the flags). resume: a loaded ckpt.pt to go on from; init: a loaded checkpoint
-    to start from (its weights, with a new optimizer). Returns the exit code."""
+    """Train per cfg; resume: a ckpt.pt to go on from; init: a checkpoint whose weights start it."""
     device, dtype = pick_device(cfg.device, cfg.dtype)
     data = load_data(cfg.data, cfg.block_size, tokenizer_of(resume or init))
     claim_out_dir(cfg.out_dir, fresh=not resume and not cfg.overwrite)
-    rank, world_size = start_processes(device)
+    if "RANK" in os.environ:  # torchrun started a process per GPU: they join (NCCL; gloo on CPUs)
+        dist.init_process_group(device_id=device if device.type == "cuda" else None)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: alike in every process
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
+    for block in model.transformer.h:  # the formula where it is faster: CPUs in bfloat16 (bench.py)
+        block.attn.by_hand = device.type == "cpu" and dtype == torch.bfloat16
     optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
-    say_what_runs(device, world_size, dtype, compiling, model, data)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    where = device.type + (f" x {world_size} processes" if world_size > 1 else "")
+    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | {size:.2f}M "
+        f"parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
+        f"val {len(data.splits['val']):,} tokens")  # once: what this run chose
     autocast, scaler = mixed_precision(device, dtype)
     fast = fast_model(model, compiling, device, data, cfg, autocast)  # model, compiled or in DDP
     restore(model, optimizer, scaler, batch_generator, run, resume, init)
-    to_save = (model, optimizer, scaler, batch_generator, data, cfg, run)  # evaluate, save: model
+    to_save = (model, optimizer, scaler, batch_generator, data, cfg, run)  # the plain model saved
     if not resume:  # a fresh model scores about ln(vocab_size)
         best = evaluate(model, data, cfg, autocast, device, run)
         if rank == 0:
@@ -625,7 +699,8 @@ def train(cfg, resume=None, init=None):
         for it in range(run.iter, cfg.max_iters):
             lr = get_lr(it, cfg)
             x, y = get_batch(data, "train", cfg.batch_size, cfg.block_size, batch_generator)
-            n_targets = max((y != -1).sum().item(), 1) / world_size  # DDP averages: each its share
+            # the step's targets, each process's share of them (DDP averages over the processes)
+            n_targets = max((y != -1).sum().item(), 1) / world_size
             batches = my_share(x, y, cfg.grad_accum, device)
             loss = train_step(fast, optimizer, scaler, autocast, batches, lr, cfg.grad_clip, n_targets)
             run.iter = it + 1
@@ -650,79 +725,7 @@ def train(cfg, resume=None, init=None):
                                             "prompt": "", "verbose": False}))
     return 0
 
-# ------------------------------------------------------------ sampling
-@torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
-    """Yield max_new_tokens ids (B, 1) after idx (B, T), with the probabilities they were drawn from
-    (B, vocab_size). temperature 0 is greedy; top_k keeps the k likeliest."""
-    block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
-    for _ in range(max_new_tokens):
-        # It knows positions 0..block_size-1 only. Past that the window slides a quarter block at
-        # once (block 256: at 257 tokens it keeps the last 192): the cache is rebuilt each 64 tokens.
-        if idx.size(1) - start > block_size:
-            start, cache = idx.size(1) - (block_size - block_size // 4), None
-        if cache:  # the KV cache: only the newest token goes through the model, O(context) work
-            logits = model(idx[:, -1:], cache=cache)
-        else:  # the whole window: to fill a fresh cache, or every time without one
-            cache = [{} for _ in model.transformer.h] if use_cache else None
-            logits = model(idx[:, start:], cache=cache)
-        logits = logits[:, -1, :].float()  # the last position's scores: (B, vocab_size)
-        # Temperature below 1 sharpens, above 1 flattens (0: greedy, shown at 1). The largest score
-        # is taken off first: no probability changes, and a tiny temperature cannot overflow to inf.
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature or 1.0, 1e-30)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)
-        else:
-            probs = probs.cpu()  # drawn on the CPU: one seed gives one text on any device
-            next_id = torch.multinomial(probs, num_samples=1, generator=generator).to(idx.device)
-        idx = torch.cat([idx, next_id], dim=1)  # the drawn token joins the context
-        yield next_id, probs
-
-def sample(cfg):
-    """--sample: text from best.pt on stdout, the rest on stderr (so `> poem.txt` keeps the poem).
-    --verbose: first a line per new token with the five likeliest, then the same text."""
-    path = os.path.join(cfg.out_dir, "best.pt")
-    ckpt = load_checkpoint(path, f"train one: python gpt.py --config tiny --out_dir {cfg.out_dir}")
-    device, _ = pick_device(cfg.device)
-    model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
-    newline = "\n" in tokenizer.spec.get("vocab", "\n")  # BPE writes any character, a char model its own
-    prompt = cfg.prompt or ("\n" if newline else tokenizer.vocab[0])
-    idx = torch.tensor([tokenizer.encode(prompt)], device=device)  # (1, T)
-    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})",
-          file=sys.stderr)
-    generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
-    for i in range(cfg.num_samples):
-        if i:
-            print("\n---")
-        if cfg.verbose:
-            print("step | chosen | the five likeliest and their probabilities")
-        else:
-            print(prompt, end="", flush=True)
-        ids, shown = [], 0  # shown: how many of the ids are printed
-        tokens = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator)
-        for step, (next_id, probs) in enumerate(tokens, start=1):
-            ids.append(next_id.item())
-            if cfg.verbose:
-                p, top = probs[0].topk(min(5, probs.size(-1)))
-                likeliest = [f"{tokenizer.decode([t])!r} {q:.3g}"
-                             for q, t in zip(p.tolist(), top.tolist()) if q]
-                print(f"{step:4d} | {tokenizer.decode(ids[-1:])!r:>6} | {'  '.join(likeliest)}")
-            elif not tokenizer.decode(ids[shown:]).endswith("\ufffd"):  # whole characters only
-                print(tokenizer.decode(ids[shown:]), end="", flush=True)
-                shown = len(ids)
-        if cfg.verbose:  # then the same text as without --verbose
-            print(prompt, end="")
-        print(tokenizer.decode(ids[shown:]), end="")
-    print(flush=True)
-    n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
-    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
-    return 0
-
-# ------------------------------------------------------------ the command line
+# ------------------------------------------------------------ machinery: the command line
 def boolean(text):  # nanoGPT's habits: --compile, --compile=True, --compile False
     return ("true", "false").index(text.lower()) == 0  # else argparse reports the ValueError
 
@@ -733,11 +736,9 @@ def usage_error(message):  # one line, exit 2
     sys.exit(2)
 
 def parse_args(argv):
-    """Each setting is a flag, --name value or --name=value, of its default's type; the switches
-    --sample, --resume, --overwrite and --verbose need no value, nor does --compile."""
+    """Each setting a flag (--name value or --name=value) of its default's type; switches bare."""
     p = argparse.ArgumentParser(prog="gpt.py", allow_abbrev=False, argument_default=argparse.SUPPRESS,
-                                description="Train a GPT, or --sample from it. In brackets: each flag's "
-                                            "default, or tiny/small/medium's.")
+                                description="Train a GPT or --sample it. (Defaults, or tiny/small/medium's.)")
     p.error = usage_error  # one line, not argparse's usage
     for name in ("sample", "resume", "overwrite", "verbose"):
         p.add_argument(f"--{name}", action="store_true", default=False)
@@ -772,8 +773,9 @@ def settings(args):
     if args.resume:
         path = os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt")
         resume = load_checkpoint(path, "--resume continues a run: start one without --resume first")
-        if not {"optimizer", "rng", "log"} <= resume.keys():
-            raise GPTError(f"{path} holds no optimizer state (a best.pt?): start from it with --init_from")
+        if "made_by" in resume or not {"optimizer", "rng", "log"} <= resume.keys():  # rl.py's, best
+            what = f"made by {resume['made_by']['script']}" if "made_by" in resume else "a best.pt"
+            raise GPTError(f"{path} holds no optimizer state of gpt.py ({what}): try --init_from")
     elif getattr(args, "init_from", ""):
         init = load_checkpoint(args.init_from, "--init_from needs a gpt.py checkpoint")
     saved = (resume or init or {}).get("config", {})
@@ -782,13 +784,14 @@ def settings(args):
     preset = getattr(args, "config", None if saved else DEFAULTS["config"])
     cfg = argparse.Namespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **vars(args)})
     if cfg.n_embd % cfg.n_head:
-        usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need "
-                    "equal shares")
+        usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
+    if cfg.min_lr > cfg.learning_rate:
+        usage_error(f"--min_lr {cfg.min_lr} is above --learning_rate {cfg.learning_rate}: the schedule would rise")
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     if cfg.batch_size % (world_size * cfg.grad_accum):
         usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
                     f"--grad_accum {cfg.grad_accum}: every micro-batch must have one size")
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS  # the data sets vocab_size
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in MODEL_KEYS  # vocab_size: the data's
                if k in saved and saved[k] != getattr(cfg, k)]  # later (--init_from may grow it)
     if changed:
         raise GPTError(f"--resume or --init_from: the flags or --config change the model "

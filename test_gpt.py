@@ -525,6 +525,14 @@ import microgpt  # noqa: E402  (after gpt's tests, as the twin comes after the r
 TWIN_TOL = 1e-9
 
 
+def twin_of(floats):
+    """microgpt.py's state_dict of Values from gpt.py's weights as nested float lists, keeping the tie."""
+    sd = {k: [[microgpt.Value(x) for x in row] for row in w] if isinstance(w[0], list)
+          else [microgpt.Value(x) for x in w] for k, w in floats.items() if k != "lm_head.weight"}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd
+
+
 @st.composite
 def twin_cases(draw):
     n_head, head_dim = draw(st.integers(1, 2)), draw(st.integers(1, 4))
@@ -543,7 +551,7 @@ def twin_cases(draw):
                 p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64))
     batches = [(torch.randint(vocab_size, (B, T), generator=g), torch.randint(vocab_size, (B, T), generator=g))
                for _ in range(3)]
-    twin = microgpt.from_floats({k: v.tolist() for k, v in model.state_dict().items()})
+    twin = twin_of({k: v.tolist() for k, v in model.state_dict().items()})
     return SimpleNamespace(model=model, twin=twin, n_head=n_head, batches=batches, T=T)
 
 
@@ -617,6 +625,10 @@ def test_twins_generate_the_same_greedy_tokens(case):
     ours = torch.cat(ids_of(gpt.generate(case.model.eval(), prompt, 2 * case.T + 1, temperature=0)), dim=1)
     theirs = microgpt.generate(case.twin, case.n_head, case.T, prompt[0].tolist(), 2 * case.T + 1, temperature=0)
     assert ours[0].tolist() == theirs
+    # top_k 1 leaves one token to draw: the greedy one, at any temperature, in both
+    drawn = microgpt.generate(case.twin, case.n_head, case.T, prompt[0].tolist(), 2 * case.T + 1, temperature=2.0,
+                              rng=__import__("random").Random(0), top_k=1)
+    assert drawn == theirs
 
 
 def test_twins_share_the_lr_schedule():
@@ -675,6 +687,31 @@ def test_a_seed_too_big_for_torch_is_a_usage_error(capsys):
 
 def test_a_usage_error_in_a_real_process_is_one_line_and_exit_2():
     assert_clean_failure(run_gpt("--top_k", "0"), 2, "argument --top_k: must be at least 1 (and below 2**63), got 0")
+
+
+def test_a_min_lr_above_the_learning_rate_is_a_usage_error_whichever_side_set_it(trained, data_file, tmp_path):
+    result = call_gpt(*TINY_RUN, "--min_lr", "0.01", "--data", data_file, "--out_dir", str(tmp_path / "a"))
+    assert_clean_failure(result, 2, "--min_lr 0.01", "--learning_rate 0.003")
+    # a fine-tune's lower --learning_rate under the min_lr its checkpoint carries (3e-4 from TINY_RUN's 3e-3
+    # would be fine; 1e-4 is below the tiny preset's 5e-4): the schedule would rise, so it is refused
+    result = call_gpt("--init_from", os.path.join(trained.out_dir, "best.pt"), "--learning_rate", "1e-4",
+                      "--data", data_file, "--out_dir", str(tmp_path / "b"))
+    assert_clean_failure(result, 2, "--min_lr", "--learning_rate 0.0001")
+    assert not os.path.exists(tmp_path / "b")  # refused before anything was written
+
+
+def test_ctrl_c_while_torch_loads_ends_quietly_with_130(tmp_path):
+    # SIGINT the moment `import torch` starts: a hook on the import system, so the timing is exact
+    code = ("import importlib.abc, os, runpy, signal, sys\n"
+            "class CtrlC(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
+            "sys.meta_path.insert(0, CtrlC())\n"
+            f"sys.argv = ['gpt.py', '--help']\nrunpy.run_path({os.path.join(HERE, 'gpt.py')!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""  # it stopped before --help
 
 
 def test_n_embd_not_divisible_by_n_head_names_both_values(data_file, tmp_path):
@@ -774,6 +811,14 @@ def test_resume_refuses_a_best_pt_in_ckpt_pts_place_and_a_changed_gelu(trained, 
     assert_clean_failure(call_gpt("--resume", "--out_dir", str(out), "--gelu", "tanh"), 1, "gelu exact -> tanh")
     shutil.copy(out / "best.pt", out / "ckpt.pt")  # best.pt keeps no optimizer
     assert_clean_failure(call_gpt("--resume", "--out_dir", str(out)), 1, "no optimizer state", "--init_from")
+
+
+def test_resume_refuses_a_checkpoint_another_script_made_and_says_which(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained.out_dir, out)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # optimizer and all, but scripts/rl.py's run
+    gpt.save_atomic({**ckpt, "made_by": {"script": "scripts/rl.py", "args": {"samples": 8}}}, str(out / "ckpt.pt"))
+    assert_clean_failure(call_gpt("--resume", "--out_dir", str(out)), 1, "scripts/rl.py", "--init_from")
 
 
 def test_a_checkpoint_missing_what_gpt_py_writes_is_named_not_a_traceback(trained, tmp_path):
@@ -1180,6 +1225,16 @@ def test_a_prepared_folder_with_a_broken_meta_json_is_named(tmp_path, meta):
     assert_clean_failure(result, 1, str(tmp_path / "data"), "meta.json")
 
 
+def test_a_prepared_folder_whose_ids_exceed_its_vocabulary_is_named(data_file, tmp_path):
+    assert run_prepare(data_file, "--out", str(tmp_path / "data")).returncode == 0
+    ids = np.fromfile(tmp_path / "data" / "val.bin", dtype=np.uint16)
+    ids[-1] = 500  # a char vocabulary of a few dozen: an id no embedding has
+    ids.tofile(tmp_path / "data" / "val.bin")
+    result = call_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
+    assert_clean_failure(result, 1, str(tmp_path / "data"), "val.bin", "prepare it again")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_prepare_without_its_packages_names_the_install(tmp_path, monkeypatch, capsys):
     (tmp_path / "in.txt").write_text("some text " * 50, encoding="utf-8")
     real = prepare.importlib.import_module
@@ -1405,15 +1460,18 @@ def test_bench_prints_its_table_and_writes_json(tmp_path):
     header = next(line for line in result.stdout.splitlines() if line.startswith("| device"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "device", "config", "dtype", "compile", "batch", "train ms/iter", "train tokens/s", "MFU", "peak mem MB",
-        "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
+        "attention", "other attention", "sample tok/s (KV)", "sample tok/s (no KV)", "KV speedup"]
     chosen = str(gpt.pick_device("cpu")[1])[6:]  # bfloat16 on a CPU with AMX or AVX-512 BF16, else float32
     assert f"| cpu | tiny | {chosen} |" in result.stdout and f"torch {torch.__version__}" in result.stdout
     records = __import__("json").loads(out.read_text(encoding="utf-8"))
     assert [r["dtype"] for r in records] == [chosen] + (["float32"] if chosen != "float32" else [])
     assert set(records[0]) == {
         "device", "config", "dtype", "train_ms_per_iter", "train_tokens_per_s", "mfu", "peak_mem_mb",
-        "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"}
+        "attention", "other_attention_ratio", "sample_tokens_per_s_kv", "sample_tokens_per_s_nokv"}
     assert records[0]["mfu"] is None and records[0]["train_tokens_per_s"] > 0
+    # each row names the attention train() runs in its dtype, and times the other one against it
+    assert [r["attention"] for r in records] == ["formula" if r["dtype"] == "bfloat16" else "fused kernel" for r in records]
+    assert all(r["other_attention_ratio"] > 0 for r in records)
 
 
 # ----------------------------------------------------------------------------- the CUDA switches, checked on the CPU
@@ -1501,6 +1559,20 @@ def test_a_cpu_trains_in_bfloat16_only_where_it_computes_it_natively(tmp_path, m
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert gpt.pick_device("auto") == (torch.device("cpu"), torch.bfloat16 if native else torch.float32)
     assert gpt.pick_device("cpu", "float32")[1] == torch.float32  # --dtype float32 forces it
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_cpu_trains_with_the_attention_formula_in_bfloat16_and_the_fused_kernel_in_float32(data_file, tmp_path,
+                                                                                              monkeypatch, dtype):
+    seen, real_step = [], gpt.train_step  # which attention each training step's model runs (bench.py: the faster)
+
+    def spy(model, *args):
+        seen.append({block.attn.by_hand for block in model.transformer.h})
+        return real_step(model, *args)
+    monkeypatch.setattr(gpt, "train_step", spy)
+    result = call_gpt(*TINY_RUN, "--data", data_file, "--out_dir", str(tmp_path), "--dtype", dtype, "--max_iters", "3")
+    assert result.returncode == 0, result.stderr
+    assert seen == [{dtype == "bfloat16"}] * 3
+
 
 def test_fused_adamw_only_on_cuda():
     cfg = SimpleNamespace(weight_decay=0.1, learning_rate=1e-3)
