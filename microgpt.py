@@ -1,13 +1,17 @@
 """
-microgpt.py: the GPT of gpt.py in pure Python, every multiplication in plain sight.
+microgpt.py: the GPT of gpt.py in plain Python, every multiplication in sight.
 
     python microgpt.py    # trains a 1-layer model on shakespeare.txt in minutes, then samples
 
-It computes the very same function as gpt.py, in the same order and names: GPT-2 with pre-LayerNorm,
-learned positions, biases, the head tied to the token embedding, exact-erf GELU, LayerNorm with eps
-1e-5 and biased variance; AdamW (0.9, 0.99, eps 1e-8, decay on matrices only), warmup + cosine LR and
-global-norm clipping. test_gpt.py checks that logits, loss, every gradient and three optimizer steps
-agree to 1e-9. A scalar autograd engine stands in for PyTorch: all gpt.py adds is efficiency.
+A GPT reads text one token at a time (here a token is a character) and learns to guess the next one.
+Read this file first for the ideas, one number at a time; gpt.py computes the very same function
+with PyTorch, fast, plus what makes a real run dependable. Each function here names its gpt.py twin.
+test_gpt.py checks that both give the same logits, loss, gradients and optimizer steps, to 1e-9.
+
+The exact contract, for the record (each term is explained below, where it runs; skip this on a
+first read): GPT-2 with pre-LayerNorm, learned positions, biases, the output head tied to the token
+embedding, exact-erf GELU, LayerNorm with eps 1e-5 and biased variance; AdamW (betas 0.9, 0.99, eps
+1e-8, decay on matrices only), warmup + cosine learning rate, clipping by the global gradient norm.
 """
 import argparse  # the command line, with gpt.py's flag names
 import math  # exp, log, erf, sqrt, cos
@@ -16,24 +20,30 @@ import random  # init, batches and sampling, each from its own seeded generator
 import time  # ms/step
 
 # ------------------------------------------------------------ the text and its characters
-def load_text(path):
+def load_text(path):  # gpt.py's read_text
     if not os.path.exists(path):  # the default text also sits next to this file
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
     with open(path, encoding="utf-8") as f:
         return f.read()
 
 # ------------------------------------------------------------ autograd: what PyTorch does for gpt.py
+# Learning needs each parameter's gradient: how much the loss would change if that parameter moved
+# a little. A Value is one number that remembers the Values it was made from (its children) and the
+# local derivative of itself with respect to each. backward() then applies the chain rule from the
+# loss back to every parameter. gpt.py's loss.backward() (in train_step) does exactly this, on
+# whole tensors at once.
 class Value:
-    """A scalar that remembers how it was made: its children and d(self)/d(child) for each."""
     __slots__ = ("data", "grad", "children", "local_grads")  # no dict per object: smaller, faster
 
     def __init__(self, data, children=(), local_grads=()):
-        self.data, self.grad, self.children, self.local_grads = data, 0.0, children, local_grads
+        self.data = data  # the number itself
+        self.grad = 0.0  # d(loss)/d(this number), filled in by backward()
+        self.children, self.local_grads = children, local_grads  # d(self)/d(child) for each child
 
     def __add__(self, other):
         if isinstance(other, Value):
             return Value(self.data + other.data, (self, other), (1.0, 1.0))
-        return Value(self.data + other, (self,), (1.0,))  # a constant is no node
+        return Value(self.data + other, (self,), (1.0,))  # a plain number needs no gradient: not kept
 
     def __mul__(self, other):
         if isinstance(other, Value):
@@ -58,8 +68,9 @@ class Value:
     def __truediv__(self, other): return self * (other ** -1.0 if isinstance(other, Value) else 1.0 / other)
 
     def backward(self):
-        # Reverse topological order by an iterative depth-first search: a recursive one would hit
-        # Python's recursion limit on the long chains of a deep graph.
+        # order lists every node after the nodes it was made from (a depth-first search, iterative:
+        # a recursive one would hit Python's recursion limit). Walked backwards, from the loss, each
+        # node's grad is complete, every user of it having added its share, before it is passed on.
         order, seen, stack = [], set(), [(self, False)]
         while stack:
             node, children_done = stack.pop()
@@ -69,26 +80,31 @@ class Value:
                 seen.add(node)
                 stack.append((node, True))
                 stack.extend((child, False) for child in node.children if child not in seen)
-        self.grad = 1.0
-        for node in reversed(order):  # the chain rule, from the loss back to every leaf
+        self.grad = 1.0  # d(loss)/d(loss)
+        for node in reversed(order):  # the chain rule, from the loss back to every leaf:
             for child, local_grad in zip(node.children, node.local_grads):
+                # d(loss)/d(child) += d(loss)/d(node) * d(node)/d(child). A child used by several
+                # nodes (a weight used at every position) adds up one share from each: hence +=.
                 child.grad += local_grad * node.grad
 
-def dot(ws, xs, bias=None):
-    """sum(w * x) (+ bias) as one node instead of 2n: the graph and the time shrink several-fold."""
+# Shortcuts, their local derivatives by hand: one node, not a chain of + and *, several-fold faster
+def dot(ws, xs, bias=None):  # sum(w * x) + bias: d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1
     data = sum(w.data * x.data for w, x in zip(ws, xs)) + (bias.data if bias is not None else 0.0)
     children, local_grads = (*ws, *xs), (*(x.data for x in xs), *(w.data for w in ws))
     if bias is not None:
         children, local_grads = (*children, bias), (*local_grads, 1.0)
     return Value(data, children, local_grads)
 
-def total(xs):
-    """sum(xs) as one node (a chain of + would make len(xs) nodes)."""
+def total(xs):  # sum(xs): each d/dx_i = 1
     return Value(sum(x.data for x in xs), tuple(xs), (1.0,) * len(xs))
 
 # ------------------------------------------------------------ the model
 def init_state_dict(vocab_size, block_size, n_layer, n_embd, rng):
-    """Random weights keyed like gpt.py's state_dict: N(0, 0.02), residual projections smaller."""
+    """Random weights, normal with standard deviation 0.02, keyed as gpt.py's state_dict (GPT-2's
+    names). wte: the token embedding, n_embd numbers per token; wpe: the same per position; h.{i}:
+    block i; ln: a LayerNorm; attn.c_attn: the queries, keys and values; c_proj: a projection back
+    into the residual stream, smaller (each block adds to it twice); mlp.c_fc: the MLP's widening
+    layer (fc: fully connected); ln_f: the final LayerNorm; lm_head: a score per next token."""
     def matrix(rows, cols, std=0.02):
         return [[Value(rng.gauss(0.0, std)) for _ in range(cols)] for _ in range(rows)]
 
@@ -113,57 +129,60 @@ def init_state_dict(vocab_size, block_size, n_layer, n_embd, rng):
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied: the very same Value objects
     return sd
 
-def from_floats(floats):
-    """A state_dict of Values from nested float lists (say, gpt.py's weights), keeping the tie."""
-    sd = {k: [[Value(x) for x in row] for row in w] if isinstance(w[0], list)
-          else [Value(x) for x in w] for k, w in floats.items() if k != "lm_head.weight"}
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    return sd
-
-def linear(x, w, b):
+def linear(x, w, b):  # nn.Linear: each output a weighted sum of all inputs, plus a bias
     return [dot(row, x, bias) for row, bias in zip(w, b)]  # w is (out, in), as in nn.Linear
 
-def layernorm(x, w, b):
+def layernorm(x, w, b):  # nn.LayerNorm: to mean 0, variance 1, then a learned gain w and bias b
     mean = total(x) * (1.0 / len(x))
     centered = [xi - mean for xi in x]
     var = total([c * c for c in centered]) * (1.0 / len(x))  # biased: divide by n, not n - 1
     inv_std = (var + 1e-5) ** -0.5
     return [c * inv_std * wi + bi for c, wi, bi in zip(centered, w, b)]
 
-def gelu(x):  # exact: 0.5·x·(1 + erf(x/√2)); the derivative is Φ(x) + x·φ(x)
-    cdf = 0.5 * (1.0 + math.erf(x.data / math.sqrt(2.0)))
-    pdf = math.exp(-0.5 * x.data * x.data) / math.sqrt(2.0 * math.pi)
-    return Value(x.data * cdf, (x,), (cdf + x.data * pdf,))
+def gelu(x):  # nn.GELU: x * Phi(x), a smooth bend (without one, two linears would be one linear)
+    cdf = 0.5 * (1.0 + math.erf(x.data / math.sqrt(2.0)))  # Phi(x): P(a standard normal < x)
+    pdf = math.exp(-0.5 * x.data * x.data) / math.sqrt(2.0 * math.pi)  # phi(x): its density
+    return Value(x.data * cdf, (x,), (cdf + x.data * pdf,))  # d/dx = Phi(x) + x * phi(x)
 
-def softmax(logits):
+def softmax(logits):  # F.softmax: scores -> probabilities, exp(score) / the sum of them all
     biggest = max(v.data for v in logits)  # subtracting it changes nothing but keeps exp finite
     exps = [(v - biggest).exp() for v in logits]
     denominator = total(exps)
     return [e / denominator for e in exps]
 
 def gpt(token, pos, keys, values, sd, n_head):
-    """Logits for the token at position pos. Earlier positions' keys and values are in keys[layer]
-    and values[layer] (this one's are appended): attending only to them makes it causal."""
+    """gpt.py's GPT.forward for one position: the logits, a score for every possible next token. The
+    earlier positions' keys and values wait in keys[layer], values[layer]; this one's are appended."""
     wte, wpe = sd["transformer.wte.weight"], sd["transformer.wpe.weight"]
-    x = [t + p for t, p in zip(wte[token], wpe[pos])]
+    x = [t + p for t, p in zip(wte[token], wpe[pos])]  # what the token is, and where
     C = len(x)
     head_dim = C // n_head
     for layer in range(len(keys)):
         h = f"transformer.h.{layer}."
+        # x is the residual stream: attention, then the MLP, each reads it and adds its result.
+        # Attention (gpt.py's CausalSelfAttention, its formula): this token asks a query (what am I
+        # looking for?); every token so far offers a key (what do I hold?) and a value (what I pass
+        # on if chosen).
         qkv = linear(layernorm(x, sd[h + "ln_1.weight"], sd[h + "ln_1.bias"]),
                      sd[h + "attn.c_attn.weight"], sd[h + "attn.c_attn.bias"])
         q, k, v = qkv[:C], qkv[C:2 * C], qkv[2 * C:]  # split in that order, as gpt.py does
         keys[layer].append(k)
         values[layer].append(v)
+        # Causal: a token may not see the tokens after it, the ones it learns to guess. Here that
+        # needs no mask: keys[layer] holds only positions 0..pos. gpt.py runs all positions at once,
+        # so it masks the later ones.
         heads = []
-        for s in range(0, C, head_dim):  # head h owns channels s .. s + head_dim
-            scores = [dot(q[s:s + head_dim], k_t[s:s + head_dim]) * (1.0 / math.sqrt(head_dim))
+        for start in range(0, C, head_dim):  # n_head heads: each head_dim numbers, its own lookout
+            end = start + head_dim
+            # the query against each key so far; / sqrt(head_dim) keeps the scores' spread near 1
+            scores = [dot(q[start:end], k_t[start:end]) * (1.0 / math.sqrt(head_dim))
                       for k_t in keys[layer]]
-            weights = softmax(scores)
-            heads += [dot(weights, [v_t[j] for v_t in values[layer]])
-                      for j in range(s, s + head_dim)]
+            weights = softmax(scores)  # how much to take from each token so far, summing to 1
+            for j in range(start, end):  # the values, weighted: gpt.py's att @ v, a channel at a time
+                heads.append(dot(weights, [v_t[j] for v_t in values[layer]]))
         attn = linear(heads, sd[h + "attn.c_proj.weight"], sd[h + "attn.c_proj.bias"])
         x = [a + b for a, b in zip(x, attn)]
+        # The MLP: this position alone, widened to 4C numbers, bent by GELU, narrowed back to C
         hidden = linear(layernorm(x, sd[h + "ln_2.weight"], sd[h + "ln_2.bias"]),
                         sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"])
         mlp = linear([gelu(u) for u in hidden], sd[h + "mlp.c_proj.weight"],
@@ -173,12 +192,15 @@ def gpt(token, pos, keys, values, sd, n_head):
     return [dot(row, x) for row in sd["lm_head.weight"]]
 
 # ------------------------------------------------------------ the loss
-def next_token_loss(logits, target):  # -log(the probability given to the true next token)
+def next_token_loss(logits, target):
+    """Cross-entropy, as gpt.py's next_token_loss: -log(the probability the model gave the true next
+    token). 0 if it was sure and right; large if it gave the truth little chance. A fresh model
+    spreads its bets evenly: ln(vocab_size)."""
     return -softmax(logits)[target].log()
 
 def forward(sd, n_head, idx, targets=None):
     """idx: B sequences of T token ids. Returns the logits (B x T x vocab_size Values) and the mean
-    cross-entropy over all B*T positions, as gpt.py's GPT.forward does."""
+    cross-entropy over all B*T positions, as gpt.py's GPT.forward and next_token_loss do."""
     n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
     logits, losses = [], []
     for b, sequence in enumerate(idx):
@@ -190,17 +212,20 @@ def forward(sd, n_head, idx, targets=None):
 
 # ------------------------------------------------------------ the optimizer and the learning rate
 def get_lr(it, cfg):
-    """Linear warmup, then cosine decay to min_lr: the very same schedule as gpt.py's."""
+    """The learning rate lr, the size of a step: Adam moves each parameter by about lr. gpt.py's
+    get_lr: a linear warmup (the first gradients of random weights are wild), then a cosine that
+    glides from learning_rate down to min_lr, so that late steps settle instead of bouncing."""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= decay_iters:
         return cfg.min_lr
-    progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)
+    progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)  # 0 -> 1
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 def parameters(sd):
-    """(param, decays) for each distinct Value: matrices and embeddings decay; biases, gains don't."""
+    """(param, decays) for each distinct Value, as gpt.py's make_optimizer groups them: matrices and
+    embeddings decay; biases and LayerNorm gains, which cannot overfit, don't."""
     params = {}
     for key, w in sd.items():
         for row in w if isinstance(w[0], list) else [w]:
@@ -210,21 +235,24 @@ def parameters(sd):
 
 # ------------------------------------------------------------ one training step
 def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
-    """Clip the gradients to a global L2 norm of grad_clip, then AdamW as torch.optim.AdamW does."""
-    norm = math.sqrt(sum(p.grad * p.grad for p, _ in params))
-    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0
+    """Clip the gradients to a global L2 norm of grad_clip, then AdamW, as gpt.py's train_step does
+    with clip_grad_norm_ and torch.optim.AdamW (make_optimizer). AdamW: Adam, with Weight decay
+    applied to the weight itself. (m and v here are Adam's running means, not attention's values.)"""
+    norm = math.sqrt(sum(p.grad * p.grad for p, _ in params))  # all gradients as one long vector
+    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0  # longer: shrink
     for i, (p, decays) in enumerate(params):
         g = p.grad * scale
         if decays:
             p.data *= 1.0 - lr * cfg.weight_decay  # decoupled: shrink the weight, not its gradient
-        m[i] = beta1 * m[i] + (1 - beta1) * g
-        v[i] = beta2 * v[i] + (1 - beta2) * g * g
+        m[i] = beta1 * m[i] + (1 - beta1) * g  # the gradient's running mean: a smoothed direction
+        v[i] = beta2 * v[i] + (1 - beta2) * g * g  # its square's running mean: its usual size
+        # m and v start at 0, so early on they are too small: dividing by (1 - beta**step) fixes it
         m_hat, v_hat = m[i] / (1 - beta1 ** step), v[i] / (1 - beta2 ** step)  # step counts from 1
-        p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)
-        p.grad = 0.0
+        p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)  # a move of about lr, whatever g's scale
+        p.grad = 0.0  # backward adds into grad: clear it for the next step
 
 # ------------------------------------------------------------ the training loop
-def train(args):  # returns the weights and the vocabulary
+def train(args):  # gpt.py's train, stripped to the loop: returns the weights and the vocabulary
     cfg = argparse.Namespace(learning_rate=args.learning_rate, min_lr=args.learning_rate / 10,
                              warmup_iters=20, max_iters=args.num_steps, lr_decay_iters=None,
                              weight_decay=0.1, grad_clip=1.0)
@@ -243,7 +271,7 @@ def train(args):  # returns the weights and the vocabulary
         t0 = time.time()
         i = batch_rng.randrange(n - args.block_size - 1)
         chunk = data[i:i + args.block_size + 1]
-        _, loss = forward(sd, args.n_head, [chunk[:-1]], [chunk[1:]])
+        _, loss = forward(sd, args.n_head, [chunk[:-1]], [chunk[1:]])  # targets: the inputs, shifted
         loss.backward()
         lr = get_lr(step, cfg)
         adamw_step(params, m, v, step + 1, lr, cfg)
@@ -254,8 +282,9 @@ def train(args):  # returns the weights and the vocabulary
     return sd, vocab
 
 # ------------------------------------------------------------ sampling
-def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None):
-    """New token ids after ids, with gpt.py's window: past block_size it slides a quarter block."""
+def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None, top_k=None):
+    """New token ids after ids, as gpt.py's generate and draw. Past block_size positions, the last 3/4
+    block is recomputed from position 0 (the old keys and values are useless), a 1/4 block to grow."""
     n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
     ids, start, keys, new = list(ids), 0, None, []
     for _ in range(max_new_tokens):
@@ -267,11 +296,15 @@ def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=N
             logits = logits[-1]
         else:
             logits = gpt(ids[-1], len(ids) - 1 - start, keys, values, sd, n_head)
-        if temperature == 0:
+        if temperature == 0:  # greedy: the likeliest token, every time
             token = max(range(len(logits)), key=lambda i: logits[i].data)
-        else:
-            probs = softmax([l * (1.0 / temperature) for l in logits])
-            token = rng.choices(range(len(probs)), weights=[p.data for p in probs])[0]
+        else:  # temperature divides the scores: below 1 sharper (safer text), above 1 flatter (wilder)
+            scores = [l.data / temperature for l in logits]
+            if top_k is not None:  # only the top_k likeliest may be drawn: the long tail cut off
+                kth_best = sorted(scores, reverse=True)[min(top_k, len(scores)) - 1]
+                scores = [s if s >= kth_best else -math.inf for s in scores]
+            probs = softmax([Value(s) for s in scores])  # exp(-inf) = 0: cut tokens get no chance
+            token = rng.choices(range(len(probs)), weights=[p.data for p in probs])[0]  # one draw
         ids.append(token)
         new.append(token)
     return new
@@ -279,14 +312,11 @@ def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=N
 # ------------------------------------------------------------ the command line
 def main():
     p = argparse.ArgumentParser(description="Train the pure-Python GPT on a text, then sample from it.")
-    p.add_argument("--data", default="shakespeare.txt")
-    p.add_argument("--n_layer", type=int, default=1)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=16)
-    p.add_argument("--block_size", type=int, default=16)
-    p.add_argument("--num_steps", type=int, default=1000)  # one block_size sequence per step
-    p.add_argument("--learning_rate", type=float, default=1e-2)  # high: tiny models take big steps
-    p.add_argument("--seed", type=int, default=1337)
+    for name, default in dict(data="shakespeare.txt", n_layer=1, n_head=4, n_embd=16, block_size=16,
+                              num_steps=1000,  # one block_size sequence per step
+                              learning_rate=1e-2,  # high: tiny models take big steps
+                              seed=1337).items():
+        p.add_argument(f"--{name}", type=type(default), default=default)
     args = p.parse_args()
     if args.n_embd % args.n_head:
         p.error(f"--n_embd {args.n_embd} is not divisible by --n_head {args.n_head}")
