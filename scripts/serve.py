@@ -84,6 +84,15 @@ class BadRequest(Exception):
 
 
 # ------------------------------------------------------------ checking a request
+def shown(value):
+    """A value as the client sent it, for a message of one short line. Nested near Python's stack
+    limit, json.loads reads it but json.dumps cannot write it back."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        text = "(a value nested too deep to show)"
+    return text if len(text) <= 80 else text[:77] + "..."
+
 def fields(body, defaults):
     """The body's fields over the defaults; a field the endpoint does not take is refused."""
     unknown = sorted(set(body) - set(defaults))
@@ -98,20 +107,20 @@ def integer(values, name, low, high=None, optional=False):
     if type(value) is not int or value < low or high is not None and value > high:  # True is no 1
         limits = f"from {low} to {high}" if high is not None else f"of {low} or more"
         nothing = " or null" if optional else ""
-        raise BadRequest(f"{name} must be an integer {limits}{nothing}, got {json.dumps(value)}",
+        raise BadRequest(f"{name} must be an integer {limits}{nothing}, got {shown(value)}",
                          param=name)
     return value
 
 def number(values, name, low, high):
     value = values[name]
     if type(value) not in (int, float) or not low <= value <= high:  # NaN, inf and 10**400 too
-        raise BadRequest(f"{name} must be a number from {low} to {high}, got {json.dumps(value)}",
+        raise BadRequest(f"{name} must be a number from {low} to {high}, got {shown(value)}",
                          param=name)
     return value
 
 def string(values, name):
     if not isinstance(values[name], str):
-        raise BadRequest(f"{name} must be a string, got {json.dumps(values[name])}", param=name)
+        raise BadRequest(f"{name} must be a string, got {shown(values[name])}", param=name)
     return values[name]
 
 def sampling(values):
@@ -137,7 +146,7 @@ def check_messages(messages, tokenizer):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
             raise BadRequest(f'messages[{i}] must be an object with "role" and "content" only')
         if m["role"] not in ("system", "user", "assistant"):
-            raise BadRequest(f"messages[{i}]: unknown role {json.dumps(m['role'])} (system, user, "
+            raise BadRequest(f"messages[{i}]: unknown role {shown(m['role'])} (system, user, "
                              "assistant)")
         if not isinstance(m["content"], str) or not m["content"]:
             raise BadRequest(f"messages[{i}]: content must be a non-empty string")
@@ -228,11 +237,11 @@ NEUTRAL = dict(n=[1], best_of=[1], top_p=[1], frequency_penalty=[0], presence_pe
                logprobs=[False, 0], top_logprobs=[0], logit_bias=[{}], echo=[False], suffix=[""],
                tools=[[]], functions=[[]], tool_choice=["none", "auto"], function_call=["none", "auto"],
                response_format=[{"type": "text"}], modalities=[["text"]], reasoning_effort=[],
-               audio=[], prediction=[], web_search_options=[])
+               audio=[], prediction=[], web_search_options=[], verbosity=[])
 HINT = dict(top_p="top_k keeps the k likeliest instead", n="send a request for each answer",
             logprobs="POST /generate streams each token's probability")
 IGNORED = ("model", "user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-           "safety_identifier")  # bookkeeping, taken with any value; "model": there is one
+           "prompt_cache_retention", "safety_identifier")  # bookkeeping, taken with any value; "model": there is one
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # as OpenAI: a few short strings, checked after every token
 
 def same(a, b):  # equal as JSON values: 1.0 is 1, but true is not 1
@@ -252,7 +261,7 @@ def openai_fields(body, takes):
             if value is not None and not any(same(value, v) for v in NEUTRAL[name]):
                 allowed = " or ".join(json.dumps(v) for v in [None, *NEUTRAL[name]])
                 hint = f" ({HINT[name]})" if name in HINT else ""
-                raise BadRequest(f"{name} {json.dumps(value)} is not served here: leave it out or send "
+                raise BadRequest(f"{name} {shown(value)} is not served here: leave it out or send "
                                  f"{allowed}{hint}", param=name, code="unsupported_value")
         elif name not in IGNORED:
             raise BadRequest(f"unknown field {name!r}: this takes {', '.join(takes)}", param=name,
@@ -277,13 +286,13 @@ def stop_strings(values):
     if (not isinstance(stops, list) or len(stops) > MAX_STOPS
             or not all(isinstance(s, str) and 1 <= len(s) <= MAX_STOP_CHARS for s in stops)):
         raise BadRequest(f"stop must be a string or a list of up to {MAX_STOPS}, each of 1 to "
-                         f"{MAX_STOP_CHARS} characters, got {json.dumps(stop)[:100]}", param="stop")
+                         f"{MAX_STOP_CHARS} characters, got {shown(stop)}", param="stop")
     return stops
 
 def streaming(values):
     """Whether to stream, and whether to end the stream with the usage (stream_options.include_usage)."""
     if type(values["stream"]) is not bool:
-        raise BadRequest(f"stream must be true or false, got {json.dumps(values['stream'])}", param="stream")
+        raise BadRequest(f"stream must be true or false, got {shown(values['stream'])}", param="stream")
     options = values["stream_options"] or {}
     if not isinstance(options, dict) or type(options.get("include_usage", False)) is not bool:
         raise BadRequest('stream_options must be {"include_usage": true or false}', param="stream_options")
@@ -303,7 +312,7 @@ def openai_messages(messages, tokenizer):
             raise BadRequest(f'messages[{i}] must be an object with "role" and "content"', param="messages")
         role = "system" if m.get("role") == "developer" else m.get("role")
         if role not in ("system", "user", "assistant"):
-            raise BadRequest(f"messages[{i}]: role {json.dumps(m.get('role'))} is not served here (system, "
+            raise BadRequest(f"messages[{i}]: role {shown(m.get('role'))} is not served here (system, "
                              "developer, user, assistant): this model writes text, it calls no tools",
                              param="messages")
         content = m.get("content") or ""  # null: an assistant turn that only called tools
@@ -421,10 +430,10 @@ POST_ROUTES = {"/generate": generate, "/attention": attention, "/chat": chat,
 HOST = re.compile(r"\[([0-9a-f:.]+)\](?::\d{1,5})?|([a-z0-9_.-]+)(?::\d{1,5})?")  # name[:port]
 
 def host_name(host):
-    """The name in a Host header, in lower case, without its port: "[::1]:8000" -> "::1"; None if
-    the header is not a name and a port."""
-    match = HOST.fullmatch(host.lower())
-    return match and (match[1] or match[2])
+    """The name in a Host header, in lower case, without its port or a final dot (localhost. is
+    localhost, in DNS as in browsers): "[::1]:8000" -> "::1"; None if it is not a name and a port."""
+    match = HOST.fullmatch(host.strip().lower())
+    return match and (match[1] or match[2].removesuffix("."))
 
 def ip_address(name):
     try:
@@ -677,7 +686,7 @@ class Handler(BaseHTTPRequestHandler):
         that is not a name of this machine is DNS rebinding (another site's page, reading the
         replies); an Origin that is not the Host is another site's page."""
         hosts = self.headers.get_all("Host", [])
-        host = hosts[0].lower() if len(hosts) == 1 else ""
+        host = hosts[0].strip().lower() if len(hosts) == 1 else ""
         if not self.server.host_allowed(host_name(host)):
             more = "; or an IP address, or this machine's name" if self.server.opened else ""
             raise BadRequest(f"Host {host!r} is not a name of this server: use localhost or 127.0.0.1"
