@@ -438,7 +438,8 @@ ABSURD_LENGTHS = [  # Content-Length headers, as sent, and the status each gets
 ]
 
 
-@pytest.mark.parametrize("length, status", ABSURD_LENGTHS, ids=[f"{l[:12]} ({len(l)})" for l, _ in ABSURD_LENGTHS])
+@pytest.mark.parametrize("length, status", ABSURD_LENGTHS,
+                         ids=[f"{length[:12]} ({len(length)})" for length, _ in ABSURD_LENGTHS])
 def test_an_absurd_content_length_gets_its_4xx_in_one_line_and_the_server_goes_on(server, length, status):
     head = (f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
@@ -521,8 +522,9 @@ def test_two_host_headers_get_403(server):  # which one would the browser have s
 def test_loopback_names_are_answered_on_any_port_as_ssh_L_forwards_them(server):
     # ssh -L 9000:localhost:8000: the browser asks for localhost:9000 and its page's Origin says so too
     port = server.server_address[1]
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}", "localhost:9000",
-                 f"127.0.0.1:{port + 1}", "127.0.0.2:9000", "[::1]:9000", "localhost", "app.localhost:5173"):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}",
+                 "localhost:9000", f"127.0.0.1:{port + 1}", "127.0.0.2:9000", "[::1]:9000", "localhost",
+                 "app.localhost:5173", "localhost.:9000"):
         assert request(server, "/", method="GET", headers={"Host": host})[0] == 200, host
         assert status_for_host(server, host)[0] == 200, host
         assert status_for_host(server, host, "/v1/completions")[0] == 200, host
@@ -543,12 +545,14 @@ def test_a_server_opened_with_host_still_refuses_dns_names_it_was_not_given(out_
 
 
 def test_allowed_hosts_names_the_dns_names_that_may_reach_the_server(out_dir):
-    with running(out_dir, "0.0.0.0", allowed_hosts=["gpu-box.lan", ".example.org", "HOST.DOCKER.INTERNAL:8000"]) as s:
+    names = ["gpu-box.lan", ".example.org", "HOST.DOCKER.INTERNAL:8000"]  # a port is dropped
+    with running(out_dir, "0.0.0.0", allowed_hosts=names) as s:
         port = s.server_address[1]
-        for host in ("gpu-box.lan", f"GPU-box.lan:{port}", "example.org:80", "a.example.org", "b.a.example.org:9",
-                     "host.docker.internal:8000"):
+        for host in ("gpu-box.lan", f"GPU-box.lan:{port}", "example.org:80", "a.example.org",
+                     "b.a.example.org:9", "host.docker.internal:8000"):
             assert status_for_host(s, host)[0] == 200, host
-        for host in ("attacker.example", "gpu-box.lan.attacker.example", "badexample.org", "example.org.evil"):
+        for host in ("attacker.example", "gpu-box.lan.attacker.example", "badexample.org",
+                     "example.org.evil"):
             assert status_for_host(s, host)[0] == 403, host
     with running(out_dir, allowed_hosts=["gpu-box.lan"]) as loopback_only:  # loopback and the names listed
         assert status_for_host(loopback_only, "gpu-box.lan:8000")[0] == 200
@@ -707,7 +711,7 @@ USER = {"role": "user", "content": "Who art thou?"}
 
 
 def chat_py(folder, lines, max_new_tokens, monkeypatch):
-    """What `scripts/chat.py --temperature 0` prints when these lines are typed: each reply, then a newline."""
+    """What `scripts/chat.py --temperature 0` prints when these lines are typed: each reply, a newline."""
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
     code, out = quietly(chat.main, ["--out_dir", folder, "--device", "cpu", "--temperature", "0",
                                     "--max_new_tokens", str(max_new_tokens)])
@@ -743,8 +747,8 @@ def test_a_chat_at_temperature_0_is_the_reply_chat_py_writes_streamed_or_not(kin
     # two turns: the second answers a conversation that holds the first reply
     folder = request.getfixturevalue("chat_dir" if kind == "char" else "bpe_chat_dir")
     server = request.getfixturevalue("chat_server" if kind == "char" else "bpe_server")
-    api, questions, replies = client(server), ["Who art thou?", "Where is 동해?" if kind == "bpe" else "Where?"], []
-    messages = []
+    questions = ["Who art thou?", "Where is 동해?" if kind == "bpe" else "Where?"]
+    api, messages, replies = client(server), [], []
     for question in questions:
         messages.append({"role": "user", "content": question})
         answer = api.chat.completions.create(model="any", messages=messages, temperature=0, max_tokens=24)
@@ -788,9 +792,18 @@ def test_a_seeded_completion_is_the_text_generate_writes_with_that_seed_and_no_s
     answer = api.completions.create(model="any", prompt="ROMEO:", max_tokens=60, temperature=0.9, seed=3,
                                     extra_body={"top_k": 20})  # top_k: an extension, as vLLM's
     assert answer.choices[0].text == text_of(request(server, "/generate", flags)[1])
-    unseeded = {api.completions.create(model="any", prompt="ROMEO:", max_tokens=60, temperature=1).choices[0].text
-                for _ in range(2)}
+    unseeded = {api.completions.create(model="any", prompt="ROMEO:", max_tokens=60, temperature=1)
+                .choices[0].text for _ in range(2)}
     assert len(unseeded) == 2  # as OpenAI's: a chat app's Regenerate gives a new answer
+
+
+@needs_openai
+def test_a_seeded_chat_is_the_reply_the_pages_chat_writes_with_that_seed(bpe_server):
+    flags = {"max_new_tokens": 30, "temperature": 1.0, "top_k": 50, "seed": 5}
+    events = request(bpe_server, "/chat", {"messages": [USER], **flags})[1]
+    answer = client(bpe_server).chat.completions.create(model="any", messages=[USER], max_tokens=30,
+                                                        temperature=1, seed=5, extra_body={"top_k": 50})
+    assert answer.choices[0].message.content == text_of(events)
 
 
 @needs_openai
@@ -805,7 +818,8 @@ def test_a_stop_string_ends_the_text_just_before_it_and_no_chunk_shows_any_of_it
     tokens = [e["token"] for e in events]
     # the end of one token and the start of the next; a BPE token of 2 characters or more, so that it
     # ends inside it
-    i = next(i for i in range(5, len(tokens)) if tokens[i - 1] and len(tokens[i]) >= (2 if kind == "bpe" else 1))
+    shortest = 2 if kind == "bpe" else 1
+    i = next(i for i in range(5, len(tokens)) if tokens[i - 1] and len(tokens[i]) >= shortest)
     stop = tokens[i - 1][-1] + tokens[i][0]
     for stops in (stop, [stop, "never written \u2603"]):
         expected = full[:full.index(stop)]
@@ -833,21 +847,24 @@ BAD_API = [  # the client's arguments, and the field the 400 names
     (dict(max_tokens=10**6), "max_tokens"), (dict(max_completion_tokens=True), "max_completion_tokens"),
     (dict(max_tokens=5, max_completion_tokens=6), "max_tokens"),
     (dict(seed="x"), "seed"), (dict(seed=2**64), "seed"), (dict(n=2), "n"), (dict(top_p=0.5), "top_p"),
-    (dict(stop=["a"] * 5), "stop"), (dict(stop=""), "stop"), (dict(stop=7), "stop"), (dict(stream="yes"), "stream"),
+    (dict(stop=["a"] * 5), "stop"), (dict(stop=""), "stop"), (dict(stop=7), "stop"),
+    (dict(stream="yes"), "stream"),
     (dict(logprobs=True), "logprobs"), (dict(frequency_penalty=0.5), "frequency_penalty"),
     (dict(response_format={"type": "json_object"}), "response_format"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     (dict(extra_body={"temprature": 0}), "temprature"), (dict(extra_body={"top_k": 0}), "top_k"),
     (dict(messages=[]), "messages"), (dict(messages=[{"role": "tool", "content": "4"}]), "messages"),
     (dict(messages=[USER, {"role": "assistant", "content": "Ho"}]), "messages"),
-    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
-    (dict(messages=[{"role": "user", "content": "Où?"}]), "messages"),  # a character the char model never saw
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     "messages"),
+    (dict(messages=[{"role": "user", "content": "Où?"}]), "messages"),  # a character the model never saw
     (dict(messages=[{"role": "user", "content": 7}]), "messages"),
 ]
 
 
 @needs_openai
-@pytest.mark.parametrize("arguments, param", BAD_API, ids=[f"{p} {list(a.values())[0]!r:.30}" for a, p in BAD_API])
+@pytest.mark.parametrize("arguments, param", BAD_API,
+                         ids=[f"{param} {list(arguments.values())[0]!r:.30}" for arguments, param in BAD_API])
 def test_a_bad_request_raises_bad_request_error_naming_the_field(chat_server, arguments, param):
     api = client(chat_server)
     with pytest.raises(openai.BadRequestError) as refused:
@@ -863,8 +880,8 @@ def test_what_apps_send_at_values_that_change_nothing_is_taken(chat_server):
     # Open WebUI, LibreChat, LangChain and the openai client send these unasked
     api = client(chat_server)
     messages = [{"role": "developer", "content": "Be brief."}, {"role": "system", "content": "Speak."},
-                {"role": "user", "content": [{"type": "text", "text": "Who art "}, {"type": "text", "text": "thou?"}],
-                 "name": "ann"},
+                {"role": "user", "name": "ann",
+                 "content": [{"type": "text", "text": "Who art "}, {"type": "text", "text": "thou?"}]},
                 {"role": "assistant", "content": "A tiny model.", "tool_calls": None, "refusal": None},
                 {"role": "user", "content": "And?"}]
     answer = api.chat.completions.create(
@@ -874,8 +891,8 @@ def test_what_apps_send_at_values_that_change_nothing_is_taken(chat_server):
         extra_body={"top_k": 5})
     turns = [{"role": "system", "content": "Be brief."}, {"role": "system", "content": "Speak."},
              {"role": "user", "content": "Who art thou?"}, *messages[3:]]
-    plain = api.chat.completions.create(model="any", messages=[{k: m[k] for k in ("role", "content")} for m in turns],
-                                        max_tokens=5, temperature=0)
+    turns = [{"role": m["role"], "content": m["content"]} for m in turns]
+    plain = api.chat.completions.create(model="any", messages=turns, max_tokens=5, temperature=0)
     assert answer.choices[0].message.content == plain.choices[0].message.content  # the same conversation
 
 
@@ -889,7 +906,7 @@ def test_with_api_key_every_request_but_the_page_needs_it(chat_dir):
         assert refused.value.code == "invalid_api_key"
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
-        for headers in ({}, {"Authorization": "sesame"}, {"Authorization": "Bearer sesame2"}):  # no key, no Bearer
+        for headers in ({}, {"Authorization": "sesame"}, {"Authorization": "Bearer sesame2"}):
             status, answer = request(locked, "/v1/models", method="GET", headers=headers)
             assert status == 401 and answer["error"]["code"] == "invalid_api_key", headers
         right = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sesame", max_retries=0)
@@ -905,7 +922,8 @@ def test_with_api_key_every_request_but_the_page_needs_it(chat_dir):
 def test_the_pages_safety_holds_for_the_openai_api(chat_server):
     port, body = chat_server.server_address[1], {"messages": [USER], "max_tokens": 2}
     for headers, status in (({"Origin": "http://attacker.example"}, 403), ({"Host": "attacker.example"}, 403),
-                            ({"Content-Type": "text/plain"}, 415), ({"Content-Type": "application/x-www-form-urlencoded"}, 415)):
+                            ({"Content-Type": "text/plain"}, 415),
+                            ({"Content-Type": "application/x-www-form-urlencoded"}, 415)):
         got, answer = request(chat_server, "/v1/chat/completions", body, headers=headers)
         assert got == status and set(answer["error"]) == {"message", "type", "param", "code"}, headers
     for path, method, status in (("/v1/chat/completion", "POST", 404), ("/v1/v1/models", "GET", 404),
@@ -946,7 +964,8 @@ def test_requests_sent_together_wait_their_turn_and_are_all_answered(server):
     # an app sends a title, tags and the reply at once: they queue for the model, longer than the page's
     api, answers = client(server), []
     def ask(seed):
-        answers.append(api.completions.create(model="any", prompt="A", max_tokens=200, seed=seed).choices[0].text)
+        answer = api.completions.create(model="any", prompt="A", max_tokens=200, seed=seed)
+        answers.append(answer.choices[0].text)
     threads = [threading.Thread(target=ask, args=(seed,)) for seed in range(4)]
     for thread in threads:
         thread.start()

@@ -25,10 +25,11 @@ and the OpenAI API, in OpenAI's shapes (what the `openai` package and chat apps 
     GET  /v1/models            the one model, named for its folder (or --model_name)
     POST /v1/chat/completions  a chat model's reply: the text scripts/chat.py writes
     POST /v1/completions       any model's continuation of a prompt: the text gpt.py --sample writes
-    Both take max_tokens, temperature (0 to 2), seed, stop (up to 4 strings), stream, and top_k as an
-    extension; temperature, top_k and max_tokens default to --sample's, and with no seed each request
-    draws its own. Fields that apps send at values that change nothing (n 1, top_p 1, penalties 0,
-    logprobs false, user, ...) are taken; any other value is refused with a 400, never ignored.
+    Both take max_tokens (or max_completion_tokens), temperature (0 to 2), seed, stop (up to 4
+    strings), stream, and top_k as an extension; temperature, top_k and max_tokens default to
+    --sample's, and with no seed each request draws its own. Fields that apps send at values that
+    change nothing (n 1, top_p 1, penalties 0, logprobs false, user, ...) are taken; any other value
+    is refused with a 400, never ignored.
     Errors are {"error": {"message", "type", "param", "code"}}.
 
 Only this machine's own page may drive the model, though any web site the user visits can make the
@@ -240,8 +241,9 @@ NEUTRAL = dict(n=[1], best_of=[1], top_p=[1], frequency_penalty=[0], presence_pe
                audio=[], prediction=[], web_search_options=[], verbosity=[])
 HINT = dict(top_p="top_k keeps the k likeliest instead", n="send a request for each answer",
             logprobs="POST /generate streams each token's probability")
+# Bookkeeping, taken with any value. "model" too: there is one, whatever name an app gives it.
 IGNORED = ("model", "user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-           "prompt_cache_retention", "safety_identifier")  # bookkeeping, taken with any value; "model": there is one
+           "prompt_cache_retention", "safety_identifier")
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # as OpenAI: a few short strings, checked after every token
 
 def same(a, b):  # equal as JSON values: 1.0 is 1, but true is not 1
@@ -325,7 +327,8 @@ def openai_messages(messages, tokenizer):
         if not isinstance(content, str):
             raise BadRequest(f"messages[{i}]: content must be a string or a list of text parts",
                              param="messages")
-        more = sorted(k for k, v in m.items() if k not in ("role", "content", "name") and v not in (None, [], "", {}))
+        more = sorted(k for k, v in m.items()  # tool_calls: null and the like are taken
+                      if k not in ("role", "content", "name") and v not in (None, [], "", {}))
         if more:
             raise BadRequest(f"messages[{i}]: {more[0]!r} is not served here: this model writes text only",
                              param="messages")
@@ -402,9 +405,10 @@ def openai_events(head, pieces, report, prompt_tokens, chat, include_usage):
         head = {**head, "usage": None}
 
     def chunk(text, finish_reason=None, role=False):
-        if chat:
-            delta = {"role": "assistant", "content": text} if role else {} if finish_reason else {"content": text}
-            choice = dict(index=0, delta=delta)
+        if chat and role:
+            choice = dict(index=0, delta={"role": "assistant", "content": text})
+        elif chat:  # the last chunk's delta is empty
+            choice = dict(index=0, delta={} if finish_reason else {"content": text})
         else:
             choice = dict(index=0, text=text)
         return {**head, "choices": [dict(**choice, logprobs=None, finish_reason=finish_reason)]}
@@ -714,7 +718,8 @@ class Handler(BaseHTTPRequestHandler):
         if len(set(lengths)) > 1 or not (length.isascii() and length.isdigit()):  # "²".isdigit() too
             raise BadRequest(f"Content-Length must be one number of bytes, got {', '.join(lengths)[:40]!r}")
         if len(length) > 15:  # not even read as a number: int() refuses 4,301 digits and more
-            raise BadRequest(f"the body is a {len(length):,}-digit number of bytes: at most {MAX_BODY:,}", 413)
+            raise BadRequest(f"the body is a {len(length):,}-digit number of bytes: at most {MAX_BODY:,}",
+                             413)
         size = int(length)
         if size > MAX_BODY:  # finish() reads it away, so that the client sees this
             raise BadRequest(f"the body is {size:,} bytes: at most {MAX_BODY:,}", 413)
