@@ -664,7 +664,7 @@ def test_clients_that_trickle_their_requests_are_cut_off_and_the_page_still_answ
         # every trickler was cut off: by the deadline, or sooner when a new connection needed its place;
         # told why with a 408 (just the JSON if its request line was cut short, as HTTP/0.9 has it), or
         # closed without a word if it had sent nothing
-        assert len(log) == 8 and all(when is not None and when < 1.5 + 1 for when, _ in log), log
+        assert len(log) == 8 and all(when is not None and when < 1.5 + 2 for when, _ in log), log
         assert all(reply == b"" or reply.startswith((b"HTTP/1.0 408", b'{"error"')) for _, reply in log), log
 
 
@@ -678,7 +678,7 @@ def test_a_slow_client_alone_is_cut_off_at_the_deadline_with_408(out_dir, monkey
             while not reply.endswith(b"}"):
                 reply += sock.recv(4096)
         assert reply.startswith(b"HTTP/1.0 408") and b"did not all come in 1 s" in reply
-        assert time.monotonic() - start < 1 + 1
+        assert time.monotonic() - start < 1 + 2
         assert request(s, *GOOD)[0] == 200
 
 
