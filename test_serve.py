@@ -1,8 +1,9 @@
-"""test_serve.py: scripts/serve.py, its page and its API, on a tiny model trained once per session.
+"""test_serve.py: scripts/serve.py, its page and its APIs, on a tiny model trained once per session.
 
     python -m pytest test_serve.py
 
-The API tests talk HTTP to the real server, on a free port of this machine. The browser tests drive
+The API tests talk HTTP to the real server, on a free port of this machine; the OpenAI API's through the
+official `openai` package, as any app that speaks it would. The browser tests drive
 Debian's headless Chromium with Selenium; where chromium, chromium-driver or selenium is missing they are
 skipped, and say why. Their screenshots go to a temporary folder; the README's came from
     SERVE_OUT_DIR=out_chat SERVE_SCREENSHOTS=assets python -m pytest test_serve.py -k browser
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -28,6 +30,12 @@ import gpt
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
 import chat  # noqa: E402  scripts/chat.py, which serve.py imports as a script beside it does
+import prepare  # noqa: E402  scripts/prepare.py: a BPE tokenizer for a test model
+try:
+    import openai  # the official client: the tests that talk through it skip without it
+except ImportError:
+    openai = None
+needs_openai = pytest.mark.skipif(openai is None, reason='no openai here: pip install -e ".[test]"')
 spec = importlib.util.spec_from_file_location("serve", os.path.join(HERE, "scripts", "serve.py"))
 serve = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(serve)
@@ -80,10 +88,28 @@ def nan_dir(out_dir, tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def bpe_chat_dir(tmp_path_factory):
+    """A random 2-layer chat model with a BPE tokenizer, learned on Shakespeare and a little Korean (whose
+    characters span tokens). Its weights are large: greedy sampling writes varied tokens."""
+    folder = tmp_path_factory.mktemp("serve_bpe")
+    korean = "동해 물과 백두산이 마르고 닳도록\n하느님이 보우하사 우리나라 만세.\n" * 20
+    spec = prepare.make_tokenizer("bpe", 300, None, iter([TEXT[:5000], korean]))
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=len(spec["tokens"]) + 1)
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(**shape, dropout=0.0))
+    with torch.no_grad():
+        for w in model.parameters():
+            w.normal_(0.0, 0.3) if w.dim() > 1 else w.add_(0.1 * torch.randn_like(w))
+    torch.save(dict(model=model.state_dict(), config={**gpt.DEFAULTS, **shape}, vocab=None, tokenizer=spec,
+                    chat=TEMPLATE, iter=0, best_val_loss=float("nan")), folder / "best.pt")
+    return str(folder)
+
+
 @contextlib.contextmanager
-def running(folder, host="127.0.0.1"):
+def running(folder, host="127.0.0.1", **options):
     """The real server on a free port, in a thread of this process."""
-    server = serve.Server(folder, host, 0, "cpu")
+    server = serve.Server(folder, host, 0, "cpu", **options)
     # polled ten times as often as by default: shutdown() returns at once
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
@@ -111,6 +137,19 @@ def nan_server(nan_dir):
         yield s
 
 
+@pytest.fixture(scope="session")
+def bpe_server(bpe_chat_dir):
+    with running(bpe_chat_dir) as s:
+        yield s
+
+
+def client(server):
+    """The official OpenAI client, pointed at the server as an app would be; no retries, so that a
+    refusal is seen as it is."""
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="none",
+                         max_retries=0, timeout=60)
+
+
 def strict_json(text):
     """JSON as a browser's JSON.parse reads it: NaN and Infinity, which Python's json takes, refused."""
     def refuse(constant):
@@ -133,10 +172,28 @@ def request(server, path, body=None, method="POST", raw=None, headers=None):
     return reply.status, strict_json(content) if content.startswith("{") else content
 
 
+request_module = request  # for tests whose own `request` is pytest's fixture
+
+
 def post_head(server, length):
     """The head of a well-formed POST /generate, for a test that talks on the socket itself."""
     return (f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def exchange(server, data, timeout=30):
+    """Bytes sent as they are, on a socket of our own; the reply read until the server closes it: its
+    status and its JSON."""
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout) as sock:
+        sock.sendall(data)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), strict_json(body.decode())
 
 
 def handler_threads():  # the server's threads, one a connection (named for their target)
@@ -247,6 +304,17 @@ def test_attention_is_the_models_own_and_leaves_it_sampling_as_before(server, ou
     assert not any(block.attn.by_hand for block in server.model.transformer.h)  # the fused kernel again
     after = text_of(request(server, "/generate", {"prompt": "ROMEO:", "max_new_tokens": 20})[1])
     assert after == before
+
+
+def test_attention_leaves_no_layers_weights_on_the_model(bpe_server):
+    # each layer's (nh, T, T) weights stayed on the model after the request: GPT-2's at 1024 positions
+    # would be 600 MB, held until the next one
+    blocks = bpe_server.model.transformer.h
+    for layer in range(len(blocks)):
+        status, answer = request(bpe_server, "/attention", {"text": "ROMEO: 동해 물과", "layer": layer})
+        assert status == 200 and len(answer["weights"]) == len(answer["tokens"])
+        assert not [i for i, block in enumerate(blocks) if hasattr(block.attn, "att")], layer
+        assert not any(block.attn.by_hand for block in blocks)
 
 
 # ------------------------------------------------------------ POST /chat
@@ -362,24 +430,34 @@ def test_a_temperature_of_1e_300_samples_the_greedy_text(server):
     assert text_of(events) == text_of(request(server, "/generate", {**body, "temperature": 0})[1])
 
 
-def test_a_content_length_in_digits_int_cannot_read_gets_411(server):
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
-    connection.putrequest("POST", "/generate")
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", "²".encode("latin-1"))  # "²".isdigit(), but int("²") fails
-    connection.endheaders(b"{}")
-    reply = connection.getresponse()
-    assert reply.status == 411 and "Content-Length" in strict_json(reply.read())["error"]
+ABSURD_LENGTHS = [  # Content-Length headers, as sent, and the status each gets
+    ("9" * 5000, 413),  # int() refuses 4,301 digits and more: it was a 500 and a traceback
+    ("9" * 20, 413), ("-5", 400), ("abc", 400), ("0x10", 400), ("1e3", 400), ("2.0", 400),
+    ("²", 400),  # "²".isdigit(), but int("²") fails
+    ("2\r\nContent-Length: 3", 400),  # two that differ: which body is it?
+]
+
+
+@pytest.mark.parametrize("length, status", ABSURD_LENGTHS,
+                         ids=[f"{length[:12]} ({len(length)})" for length, _ in ABSURD_LENGTHS])
+def test_an_absurd_content_length_gets_its_4xx_in_one_line_and_the_server_goes_on(server, length, status):
+    head = (f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+    got, answer = exchange(server, head.encode("latin-1") + b"{}")
+    assert got == status and "\n" not in answer["error"], answer
+    assert "Content-Length" in answer["error"] or "at most 65,536" in answer["error"], answer
     assert request(server, *GOOD)[0] == 200
 
 
-def test_json_nested_about_as_deep_as_pythons_stack_is_answered_at_every_depth(server):
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions"])
+def test_json_nested_about_as_deep_as_pythons_stack_gets_a_400_at_every_depth(server, path):
     # Just under the depth json.loads refuses, the body reads, but an error message that shows the
-    # value back goes deeper: whatever fails, the client gets a status and one line, never silence
+    # value back goes deeper: it was a 500 and a traceback
     for depth in range(940, 1010):
         raw = b'{"temperature": ' + b"[" * depth + b"]" * depth + b"}"
-        status, answer = request(server, "/generate", raw=raw)
-        assert status in (400, 500) and set(answer) == {"error"} and "\n" not in answer["error"], depth
+        status, answer = request(server, path, raw=raw)
+        message = answer["error"]["message"] if path.startswith("/v1") else answer["error"]
+        assert status == 400 and "\n" not in message, (depth, answer)
     assert request(server, *GOOD)[0] == 200
 
 
@@ -410,22 +488,75 @@ def test_a_model_that_computes_nan_streams_null_not_nan(nan_server):
 
 
 # ------------------------------------------------------------ only this machine's own page drives it
-def test_a_request_for_another_host_name_gets_403_page_and_api_alike(server):
+def status_for_host(server, host, path="/generate"):
+    """A request as the browser sends it from a page served as host: its Host, and its Origin."""
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    body = {"max_new_tokens": 2} if path == "/generate" else {"prompt": "A", "max_tokens": 2}
+    return request(server, path, body, headers=headers)
+
+
+REBINDING = ["attacker.example", "attacker.example:{port}", "localhost.attacker.example:{port}",
+             "127.0.0.1.nip.io:{port}", "gpu-box.lan:{port}", "", "localhost:{port}:{port}", "[::1"]
+
+
+def test_a_request_for_another_host_name_gets_403_page_and_apis_alike(server):
     # DNS rebinding: attacker.example, now resolved to 127.0.0.1, is the page's own origin in the browser
     port = server.server_address[1]
-    for method, path in (("GET", "/"), ("POST", "/generate")):
-        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1:{port + 1}", ""):
+    for method, path in (("GET", "/"), ("POST", "/generate"), ("GET", "/v1/models"),
+                         ("POST", "/v1/completions")):
+        for host in REBINDING:
+            host = host.format(port=port)
             status, answer = request(server, path, {"max_new_tokens": 2}, method, headers={"Host": host})
-            assert status == 403 and "Host" in answer["error"] and "\n" not in answer["error"], host
+            message = answer["error"]["message"] if path.startswith("/v1") else answer["error"]
+            assert status == 403 and "Host" in message and "\n" not in message, host
     assert request(server, *GOOD)[0] == 200
 
 
-def test_this_machines_names_for_the_server_are_answered(server):
+def test_two_host_headers_get_403(server):  # which one would the browser have sent?
     port = server.server_address[1]
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}"):
+    head = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: attacker.example:{port}\r\n\r\n").encode()
+    status, answer = exchange(server, head)
+    assert status == 403 and "Host" in answer["error"]
+
+
+def test_loopback_names_are_answered_on_any_port_as_ssh_L_forwards_them(server):
+    # ssh -L 9000:localhost:8000: the browser asks for localhost:9000 and its page's Origin says so too
+    port = server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}",
+                 "localhost:9000", f"127.0.0.1:{port + 1}", "127.0.0.2:9000", "[::1]:9000", "localhost",
+                 "app.localhost:5173", "localhost.:9000"):
         assert request(server, "/", method="GET", headers={"Host": host})[0] == 200, host
-        own_page = {"Host": host, "Origin": f"http://{host}"}  # what a browser sends from the page
-        assert request(server, *GOOD, headers=own_page)[0] == 200, host
+        assert status_for_host(server, host)[0] == 200, host
+        assert status_for_host(server, host, "/v1/completions")[0] == 200, host
+
+
+def test_a_server_opened_with_host_still_refuses_dns_names_it_was_not_given(out_dir):
+    # 0.0.0.0 listens on 127.0.0.1 too: a rebound name must not reach it. IP addresses cannot be
+    # rebound, and this machine's own name is its owner's
+    with running(out_dir, "0.0.0.0") as open_server:
+        port = open_server.server_address[1]
+        for host in REBINDING:
+            status, answer = status_for_host(open_server, host.format(port=port))
+            assert status == 403 and "--allowed_hosts" in answer["error"], host
+        for host in (f"192.168.1.20:{port}", f"10.0.0.5:{port}", "[fe80::1]:8000", f"[2001:db8::7]:{port}",
+                     f"{socket.gethostname()}:{port}", f"localhost:{port}", "localhost:9000"):
+            assert status_for_host(open_server, host)[0] == 200, host
+            assert status_for_host(open_server, host, "/v1/completions")[0] == 200, host
+
+
+def test_allowed_hosts_names_the_dns_names_that_may_reach_the_server(out_dir):
+    names = ["gpu-box.lan", ".example.org", "HOST.DOCKER.INTERNAL:8000"]  # a port is dropped
+    with running(out_dir, "0.0.0.0", allowed_hosts=names) as s:
+        port = s.server_address[1]
+        for host in ("gpu-box.lan", f"GPU-box.lan:{port}", "example.org:80", "a.example.org",
+                     "b.a.example.org:9", "host.docker.internal:8000"):
+            assert status_for_host(s, host)[0] == 200, host
+        for host in ("attacker.example", "gpu-box.lan.attacker.example", "badexample.org",
+                     "example.org.evil"):
+            assert status_for_host(s, host)[0] == 403, host
+    with running(out_dir, allowed_hosts=["gpu-box.lan"]) as loopback_only:  # loopback and the names listed
+        assert status_for_host(loopback_only, "gpu-box.lan:8000")[0] == 200
+        assert status_for_host(loopback_only, "192.168.1.20:8000")[0] == 403
 
 
 def test_a_request_from_another_sites_page_gets_403(server):
@@ -446,12 +577,9 @@ def test_a_post_of_a_form_or_plain_text_gets_415(server):  # any page sends thos
     assert request(server, "/generate", raw=body, headers=utf8)[0] == 200
 
 
-def test_a_server_opened_with_host_answers_any_name_but_not_other_sites(out_dir):
-    with running(out_dir, "0.0.0.0") as open_server:  # its names are others': gpu-box.lan, an address
-        host = f"gpu-box.lan:{open_server.server_address[1]}"
-        assert request(open_server, "/", method="GET", headers={"Host": host})[0] == 200
-        own_page = {"Host": host, "Origin": f"http://{host}"}
-        assert request(open_server, *GOOD, headers=own_page)[0] == 200
+def test_a_server_opened_with_host_still_checks_origins_and_content_types(out_dir):
+    with running(out_dir, "0.0.0.0") as open_server:
+        host = f"192.168.1.20:{open_server.server_address[1]}"
         other_site = {"Host": host, "Origin": "http://attacker.example"}
         assert request(open_server, *GOOD, headers=other_site)[0] == 403
         plain = {"Host": host, "Content-Type": "text/plain"}
@@ -484,35 +612,422 @@ def test_a_client_that_stops_reading_but_keeps_its_socket_lets_the_model_go(out_
         assert errors == []  # the stream that timed out ended quietly: no traceback
 
 
+def trickle(sock, connected_at, data, every, log):
+    """Send data a byte at a time, as a slow-loris client does, until the server answers or closes;
+    then log how long after connecting, and the whole answer."""
+    for byte in data:
+        try:
+            sock.send(bytes([byte]))
+            sock.settimeout(every)
+            reply = sock.recv(4096)  # waits `every` for an answer
+        except TimeoutError:
+            continue
+        except OSError:
+            reply = b""
+        cut_off = time.monotonic() - connected_at
+        sock.settimeout(5)
+        while reply and not reply.endswith(b"}"):  # the rest of a 408, if it was told one
+            more = sock.recv(4096)
+            if not more:
+                break
+            reply += more
+        log.append((cut_off, reply))
+        return
+    log.append((None, b"sent it all"))
+
+
+def test_clients_that_trickle_their_requests_are_cut_off_and_the_page_still_answers(out_dir, monkeypatch):
+    # A byte every 0.1 s: each read is quick, the request never ends. 60 s for each read held the slots
+    # for ever, and the page got 503
+    monkeypatch.setattr(serve, "REQUEST_S", 1.5)
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 4)
+    with running(out_dir) as s:
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{s.server_address[1]}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        address, log, threads = ("127.0.0.1", s.server_address[1]), [], []
+        socks = []
+        for _ in range(8):  # twice the cap
+            socks.append((socket.create_connection(address, timeout=10), time.monotonic()))
+        try:
+            for sock, connected_at in socks:
+                threads.append(threading.Thread(target=trickle, args=(sock, connected_at, head, 0.1, log)))
+                threads[-1].start()
+            for _ in range(3):  # while they trickle, the page and its API answer at once
+                assert request(s, "/", method="GET")[0] == 200
+                assert request(s, *GOOD)[0] == 200
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            for sock, _ in socks:
+                sock.close()
+        # every trickler was cut off: by the deadline, or sooner when a new connection needed its place;
+        # told why with a 408 (just the JSON if its request line was cut short, as HTTP/0.9 has it), or
+        # closed without a word if it had sent nothing
+        assert len(log) == 8 and all(when is not None and when < 1.5 + 2 for when, _ in log), log
+        assert all(reply == b"" or reply.startswith((b"HTTP/1.0 408", b'{"error"')) for _, reply in log), log
+
+
+def test_a_slow_client_alone_is_cut_off_at_the_deadline_with_408(out_dir, monkeypatch):
+    monkeypatch.setattr(serve, "REQUEST_S", 1)
+    with running(out_dir) as s:
+        with socket.create_connection(("127.0.0.1", s.server_address[1]), timeout=10) as sock:
+            start = time.monotonic()
+            sock.sendall(post_head(s, 100) + b'{"prompt": ')  # then nothing: 89 bytes never come
+            reply = b""
+            while not reply.endswith(b"}"):
+                reply += sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.0 408") and b"did not all come in 1 s" in reply
+        assert time.monotonic() - start < 1 + 2
+        assert request(s, *GOOD)[0] == 200
+
+
 def test_connections_past_the_cap_get_503_at_once_and_the_server_goes_on(out_dir, monkeypatch):
     monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(serve, "WAIT_S", 10)
     with running(out_dir) as capped:
-        address = ("127.0.0.1", capped.server_address[1])
-        idle = [socket.create_connection(address, timeout=10) for _ in range(4)]  # they say nothing
-        try:
-            assert idle[3].recv(4096).startswith(b"HTTP/1.0 503")  # the fourth: told at once
-            for _ in range(3):  # a request, sent as the server refuses it, still reads its 503
+        answers = []
+        def wait_for_the_model():
+            answers.append(request(capped, *GOOD))
+        waiting = [threading.Thread(target=wait_for_the_model) for _ in range(3)]
+        with capped.lock:  # as if a stream held the model: three requests wait for it, each a connection
+            for thread in waiting:
+                thread.start()
+            while len(handler_threads()) < 3 or capped.reading:  # all three read, and waiting
+                time.sleep(0.01)
+            for _ in range(3):  # no connection is still sending its request: none can give way
                 status, answer = request(capped, *GOOD)
                 assert status == 503 and "too many connections" in answer["error"]
-        finally:
-            for sock in idle:
-                sock.close()
-        for thread in handler_threads():  # the three threads see their sockets close, and end
+        for thread in waiting:
+            thread.join(timeout=30)
+        assert [status for status, _ in answers] == [200] * 3
+        for thread in handler_threads():  # the three threads end
             thread.join(timeout=10)
         assert request(capped, *GOOD)[0] == 200
 
 
+# ------------------------------------------------------------ the OpenAI API, through the official client
+USER = {"role": "user", "content": "Who art thou?"}
+
+
+def chat_py(folder, lines, max_new_tokens, monkeypatch):
+    """What `scripts/chat.py --temperature 0` prints when these lines are typed: each reply, a newline."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    code, out = quietly(chat.main, ["--out_dir", folder, "--device", "cpu", "--temperature", "0",
+                                    "--max_new_tokens", str(max_new_tokens)])
+    assert code == 0
+    return out
+
+
+def streamed(chunks):
+    """A stream's chunks: the text they carry joined, the finish_reason, and the usage if sent."""
+    texts, finish, used = [], None, None
+    for chunk in chunks:
+        if chunk.usage is not None:
+            used = chunk.usage
+        for choice in chunk.choices:
+            texts.append(choice.delta.content or "" if hasattr(choice, "delta") else choice.text)
+            finish = choice.finish_reason or finish
+    return "".join(texts), finish, used
+
+
+@needs_openai
+def test_the_models_list_holds_the_served_checkpoint_named_for_its_folder(chat_server, chat_dir):
+    api = client(chat_server)
+    name = os.path.basename(chat_dir)
+    assert [m.id for m in api.models.list()] == [name]
+    assert api.models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("gpt-4o")
+
+
+@needs_openai
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_chat_at_temperature_0_is_the_reply_chat_py_writes_streamed_or_not(kind, request, monkeypatch):
+    # two turns: the second answers a conversation that holds the first reply
+    folder = request.getfixturevalue("chat_dir" if kind == "char" else "bpe_chat_dir")
+    server = request.getfixturevalue("chat_server" if kind == "char" else "bpe_server")
+    questions = ["Who art thou?", "Where is 동해?" if kind == "bpe" else "Where?"]
+    api, messages, replies = client(server), [], []
+    for question in questions:
+        messages.append({"role": "user", "content": question})
+        answer = api.chat.completions.create(model="any", messages=messages, temperature=0, max_tokens=24)
+        reply = answer.choices[0].message.content
+        chunks = api.chat.completions.create(model="any", messages=messages, temperature=0, max_tokens=24,
+                                             stream=True, stream_options={"include_usage": True})
+        assert streamed(chunks) == (reply, answer.choices[0].finish_reason, answer.usage)
+        assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-")
+        assert answer.model == os.path.basename(folder) and answer.choices[0].message.role == "assistant"
+        ckpt = gpt.load_checkpoint(os.path.join(folder, "best.pt"), "")
+        prompt = chat.prompt_ids(gpt.tokenizer_of(ckpt), TEMPLATE, messages, ckpt["config"]["block_size"])
+        assert answer.usage.prompt_tokens == len(prompt)
+        assert answer.usage.total_tokens == len(prompt) + answer.usage.completion_tokens
+        if answer.choices[0].finish_reason == "length":
+            assert answer.usage.completion_tokens == 24
+        messages.append({"role": "assistant", "content": reply})
+        replies.append(reply)
+    assert chat_py(folder, questions, 24, monkeypatch) == "".join(reply + "\n" for reply in replies)
+
+
+@needs_openai
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_completion_at_temperature_0_is_the_text_gpt_sample_writes_streamed_or_not(kind, request):
+    folder = request.getfixturevalue("out_dir" if kind == "char" else "bpe_chat_dir")
+    server = request.getfixturevalue("server" if kind == "char" else "bpe_server")
+    api, prompt = client(server), "ROMEO:"
+    answer = api.completions.create(model="any", prompt=prompt, temperature=0, max_tokens=30)
+    expected = sampled(folder, "--prompt", prompt, "--temperature", "0", "--max_new_tokens", "30")
+    assert answer.choices[0].text == expected and answer.choices[0].finish_reason == "length"
+    assert answer.object == "text_completion" and answer.id.startswith("cmpl-")
+    assert answer.usage.completion_tokens == 30
+    assert answer.usage.prompt_tokens == len(gpt.tokenizer_of(server.ckpt).encode(prompt))
+    chunks = api.completions.create(model="any", prompt=prompt, temperature=0, max_tokens=30, stream=True)
+    assert streamed(chunks)[:2] == (expected, "length")
+
+
+@needs_openai
+def test_a_seeded_completion_is_the_text_generate_writes_with_that_seed_and_no_seed_draws_anew(server):
+    api = client(server)
+    flags = {"prompt": "ROMEO:", "max_new_tokens": 60, "temperature": 0.9, "top_k": 20, "seed": 3}
+    answer = api.completions.create(model="any", prompt="ROMEO:", max_tokens=60, temperature=0.9, seed=3,
+                                    extra_body={"top_k": 20})  # top_k: an extension, as vLLM's
+    assert answer.choices[0].text == text_of(request(server, "/generate", flags)[1])
+    unseeded = {api.completions.create(model="any", prompt="ROMEO:", max_tokens=60, temperature=1)
+                .choices[0].text for _ in range(2)}
+    assert len(unseeded) == 2  # as OpenAI's: a chat app's Regenerate gives a new answer
+
+
+@needs_openai
+def test_a_seeded_chat_is_the_reply_the_pages_chat_writes_with_that_seed(bpe_server):
+    flags = {"max_new_tokens": 30, "temperature": 1.0, "top_k": 50, "seed": 5}
+    events = request(bpe_server, "/chat", {"messages": [USER], **flags})[1]
+    answer = client(bpe_server).chat.completions.create(model="any", messages=[USER], max_tokens=30,
+                                                        temperature=1, seed=5, extra_body={"top_k": 50})
+    assert answer.choices[0].message.content == text_of(events)
+
+
+@needs_openai
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_stop_string_ends_the_text_just_before_it_and_no_chunk_shows_any_of_it(kind, request):
+    # A char model's stop string spans tokens; a BPE model's may also end inside one. The text is
+    # the seeded /generate text up to the stop string; streamed, no piece of it is sent and taken back
+    server = request.getfixturevalue("server" if kind == "char" else "bpe_server")
+    api, flags = client(server), {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 1, "seed": 7}
+    events = request_module(server, "/generate", flags)[1][:-1]
+    full = text_of(events + [{"done": True}])
+    tokens = [e["token"] for e in events]
+    # the end of one token and the start of the next; a BPE token of 2 characters or more, so that it
+    # ends inside it
+    shortest = 2 if kind == "bpe" else 1
+    i = next(i for i in range(5, len(tokens)) if tokens[i - 1] and len(tokens[i]) >= shortest)
+    stop = tokens[i - 1][-1] + tokens[i][0]
+    for stops in (stop, [stop, "never written \u2603"]):
+        expected = full[:full.index(stop)]
+        answer = api.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=1, seed=7,
+                                        stop=stops)
+        assert (answer.choices[0].text, answer.choices[0].finish_reason) == (expected, "stop")
+        chunks = api.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=1, seed=7,
+                                        stop=stops, stream=True)
+        assert streamed(chunks)[:2] == (expected, "stop")
+    never = api.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=1, seed=7,
+                                   stop="never written \u2603")
+    assert (never.choices[0].text, never.choices[0].finish_reason) == (full, "length")
+
+
+@needs_openai
+def test_a_model_never_fine_tuned_on_chats_gets_a_400_that_points_to_completions(server):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(server).chat.completions.create(model="any", messages=[USER])
+    assert "/v1/completions" in refused.value.message and refused.value.code == "model_not_chat"
+
+
+BAD_API = [  # the client's arguments, and the field the 400 names
+    (dict(temperature=5), "temperature"), (dict(temperature=-1), "temperature"),
+    (dict(temperature="hot"), "temperature"), (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=10**6), "max_tokens"), (dict(max_completion_tokens=True), "max_completion_tokens"),
+    (dict(max_tokens=5, max_completion_tokens=6), "max_tokens"),
+    (dict(seed="x"), "seed"), (dict(seed=2**64), "seed"), (dict(n=2), "n"), (dict(top_p=0.5), "top_p"),
+    (dict(stop=["a"] * 5), "stop"), (dict(stop=""), "stop"), (dict(stop=7), "stop"),
+    (dict(stream="yes"), "stream"),
+    (dict(logprobs=True), "logprobs"), (dict(frequency_penalty=0.5), "frequency_penalty"),
+    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (dict(extra_body={"temprature": 0}), "temprature"), (dict(extra_body={"top_k": 0}), "top_k"),
+    (dict(messages=[]), "messages"), (dict(messages=[{"role": "tool", "content": "4"}]), "messages"),
+    (dict(messages=[USER, {"role": "assistant", "content": "Ho"}]), "messages"),
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     "messages"),
+    (dict(messages=[{"role": "user", "content": "Où?"}]), "messages"),  # a character the model never saw
+    (dict(messages=[{"role": "user", "content": 7}]), "messages"),
+]
+
+
+@needs_openai
+@pytest.mark.parametrize("arguments, param", BAD_API,
+                         ids=[f"{param} {list(arguments.values())[0]!r:.30}" for arguments, param in BAD_API])
+def test_a_bad_request_raises_bad_request_error_naming_the_field(chat_server, arguments, param):
+    api = client(chat_server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(**{"model": "any", "messages": [USER], **arguments})
+    error = refused.value.body
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and "\n" not in error["message"], error
+    assert api.chat.completions.create(model="any", messages=[USER], max_tokens=2).choices[0].message.content
+
+
+@needs_openai
+def test_what_apps_send_at_values_that_change_nothing_is_taken(chat_server):
+    # Open WebUI, LibreChat, LangChain and the openai client send these unasked
+    api = client(chat_server)
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "system", "content": "Speak."},
+                {"role": "user", "name": "ann",
+                 "content": [{"type": "text", "text": "Who art "}, {"type": "text", "text": "thou?"}]},
+                {"role": "assistant", "content": "A tiny model.", "tool_calls": None, "refusal": None},
+                {"role": "user", "content": "And?"}]
+    answer = api.chat.completions.create(
+        model="gpt-4o", messages=messages, max_tokens=5, temperature=0, n=1, top_p=1, frequency_penalty=0,
+        presence_penalty=0, logprobs=False, user="ann", metadata={"app": "test"}, store=False, seed=1,
+        parallel_tool_calls=False, stream=False, stream_options=None, response_format={"type": "text"},
+        extra_body={"top_k": 5})
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "system", "content": "Speak."},
+             {"role": "user", "content": "Who art thou?"}, *messages[3:]]
+    turns = [{"role": m["role"], "content": m["content"]} for m in turns]
+    plain = api.chat.completions.create(model="any", messages=turns, max_tokens=5, temperature=0)
+    assert answer.choices[0].message.content == plain.choices[0].message.content  # the same conversation
+
+
+@needs_openai
+def test_with_api_key_every_request_but_the_page_needs_it(chat_dir):
+    with running(chat_dir, api_key="sesame") as locked:
+        port = locked.server_address[1]
+        wrong = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="open", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            wrong.chat.completions.create(model="any", messages=[USER], max_tokens=2)
+        assert refused.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        for headers in ({}, {"Authorization": "sesame"}, {"Authorization": "Bearer sesame2"}):
+            status, answer = request(locked, "/v1/models", method="GET", headers=headers)
+            assert status == 401 and answer["error"]["code"] == "invalid_api_key", headers
+        right = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sesame", max_retries=0)
+        assert right.chat.completions.create(model="any", messages=[USER], max_tokens=2).choices
+        # the page's own endpoints too, or the key would guard nothing; the page itself asks for it
+        assert request(locked, "/", method="GET")[0] == 200
+        status, answer = request(locked, *GOOD)
+        assert status == 401 and "--api_key" in answer["error"]
+        assert request(locked, *GOOD, headers={"Authorization": "Bearer sesame"})[0] == 200
+
+
+@needs_openai
+def test_the_pages_safety_holds_for_the_openai_api(chat_server):
+    port, body = chat_server.server_address[1], {"messages": [USER], "max_tokens": 2}
+    for headers, status in (({"Origin": "http://attacker.example"}, 403), ({"Host": "attacker.example"}, 403),
+                            ({"Content-Type": "text/plain"}, 415),
+                            ({"Content-Type": "application/x-www-form-urlencoded"}, 415)):
+        got, answer = request(chat_server, "/v1/chat/completions", body, headers=headers)
+        assert got == status and set(answer["error"]) == {"message", "type", "param", "code"}, headers
+    for path, method, status in (("/v1/chat/completion", "POST", 404), ("/v1/v1/models", "GET", 404),
+                                 ("/v1/models", "DELETE", 405)):
+        got, answer = request(chat_server, path, body, method=method)
+        assert got == status and "message" in answer["error"], path
+    with pytest.raises(openai.PermissionDeniedError):  # an app sends no Origin; a web page does
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0,
+                      default_headers={"Origin": "http://attacker.example"}).models.list()
+    assert request(chat_server, "/v1/chat/completions", body)[0] == 200
+
+
+@needs_openai
+def test_a_stream_the_client_stops_reading_frees_the_model(server):
+    api = client(server)
+    chunks = api.completions.create(model="any", prompt="ROMEO:", max_tokens=2000, temperature=1, stream=True)
+    for _, _ in zip(range(3), chunks):
+        pass
+    chunks.close()  # as an app's Stop button does
+    start = time.monotonic()
+    assert api.completions.create(model="any", prompt="A", max_tokens=2).choices[0].text
+    assert time.monotonic() - start < serve.SEND_S  # it did not wait for the 2000 tokens
+
+
+@needs_openai
+def test_a_failure_after_the_stream_started_raises_in_the_client(nan_server):
+    api = client(nan_server)
+    with pytest.raises(openai.APIError) as failed:  # NaN probabilities: the draw fails after the 200
+        streamed(api.completions.create(model="any", prompt="A", max_tokens=5, temperature=1, stream=True))
+    assert "probability" in failed.value.message
+    with pytest.raises(openai.InternalServerError):
+        api.completions.create(model="any", prompt="A", max_tokens=5, temperature=1)
+    assert api.completions.create(model="any", prompt="A", max_tokens=5, temperature=0).choices[0].text
+
+
+@needs_openai
+def test_requests_sent_together_wait_their_turn_and_are_all_answered(server):
+    # an app sends a title, tags and the reply at once: they queue for the model, longer than the page's
+    api, answers = client(server), []
+    def ask(seed):
+        answer = api.completions.create(model="any", prompt="A", max_tokens=200, seed=seed)
+        answers.append(answer.choices[0].text)
+    threads = [threading.Thread(target=ask, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all(len(answer) == 200 for answer in answers)
+
+
+# ------------------------------------------------------------ IPv6
+def ipv6_missing():
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError as e:
+        return f"this machine has no IPv6 loopback: {e}"
+    return ""
+
+
+@pytest.mark.skipif(bool(ipv6_missing()), reason=ipv6_missing() or "-")
+def test_host_ipv6_loopback_serves_over_ipv6_and_answers_only_its_own_names(out_dir):
+    for host in ("::1", "[::1]"):  # as a URL writes it, too
+        with running(out_dir, host) as v6:
+            port = v6.server_address[1]
+            connection = http.client.HTTPConnection("::1", port, timeout=30)  # Host: [::1]:port
+            connection.request("POST", "/v1/completions", body=json.dumps({"max_tokens": 3}),
+                               headers={"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            assert reply.status == 200 and json.loads(reply.read())["usage"]["completion_tokens"] == 3
+            connection = http.client.HTTPConnection("::1", port, timeout=30)
+            connection.request("GET", "/", headers={"Host": f"attacker.example:{port}"})
+            assert connection.getresponse().status == 403  # ::1 is this machine only: no name is opened
+
+
+def test_a_host_this_machine_cannot_serve_on_is_refused_in_one_line(out_dir, capsys, monkeypatch):
+    monkeypatch.setattr(serve.socket, "AF_INET6", -1)  # as on a machine without IPv6
+    assert serve.main(["--out_dir", out_dir, "--host", "::1", "--port", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot serve on http://[::1]:0/: ") and err.count("\n") == 1, err
+    assert serve.main(["--out_dir", out_dir, "--host", "192.0.2.1", "--port", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err  # an address of no interface here (TEST-NET-1)
+    assert err.startswith("error: cannot serve on http://192.0.2.1:0/: ") and err.count("\n") == 1, err
+
+
 # ------------------------------------------------------------ the command line
-def test_serve_prints_its_address_and_says_when_other_machines_can_reach_it(out_dir):
+@needs_openai
+def test_serve_prints_its_addresses_and_says_when_other_machines_can_reach_it(out_dir):
     command = [sys.executable, os.path.join(HERE, "scripts", "serve.py"), "--out_dir", out_dir,
-               "--host", "0.0.0.0", "--port", "0", "--device", "cpu"]
+               "--host", "0.0.0.0", "--port", "0", "--device", "cpu", "--allowed_hosts", "gpu-box.lan",
+               "--api_key", "sesame", "--model_name", "tiny-bard"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = int(re.search(r"at http://0\.0\.0\.0:(\d+)/$", process.stdout.readline())[1])
+        assert "v1 (model 'tiny-bard', API key required)" in process.stdout.readline()
         assert "reachable from other machines" in process.stdout.readline()
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("GET", "/")
-        assert connection.getresponse().status == 200
+        def api(host, key="sesame"):  # as if host's DNS answer were this machine
+            return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0,
+                                 default_headers={"Host": f"{host}:{port}"})
+        assert [m.id for m in api("gpu-box.lan").models.list()] == ["tiny-bard"]
+        with pytest.raises(openai.PermissionDeniedError):
+            api("attacker.example").models.list()
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="open", max_retries=0).models.list()
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -536,19 +1051,23 @@ def browser_missing():
 needs_browser = pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-")
 
 
-@pytest.fixture(scope="module")
-def page(chat_dir, tmp_path_factory):
-    """Headless Chromium on the page of a chat model (SERVE_OUT_DIR's, if set), and where to put pictures."""
+def chromium():
+    """Debian's headless Chromium, driven by its own chromedriver (not a download)."""
     from selenium import webdriver
-    folder = os.environ.get("SERVE_OUT_DIR", chat_dir)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1100,900"):
         options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+
+
+@pytest.fixture(scope="module")
+def page(chat_dir, tmp_path_factory):
+    """Headless Chromium on the page of a chat model (SERVE_OUT_DIR's, if set), and where to put pictures."""
+    folder = os.environ.get("SERVE_OUT_DIR", chat_dir)
     with running(folder) as server:
-        driver_path = webdriver.ChromeService(shutil.which("chromedriver"))  # Debian's, not a download
-        driver = webdriver.Chrome(options=options, service=driver_path)
+        driver = chromium()
         driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
         driver.out_dir = folder
         driver.shots = os.environ.get("SERVE_SCREENSHOTS") or str(tmp_path_factory.mktemp("screenshots"))
@@ -632,3 +1151,25 @@ def test_browser_page_fits_a_phone(page):
     for view in ("sample", "attention", "chat"):
         page.find_element(By.CSS_SELECTOR, f'[data-view="{view}"]').click()
         assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), view
+
+
+@needs_browser
+def test_browser_asks_once_for_the_key_of_a_server_started_with_api_key(out_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import alert_is_present
+    with running(out_dir, api_key="sesame") as locked:
+        driver = chromium()
+        try:
+            driver.get(f"http://127.0.0.1:{locked.server_address[1]}/")  # the page itself needs no key
+            type_into(driver, "max_new_tokens", "20")
+            driver.find_element(By.ID, "generate").click()
+            asked = wait_until(driver, alert_is_present())  # the 401 makes it ask
+            asked.send_keys("sesame")
+            asked.accept()
+            wait_until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#output .tok")) == 20
+                       and d.find_element(By.ID, "generate").is_enabled())
+            driver.find_element(By.CSS_SELECTOR, '[data-view="attention"]').click()
+            driver.find_element(By.ID, "attend").click()  # the tab kept the key: no second question
+            wait_until(driver, lambda d: "the average" in d.find_element(By.ID, "attn-status").text)
+        finally:
+            driver.quit()

@@ -11,7 +11,7 @@ oldest go first. A model never fine-tuned on conversations answers too, as its t
 at a time. Stdin may be a terminal or a pipe; the end of it (Ctrl-D) ends the chat. A line with a
 character a char model never saw is refused in one line and the chat goes on; the exit code is then 1.
 
-chat_turn and chat_reply are what scripts/serve.py and scripts/eval_chat.py use too.
+chat_turn, chat_reply and reply_text are what scripts/serve.py and scripts/eval_chat.py use too.
 """
 import argparse
 import os
@@ -34,29 +34,51 @@ def chat_turn(message, template):
     return [template[message["role"]], message["content"], *end, "\n"]
 
 
-def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
-    """Stream the assistant's answer to messages, as text pieces, until the end marker. The oldest turns
-    go when the conversation no longer fits 3/4 of a block (a quarter is left for the answer)."""
+def prompt_ids(tokenizer, template, messages, block_size):
+    """The ids the model answers after: each turn as chat_turn renders it, then the assistant's prefix. The
+    oldest turns go while the conversation overflows 3/4 of a block (a quarter is left for the answer)."""
     turns = [[i for piece in chat_turn(m, template) for i in tokenizer.encode(piece)] for m in messages]
     ids = tokenizer.encode(template["assistant"])
-    while len(turns) > 1 and sum(map(len, turns)) + len(ids) > model.config.block_size * 3 // 4:
+    while len(turns) > 1 and sum(map(len, turns)) + len(ids) > block_size * 3 // 4:
         turns.pop(0)
+    return [i for turn in turns for i in turn] + ids
+
+
+def reply_text(model, tokenizer, ids, stops, max_new_tokens, temperature, top_k, generator, report=None):
+    """Stream the text the model writes after ids, as pieces, until it writes one of the stop strings (which
+    is not sent) or max_new_tokens are drawn. The text is checked, not the tokens: a stop string may span
+    tokens, or end inside one. A piece never ends in what may be the start of a stop string, nor in half a
+    character, so no piece sent is ever taken back. report, a dict if given, is told how many tokens were
+    drawn and whether a stop string ended the text (scripts/serve.py's usage and finish_reason)."""
+    report = {} if report is None else report
+    report.update(tokens=0, stopped=False)
     device = next(model.parameters()).device
-    idx = torch.tensor([[i for turn in turns for i in turn] + ids], device=device)
-    end, new, shown = template["end"], [], 0
+    idx = torch.tensor([ids], device=device)
+    new, shown = [], 0  # shown: how many characters of the text were sent
     for next_id, _ in gpt.generate(model, idx, max_new_tokens, temperature, top_k, generator):
         new.append(next_id.item())
+        report["tokens"] = len(new)
         text = tokenizer.decode(new)
-        if end in text:
-            yield text[shown:text.index(end)]
+        found = [text.index(stop) for stop in stops if stop in text]
+        if found:
+            report["stopped"] = True
+            yield text[shown:min(found)]
             return
-        # hold back what may be the start of the end marker, or a character cut across tokens
-        keep = next((k for k in range(len(end) - 1, 0, -1) if text.endswith(end[:k])), 0)
+        # hold back what may be the start of a stop string, or a character cut across tokens
+        keep = max((k for stop in stops for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])),
+                   default=0)
         if len(text) - keep > shown and not text.endswith("\ufffd"):
             yield text[shown:len(text) - keep]
             shown = len(text) - keep
     if new:
         yield tokenizer.decode(new)[shown:]
+
+
+def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
+    """Stream the assistant's answer to messages, as text pieces, until the end marker."""
+    ids = prompt_ids(tokenizer, template, messages, model.config.block_size)
+    yield from reply_text(model, tokenizer, ids, [template["end"]], max_new_tokens, temperature, top_k,
+                          generator)
 
 
 def lines_typed():
