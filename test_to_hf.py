@@ -5,6 +5,7 @@ per test, on tiny random models made here, offline: char, BPE and GPT-2 checkpoi
 """
 import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -195,6 +196,26 @@ def test_a_bpe_model_s_tokenizer_gives_tiktoken_s_ids(loaded, runs, text):
 @example("I'll say it's   'tis  \n\n 1234 he")
 def test_a_gpt2_model_s_tokenizer_gives_tiktoken_s_ids(loaded, runs, text):
     assert_same_ids("gpt2", loaded, runs, text)
+
+
+def test_bpe_merges_that_make_one_token_tie_as_in_tiktoken_whichever_comes_first():
+    """tiktoken ranks a pair by the token it makes: "aaa" from (aa, a) and from (a, aa) tie, and the leftmost
+    goes first. A tokenizers BPE ranks every merge apart, by its place in the list. Tokens cut many ways,
+    with overlapping repeats and ranks out of order ("abaa" before "aba"), on every text of a and b up to
+    10 letters: the exported tokenizer gives tiktoken's ids, and so does it with each token's cuts reversed."""
+    extra = ["aa", "ab", "ba", "abaa", "aaa", "aba", "bab", "aaaa", "abab", "baba", "ababa", "aabaa", "babab"]
+    spec = dict(name="bpe", pattern=from_gpt2.GPT2_PATTERN, tokens=[chr(b) for b in range(256)] + extra)
+    ours, theirs = gpt.BPETokenizer(spec), to_hf.bpe_tokenizer(spec)[0]
+    saved = json.loads(theirs.to_str())
+    merges = saved["model"]["merges"]  # [left, right] pairs, ranked by place: each token's cuts together
+    groups = [list(cuts) for _, cuts in itertools.groupby(merges, key=lambda pair: pair[0] + pair[1])]
+    assert max(map(len, groups)) >= 3  # some tokens can be made three ways
+    saved["model"]["merges"] = [pair for cuts in groups for pair in reversed(cuts)]
+    reversed_cuts = type(theirs).from_str(json.dumps(saved))
+    texts = ["".join(letters) for n in range(1, 11) for letters in itertools.product("ab", repeat=n)]
+    want = [ours.encode(text) for text in texts]
+    assert [encoding.ids for encoding in theirs.encode_batch(texts)] == want
+    assert [encoding.ids for encoding in reversed_cuts.encode_batch(texts)] == want
 
 
 def test_a_char_tokenizer_refuses_a_character_the_model_never_saw(loaded):

@@ -71,9 +71,13 @@ def bpe_tokenizer(spec, chat=None):
         return "".join(printable[b] for b in token)
     tokens = [t.encode("latin-1") for t in spec["tokens"]]
     ids = {t: i for i, t in enumerate(tokens)}
-    # tiktoken joins any two neighbours whose bytes make a token, the lowest-ranked token first:
-    # so each way to cut a token in two tokens is a merge, ranked by that token (transformers'
-    # tiktoken converter does the same)
+    # tiktoken joins any two neighbours whose bytes make a token, the lowest-ranked token first,
+    # the leftmost of equals first: so each way to cut a token in two tokens is a merge, ranked by
+    # that token (transformers' tiktoken converter does the same). A BPE ranks each merge apart:
+    # "aaa" from (aa, a) and from (a, aa) do not tie, as they do in tiktoken. That cannot change
+    # an encoding: the two halves of a pair that makes a token were made from its bytes alone, by
+    # the same merges wherever it occurs, so all pairs that make one token at one time are cut at
+    # one place (test_to_hf.py tries a token's cuts in both orders against tiktoken)
     merges = [(text(t[:k]), text(t[k:])) for t in tokens for k in range(1, len(t))
               if t[:k] in ids and t[k:] in ids]
     vocab = {text(t): i for t, i in ids.items()}
