@@ -311,21 +311,143 @@ def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path)
     assert code == 2 and "--bogus" in err
 
 
-def test_a_folder_holding_a_model_is_refused_unless_overwrite(runs, tmp_path):
-    shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
-    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
-    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
-    assert code == 1 and "already holds a model" in err and "--overwrite" in err and len(err.splitlines()) == 1
-    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
-    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
-    assert code == 0, err
-    assert sorted(os.listdir(tmp_path / "hf")) == sorted(os.listdir(runs["char"][1]))  # nothing left of the old one
-    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").vocab_size == len(VOCAB)
-
-
 @pytest.mark.parametrize("missing", ("transformers", "safetensors"))
 def test_without_transformers_or_safetensors_it_names_the_pip_install(runs, tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "out")
     assert code == 1 and 'pip install -e ".[gpt2]"' in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the user's files are safe
+def snapshot(folder):
+    """Every path below folder: a file's bytes, a link's target, a folder's name. Links are not followed."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                found[os.path.relpath(path, folder)] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, folder)] = f.read()
+            else:
+                found[os.path.relpath(path, folder)] = "folder"
+    return found
+
+
+def a_folder_of_files(folder):
+    """What a user keeps in a folder: GPT-2's tokenizer files, notes, a README, a folder of its own."""
+    (folder / "notes").mkdir(parents=True)
+    for name, text in {"vocab.json": '{"a": 0}', "merges.txt": "#version: 0.2\n", "README.md": "# My project\n",
+                       "special_tokens_map.json": "{}", "notes/todo.txt": "keep me"}.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return snapshot(folder)
+
+
+def refused(code, err, *words):
+    return code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1 and all(w in err for w in words)
+
+
+def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path):
+    before = a_folder_of_files(tmp_path / "mine")
+    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine")
+    assert refused(code, err, "is not empty", "--overwrite", "README.md") and not out, err
+    assert snapshot(tmp_path / "mine") == before
+
+
+def test_out_dot_in_a_project_is_refused_and_left_as_it_was(runs, tmp_path, monkeypatch):
+    before = a_folder_of_files(tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    code, _, err = export(runs["char"][0] / "best.pt", ".")
+    assert refused(code, err, "--out . is not empty"), err
+    assert snapshot(tmp_path / "project") == before
+
+
+def test_an_earlier_export_is_replaced_only_with_overwrite(runs, tmp_path):
+    shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
+    before = snapshot(tmp_path / "hf")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
+    assert refused(code, err, "already holds a model", "--overwrite", "replacing model.safetensors"), err
+    assert snapshot(tmp_path / "hf") == before
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
+    assert code == 0 and err == f"note: kept vocab.json, merges.txt in {tmp_path / 'hf'}, which transformers " \
+        "reads too; remove them if they belong to another model\n", err
+    after = snapshot(tmp_path / "hf")
+    assert sorted(after) == sorted([*to_hf.FILES, *to_hf.GPT2_FILES])  # nothing deleted, the rest replaced
+    assert {k: after[k] for k in to_hf.GPT2_FILES} == {k: before[k] for k in to_hf.GPT2_FILES}
+    fresh = snapshot(runs["char"][1])
+    assert all(after[k] == fresh[k] for k in to_hf.FILES if k != "README.md")  # the card names its folder
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").vocab_size == len(VOCAB)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("ROMEO").input_ids == [
+        VOCAB.index(ch) for ch in "ROMEO"]
+
+
+def test_overwrite_replaces_only_the_files_to_hf_writes(runs, tmp_path):
+    before = a_folder_of_files(tmp_path / "mine")
+    (tmp_path / "elsewhere.md").write_text("not the folder's", encoding="utf-8")
+    (tmp_path / "mine" / "config.json").symlink_to(tmp_path / "elsewhere.md")  # a link: replaced, its file kept
+    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
+    assert code == 0 and out.startswith("wrote "), err
+    assert err.startswith("note: kept vocab.json, merges.txt, special_tokens_map.json") and len(err.splitlines()) == 1
+    after = snapshot(tmp_path / "mine")
+    assert {k: v for k, v in after.items() if k not in to_hf.FILES} == {k: v for k, v in before.items()
+                                                                        if k not in to_hf.FILES}
+    assert after["README.md"].startswith(b"---\nlibrary_name: transformers") and not os.path.islink(
+        tmp_path / "mine" / "config.json")
+    assert (tmp_path / "elsewhere.md").read_text(encoding="utf-8") == "not the folder's"
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "mine").vocab_size == len(VOCAB)
+
+
+def test_a_file_or_a_link_to_nothing_as_out_is_refused_even_with_overwrite(runs, tmp_path):
+    (tmp_path / "model.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "to_file").symlink_to(tmp_path / "model.txt")
+    for flags in ((), ("--overwrite",)):
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "to_file", *flags)
+        assert refused(code, err, "is a file, not a folder"), err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "model.txt", *flags)
+        assert refused(code, err, f"--out {tmp_path / 'model.txt'} is a file, not a folder") and "--out_dir" not in err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "gone", *flags)
+        assert refused(code, err, "is a link to nothing"), err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "model.txt" / "hf", *flags)
+        assert refused(code, err, "--out", "is not a folder that can be written") and "--out_dir" not in err, err
+    assert (tmp_path / "model.txt").read_text(encoding="utf-8") == "mine" and sorted(os.listdir(tmp_path)) == [
+        "gone", "model.txt", "to_file"]
+
+
+def test_a_folder_where_to_hf_writes_a_file_is_refused_even_with_overwrite(runs, tmp_path):
+    (tmp_path / "hf" / "README.md").mkdir(parents=True)
+    (tmp_path / "hf" / "README.md" / "mine.txt").write_text("mine", encoding="utf-8")
+    before = snapshot(tmp_path / "hf")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
+    assert refused(code, err, "holds a folder named README.md"), err
+    assert snapshot(tmp_path / "hf") == before
+
+
+def test_a_link_to_an_empty_folder_is_written_through(runs, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert export(runs["char"][0] / "best.pt", tmp_path / "link")[0] == 0
+    assert sorted(os.listdir(tmp_path / "real")) == sorted(to_hf.FILES)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_in_one_line(runs, tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "locked")
+    assert refused(code, err, "--out", "is not a folder that can be written"), err
+    assert os.listdir(tmp_path / "locked") == []
+
+
+def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "new" / "hf")
+    assert refused(code, err, "No space left on device"), err
+    assert not (tmp_path / "new").exists()
+    before = a_folder_of_files(tmp_path / "mine")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
+    assert refused(code, err, "No space left on device"), err
+    assert snapshot(tmp_path / "mine") == before  # the files aside were never moved in

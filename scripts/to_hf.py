@@ -17,6 +17,11 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   saw), its end marker as the stop string (for which transformers wants the tokenizer at hand:
   generate(..., tokenizer=tokenizer));
 - generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k), a README.md.
+
+--out is a new or empty folder. A folder holding anything else is refused, untouched, unless
+--overwrite is given (a folder of an earlier export too: that is a model, replaced only when asked).
+--overwrite replaces the files above and keeps everything else there; it names those transformers
+would read too (an earlier GPT-2 export's vocab.json, say), which the user may want to remove.
 Needs: pip install -e ".[gpt2]".
 """
 import argparse
@@ -33,12 +38,15 @@ import gpt  # noqa: E402  the checkpoint format this reads
 from from_gpt2 import CONV1D, byte_of_character  # noqa: E402  the same mapping, the other way
 
 EOT = "<|endoftext|>"
-# A folder holding any of these holds a model; --overwrite removes them and the rest of one
-MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
-               "pytorch_model.bin", "tokenizer.json")
-OLD_FILES = (*MODEL_FILES, "generation_config.json", "tokenizer_config.json", "vocab.json",
-             "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-             "README.md")
+# What this writes; a GPT-2 checkpoint's folder also GPT-2's own vocab.json and merges.txt
+FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+         "README.md", "config.json")
+GPT2_FILES = ("vocab.json", "merges.txt")
+# Files transformers also reads beside those, when a folder has them: --overwrite keeps them, and
+# says so, since they would change what the folder does (a chat_template.jinja replaces the template)
+READ_BESIDE = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+               "chat_template.jinja", "chat_template.json", "tokenizer.model", "pytorch_model.bin",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json")
 CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
               "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
 
@@ -187,11 +195,62 @@ def export(ckpt, ckpt_path, out, stage):
             f.write(text)
 
 
+def check_out(out, overwrite):
+    """Refuse, before anything is written, a --out that is not a new or empty folder, unless
+    --overwrite; even then nothing this does not write is touched, a folder of that name neither."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
+        raise gpt.GPTError(f"--out {out} is {what}: give a new or empty folder")
+    try:
+        held = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    except OSError as e:
+        raise gpt.GPTError(f"--out {out} cannot be read ({e.strerror})") from None
+    ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
+    if held and not overwrite:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        what = "already holds a model" if "config.json" in held else "is not empty"
+        replaced = f", replacing {', '.join(ours)}" if ours else ""
+        raise gpt.GPTError(f"--out {out} {what} ({shown}); write into a new or empty folder, or add "
+                           f"--overwrite to write to_hf.py's files there and keep the rest{replaced}")
+    for name in ours:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise gpt.GPTError(f"--out {out} holds a folder named {name}, where to_hf.py writes a file")
+
+
+def write(ckpt, ckpt_path, out):
+    """The folder out, its files written aside in out and moved in: replaced, never half-written.
+    Returns the names of the files written."""
+    made, path = None, os.path.abspath(out)  # made: the outermost folder this makes, if any
+    while not os.path.lexists(path):
+        made, path = path, os.path.dirname(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=out)
+    except OSError as e:
+        raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
+    try:
+        export(ckpt, ckpt_path, out, stage)
+        if os.path.lexists(os.path.join(out, "config.json")):  # an old model's: gone first, so
+            os.remove(os.path.join(out, "config.json"))  # a folder cut short never looks complete
+        written = sorted(os.listdir(stage), key=lambda name: name == "config.json")  # config.json last
+        for name in written:
+            os.replace(os.path.join(stage, name), os.path.join(out, name))
+    except BaseException:
+        if made:  # all in it is this run's
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return written
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a gpt.py checkpoint as a Hugging Face folder.")
     p.add_argument("checkpoint", help="a gpt.py best.pt or ckpt.pt")
-    p.add_argument("--out", required=True, help="the folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a model the folder holds")
+    p.add_argument("--out", required=True, help="the folder to write: new or empty")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds files "
+                   "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
     try:
         try:
@@ -201,31 +260,28 @@ def main(argv=None):
             raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
                                "(or pip install transformers safetensors)") from None
         ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
-        held = [name for name in MODEL_FILES if os.path.exists(os.path.join(args.out, name))]
-        if held and not args.overwrite:
-            raise gpt.GPTError(f"{args.out} already holds a model ({', '.join(held)}); write to "
-                               "another --out, or replace it with --overwrite")
-        gpt.claim_out_dir(args.out, fresh=False)  # made, and writable
-        # Written aside, then moved in, config.json last: cut short, it never looks complete
-        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=args.out)
-        try:
-            export(ckpt, args.checkpoint, args.out, stage)
-            for name in OLD_FILES:  # the old model's, even those this one has not
-                if os.path.exists(os.path.join(args.out, name)):
-                    os.remove(os.path.join(args.out, name))
-            for name in sorted(os.listdir(stage), key=lambda name: name == "config.json"):
-                os.replace(os.path.join(stage, name), os.path.join(args.out, name))
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        check_out(args.out, args.overwrite)
+        written = write(ckpt, args.checkpoint, args.out)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a file that cannot be replaced
+        print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     tokens = f"{spec['name']} tokens" if spec else "characters"
     chat = ", a chat model" if ckpt.get("chat") else ""
     print(f"wrote {args.out}: a GPT-2 of {c['n_layer']} layers, {c['n_embd']} wide, "
           f"{c['vocab_size']:,} {tokens}{chat}. "
           f"Load it: AutoModelForCausalLM.from_pretrained({args.out!r})")
+    kept = [name for name in READ_BESIDE
+            if name not in written and os.path.lexists(os.path.join(args.out, name))]
+    if kept:
+        print(f"note: kept {', '.join(kept)} in {args.out}, which transformers reads too; remove "
+              "them if they belong to another model", file=sys.stderr)
     return 0
 
 
