@@ -1,5 +1,6 @@
-"""test_to_hf.py: scripts/to_hf.py, a gpt.py checkpoint as a Hugging Face transformers folder. One behaviour
-per test, on tiny random models made here, offline: char, BPE and GPT-2 checkpoints.
+"""test_to_hf.py: scripts/to_hf.py, a gpt.py checkpoint as a Hugging Face transformers folder, and
+scripts/from_gpt2.py reading it back. One behaviour per test, on tiny random models made here, offline:
+char, BPE and GPT-2 checkpoints, chat models of each, and a char chat model of sums (digits, no letters).
 
     python -m pytest test_to_hf.py
 """
@@ -8,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,6 +225,143 @@ def test_a_char_tokenizer_refuses_a_character_the_model_never_saw(loaded):
         loaded["char"][1]("ROMEO €")
 
 
+# ----------------------------------------------------------------------------- chat models
+MESSAGES = [dict(role="system", content="Be brief."), dict(role="user", content="What is twelve and thirty?"),
+            dict(role="assistant", content="Forty two."), dict(role="user", content="And 동해?")]
+SUMS = "".join(sorted(set("0123456789+= \n" + "".join(TEMPLATE.values()))))  # no b, c, f: transformers' "abcdef"
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory, runs):
+    """The char and BPE checkpoints fine-tuned on conversations (as far as the files tell): prepare.py's
+    template; and a char model of sums, whose characters lack some of a-f."""
+    root, made = tmp_path_factory.mktemp("chat"), {}
+    for kind in ("char", "bpe"):
+        ckpt = {**runs[kind][2], "chat": TEMPLATE}
+        (root / kind).mkdir()
+        torch.save(ckpt, root / kind / "best.pt")
+    make_checkpoint(root / "sums" / "best.pt", vocab=SUMS, chat=TEMPLATE)
+    for kind in ("char", "bpe", "sums"):
+        assert export(root / kind / "best.pt", root / kind / "hf")[0] == 0
+        ckpt = torch.load(root / kind / "best.pt", weights_only=True)
+        made[kind] = ckpt, transformers.AutoTokenizer.from_pretrained(root / kind / "hf"), root / kind
+    return made
+
+
+@pytest.fixture(scope="module")
+def every_model(runs, chat_models):
+    """Every kind of model: its run folder (best.pt) and its exported folder (hf)."""
+    return {**{kind: (run, hf, ckpt) for kind, (run, hf, ckpt) in runs.items()},
+            **{f"chat-{kind}": (run, run / "hf", ckpt) for kind, (ckpt, _, run) in chat_models.items()}}
+
+
+EVERY = (*KINDS, "chat-char", "chat-bpe", "chat-sums")
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models, kind):
+    ckpt, tokenizer, _ = chat_models[kind]
+    pieces = [piece for message in MESSAGES for piece in chat_py.chat_turn(message, TEMPLATE)]
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    assert text == "".join(pieces)
+    assert tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True) == text + "Assistant: "
+    # prepare.py and chat.py encode each piece on its own: no token spans a prefix and a content
+    ours = gpt.tokenizer_of(ckpt)
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
+
+
+@pytest.mark.parametrize("kind", EVERY)
+def test_generate_works_on_every_model_without_its_tokenizer_and_with_it(every_model, kind):
+    _, hf, ckpt = every_model[kind]
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
+    ids = torch.tensor([gpt.tokenizer_of(ckpt).encode("1 + 2" if kind == "chat-sums" else prompt_for(kind))])
+    alone = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4)
+    given = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4,
+                           tokenizer=tokenizer)
+    assert alone.size(1) == ids.size(1) + 4 and torch.equal(alone, given)
+    assert "stop_strings" not in (hf / "generation_config.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("kind", EVERY)
+def test_the_model_card_s_snippets_run_as_they_are(every_model, kind, capsys):
+    _, hf, ckpt = every_model[kind]
+    card = (hf / "README.md").read_text(encoding="utf-8")
+    snippets = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert len(snippets) == 2  # the pipeline, and generate with the tokenizer
+    for code in snippets:
+        exec(compile(code, str(hf / "README.md"), "exec"), {})  # as a user pastes it
+        printed = capsys.readouterr().out
+        assert printed.strip(), code
+    if ckpt.get("chat"):
+        assert "stop_strings=['<end>']" in card and ".removesuffix('<end>')" in card
+
+
+def end_marker_it_writes(ckpt, prompt, one_token=False):
+    """An end marker that this random model writes in its greedy answer to prompt, where a marker it never
+    writes lets it go on: two characters from the middle (a chat REPL's stop string), or one token."""
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    if not one_token:
+        free = "".join(chat_py.chat_reply(model, ours, {**TEMPLATE, "end": "\0never"}, prompt, 16, 0, None, None))
+        return next(free[i:i + 2] for i in range(4, len(free)) if "\ufffd" not in free[i:i + 2]), free
+    idx = torch.tensor([[i for m in prompt for p in chat_py.chat_turn(m, TEMPLATE) for i in ours.encode(p)]
+                        + ours.encode(TEMPLATE["assistant"])])
+    ids = [next_id.item() for next_id, _ in gpt.generate(model, idx, 16, temperature=0)]
+    for i in range(2, len(ids)):  # a token that is its own text, met there first
+        before, piece = ours.decode(ids[:i]), ours.decode(ids[i:i + 1])
+        if "\ufffd" not in piece and ours.encode(piece) == [ids[i]] and piece not in before + piece[:-1]:
+            return piece, ours.decode(ids)
+    raise AssertionError("no token of the greedy answer can be an end marker")
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe", "sums"))
+def test_generate_stops_at_the_end_marker_given_as_the_card_shows(tmp_path, chat_models, kind):
+    ckpt = chat_models[kind][0]
+    prompt = [dict(role="user", content="1+2" if kind == "sums" else "Hi")]
+    end, free = end_marker_it_writes(ckpt, prompt)
+    chat = {**TEMPLATE, "end": end}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.generation_config.stop_strings is None  # generate() without a tokenizer works
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16, stop_strings=[end], tokenizer=tokenizer)
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
+    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + end
+    assert len(reply) < len(free) - 2
+    # the pipeline too, as the model card shows it
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    answer = pipe(prompt, stop_strings=[end], tokenizer=pipe.tokenizer, do_sample=False, max_new_tokens=16)
+    assert answer[0]["generated_text"][-1] == dict(role="assistant", content=reply + end)
+    if kind == "sums":  # the one token more for transformers' stop strings is no character to the model
+        with pytest.raises(Exception, match="UNK"):
+            tokenizer("1+b")
+
+
+def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_models):
+    ckpt = chat_models["bpe"][0]
+    prompt = [dict(role="user", content="Hi")]
+    end, free = end_marker_it_writes(ckpt, prompt, one_token=True)
+    chat = {**TEMPLATE, "end": end}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    eot, marker = len(ckpt["tokenizer"]["tokens"]), gpt.tokenizer_of(ckpt).encode(end)
+    assert hf.generation_config.eos_token_id == [eot, *marker] and len(marker) == 1
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16)  # no tokenizer, no stop string
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
+    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + end and len(reply + end) < len(free)
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    assert pipe(prompt, do_sample=False, max_new_tokens=16)[0]["generated_text"][-1]["content"] == reply + end
+    assert f"stop_strings" not in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
 # ----------------------------------------------------------------------------- from_gpt2.py reads it back
 def test_from_gpt2_reads_a_gpt2_folder_back_into_the_same_checkpoint(runs, tmp_path):
     _, hf, ckpt = runs["gpt2"]
@@ -240,60 +379,6 @@ def test_from_gpt2_reads_the_weights_of_every_folder_back(runs, kind):
     model, config = from_gpt2.convert(transformers.GPT2LMHeadModel.from_pretrained(hf))
     assert all(config[k] == ckpt["config"][k] for k in gpt.MODEL_KEYS)
     assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
-
-
-# ----------------------------------------------------------------------------- chat models
-MESSAGES = [dict(role="system", content="Be brief."), dict(role="user", content="What is twelve and thirty?"),
-            dict(role="assistant", content="Forty two."), dict(role="user", content="And 동해?")]
-
-
-@pytest.fixture(scope="module")
-def chat_models(tmp_path_factory, runs):
-    """The char and BPE checkpoints fine-tuned on conversations (as far as the files tell): prepare.py's template."""
-    root, made = tmp_path_factory.mktemp("chat"), {}
-    for kind in ("char", "bpe"):
-        ckpt = {**runs[kind][2], "chat": TEMPLATE}
-        torch.save(ckpt, root / f"{kind}.pt")
-        assert export(root / f"{kind}.pt", root / kind)[0] == 0
-        made[kind] = ckpt, transformers.AutoTokenizer.from_pretrained(root / kind)
-    return made
-
-
-@pytest.mark.parametrize("kind", ("char", "bpe"))
-def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models, kind):
-    ckpt, tokenizer = chat_models[kind]
-    pieces = [piece for message in MESSAGES for piece in chat_py.chat_turn(message, TEMPLATE)]
-    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
-    assert text == "".join(pieces)
-    assert tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True) == text + "Assistant: "
-    # prepare.py and chat.py encode each piece on its own: no token spans a prefix and a content
-    ours = gpt.tokenizer_of(ckpt)
-    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)["input_ids"]
-    assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
-
-
-@pytest.mark.parametrize("kind", ("char", "bpe"))
-def test_generate_stops_where_the_chat_repl_stops(tmp_path, runs, kind):
-    ckpt = runs[kind][2]
-    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
-    prompt = [dict(role="user", content="Hi")]
-    # An end marker that this random model writes: two characters from the middle of its greedy answer
-    free = "".join(chat_py.chat_reply(model, ours, {**TEMPLATE, "end": "\0never"}, prompt, 16, 0, None, None))
-    chat = {**TEMPLATE, "end": next(free[i:i + 2] for i in range(4, len(free)) if "\ufffd" not in free[i:i + 2])}
-    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
-    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf.generation_config.stop_strings == [chat["end"]]
-    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16, tokenizer=tokenizer)
-    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
-    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + chat["end"]
-    assert len(reply) < len(free) - 2
-    # the pipeline too, given the tokenizer: transformers' generate wants it for a stop string
-    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
-    answer = pipe(prompt, tokenizer=pipe.tokenizer, do_sample=False, max_new_tokens=16)[0]["generated_text"][-1]
-    assert answer == dict(role="assistant", content=reply + chat["end"])
 
 
 # ----------------------------------------------------------------------------- bad input: one line each

@@ -14,9 +14,11 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
   A GPT-2 checkpoint also gets vocab.json and merges.txt, which from_gpt2.py reads back;
 - a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
-  saw), its end marker as the stop string (for which transformers wants the tokenizer at hand:
-  generate(..., tokenizer=tokenizer));
-- generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k), a README.md.
+  saw). Its end marker stops generate() by itself where it is one token (eos_token_id); a longer one
+  is a stop string, given at call time (README.md shows how): in generation_config.json it would
+  make every generate() without a tokenizer fail;
+- generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k; at most
+  block_size tokens, prompt included) and README.md, a model card whose snippets run as they are.
 
 --out is a new or empty folder. A folder holding anything else is refused, untouched, unless
 --overwrite is given (a folder of an earlier export too: that is a model, replaced only when asked).
@@ -49,17 +51,25 @@ READ_BESIDE = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tok
                "model.safetensors.index.json", "pytorch_model.bin.index.json")
 CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
               "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
+# transformers sets up stop strings by encoding this text (StopStringCriteria.clean_tokenizer_vocab)
+STOP_STRING_PROBE = "abcdef"
 
 
 def char_tokenizer(vocab):
     """Each character its own token, with gpt.py's id; decoding joins them with nothing between."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     # No unknown token: a character the model never saw is an error, as in gpt.py, not a wrong id
     ids = {ch: i for i, ch in enumerate(vocab)}
     tokenizer = Tokenizer(models.WordLevel(ids, unk_token=None))
     # [\s\S]: any one character, newlines too
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
+    if not set(STOP_STRING_PROBE) <= ids.keys():
+        # transformers encodes "abcdef" to set up stop strings, and finds it again in a decoding:
+        # a model of sums (digits, no letters) could not stop at its end marker. So the text
+        # "abcdef" is one more token, id vocab_size: one the model never writes, and which no text
+        # gpt.py encodes holds, since the model lacks one of its letters.
+        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False)])
     return tokenizer
 
 
@@ -118,8 +128,59 @@ def chat_template(chat):
             "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
 
 
-def model_card(ckpt, ckpt_path, out):
-    """README.md: what the model is, what it was trained on, and the commands that made it."""
+def example(ckpt, tokenizer):
+    """What the card's snippets give the model: a question for a chat model, a text's start for
+    others, one its tokenizer encodes (a char model knows only its characters). A chat's prompt
+    takes at most half a block: transformers' GPT-2 writes up to block_size tokens, prompt included."""
+    def encodes(text):
+        try:
+            return len(tokenizer.encode(text))
+        except gpt.GPTError:  # a character the model never saw
+            return None
+    chat = ckpt.get("chat")
+    if not chat:
+        if ckpt.get("tokenizer"):
+            return "Hello"
+        return "\n" if "\n" in ckpt["vocab"] else ckpt["vocab"][0]  # gpt.py --sample's start
+    frame = encodes(chat["user"] + "\n" + chat["assistant"]) or 0  # the turn around a question
+    letters = [ch for ch in ckpt.get("vocab") or "" if ch.strip()]  # a char model's, one by one
+    questions = [q for q in ("What is 12 + 30?", "Hello!", "12 + 30", "Hi", *letters) if encodes(q)]
+    fits = [q for q in questions if frame + encodes(q) <= ckpt["config"]["block_size"] // 2]
+    return (fits or sorted(questions, key=encodes))[0]  # else the shortest
+
+
+def snippets(ckpt, tokenizer, out, stops):
+    """The card's two ways to write with the model: the pipeline, and generate() with the tokenizer.
+    stops: the stop strings generate needs (a chat's end marker, unless one token ends it)."""
+    prompt = example(ckpt, tokenizer)
+    load = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"tokenizer = AutoTokenizer.from_pretrained({out!r})",
+            f"model = AutoModelForCausalLM.from_pretrained({out!r})"]
+    if not ckpt.get("chat"):
+        return [["from transformers import pipeline",
+                 f"generator = pipeline('text-generation', model={out!r})",
+                 f"print(generator({prompt!r})[0]['generated_text'])"],
+                [*load, f"inputs = tokenizer({prompt!r}, return_tensors='pt')",
+                 "print(tokenizer.decode(model.generate(**inputs)[0]))"]]
+    end = ckpt["chat"]["end"]
+    pipeline_stops = f", stop_strings={stops!r}, tokenizer=chat.tokenizer" if stops else ""
+    generate_stops = f", stop_strings={stops!r}, tokenizer=tokenizer" if stops else ""
+    return [["from transformers import pipeline",
+             f"chat = pipeline('text-generation', model={out!r})",
+             f"messages = [{{'role': 'user', 'content': {prompt!r}}}]",
+             f"reply = chat(messages{pipeline_stops})",
+             f"print(reply[0]['generated_text'][-1]['content'].removesuffix({end!r}))"],
+            [*load, f"messages = [{{'role': 'user', 'content': {prompt!r}}}]",
+             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+             "return_dict=True, return_tensors='pt')",
+             f"ids = model.generate(**inputs{generate_stops})",
+             "answer = tokenizer.decode(ids[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)",
+             f"print(answer.removesuffix({end!r}))"]]
+
+
+def model_card(ckpt, ckpt_path, out, stops):
+    """README.md: what the model is, what it was trained on, the commands that made it, and code
+    that writes with it (tests run it as it is)."""
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     n = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # tied
     loss = ckpt.get("best_val_loss", float("nan"))
@@ -131,9 +192,6 @@ def model_card(ckpt, ckpt_path, out):
     else:  # from_gpt2.py's: OpenAI's weights, no step taken here
         trained = "not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)"
         made = f"`{exported}`"
-    prompt = "Hello"
-    if not spec:  # a char model's: gpt.py's own start, or a character it knows
-        prompt = "\n" if "\n" in ckpt["vocab"] else ckpt["vocab"][0]
     tokens = f"{spec['name']} tokens" if spec else "characters"
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [gpt2, gpt.py]", "---", f"# {os.path.basename(os.path.abspath(out))}", "",
@@ -141,15 +199,17 @@ def model_card(ckpt, ckpt_path, out):
              f"{c['n_head']} heads, {c['n_embd']} wide, {c['block_size']} tokens of context, "
              f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
              f"- Trained on: {trained}",
-             f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}",
-             f"- Made by: {made}"]
+             f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}"]
+    lines.append(f"- Made by: {made}")
     if ckpt.get("chat"):
+        end = ckpt["chat"]["end"]
+        how = (f"`generate` needs it as a stop string, with the tokenizer: `stop_strings={stops!r}, "
+               "tokenizer=tokenizer`" if stops else "one token, `eos_token_id`: generation stops there")
         lines.append(f"- Chat: `apply_chat_template` renders its template; an answer ends with "
-                     f"{ckpt['chat']['end']!r}, the stop string of generation_config.json (give "
-                     "`generate` the tokenizer: `tokenizer=tokenizer`)")
-    lines += ["", "```python", "from transformers import pipeline",
-              f"print(pipeline('text-generation', model={out!r})({prompt!r}))", "```", ""]
-    return "\n".join(lines)
+                     f"{end!r} ({how})")
+    for code in snippets(ckpt, gpt.tokenizer_of(ckpt), out, stops):
+        lines += ["", "```python", *code, "```"]
+    return "\n".join(lines) + "\n"
 
 
 def export(ckpt, ckpt_path, out, stage):
@@ -170,26 +230,39 @@ def export(ckpt, ckpt_path, out, stage):
     weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
                for k, t in ckpt["model"].items() if k != "lm_head.weight"}
     save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+    # Where generation stops by itself: at the end-of-text token, and at a chat's end marker if it
+    # is one token. A longer marker is a stop string, which transformers can match only with the
+    # tokenizer at hand: the card passes it at call time
+    ends, stops = [eot] if spec else [], []
+    if chat:
+        marker = gpt.tokenizer_of(ckpt).encode(chat["end"])  # alone, as training encoded it
+        if len(marker) == 1:
+            ends.append(marker[0])
+        else:
+            stops.append(chat["end"])
     # transformers' GPT-2 has no sliding window: block_size positions at most, prompt included
     GenerationConfig(do_sample=True, temperature=0.8, top_k=0, max_length=c["block_size"],
-                     bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-                     stop_strings=[chat["end"]] if chat else None).save_pretrained(stage)
+                     bos_token_id=eot, pad_token_id=eot,
+                     eos_token_id=ends if len(ends) > 1 else (ends or [None])[0],
+                     ).save_pretrained(stage)
+    # model_input_names: no token_type_ids, which GPT-2 would add to the embeddings as tokens
     settings = dict(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False,
-                    model_max_length=c["block_size"])
+                    model_max_length=c["block_size"], model_input_names=["input_ids", "attention_mask"])
+    files = {}
     if spec:
         tokenizer, vocab, merges = bpe_tokenizer(spec, chat)
         # split_special_tokens: "<|endoftext|>" in a text is text, as gpt.py's encode has it
         settings.update(bos_token=EOT, eos_token=EOT, pad_token=EOT, split_special_tokens=True)
+        if spec["name"] == "gpt2":  # GPT-2's vocab.json and merges.txt too, which tools look for
+            files["vocab.json"] = json.dumps({**vocab, EOT: eot}, ensure_ascii=False)
+            files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
     else:
         tokenizer = char_tokenizer(ckpt["vocab"])
     tokenizer.save(os.path.join(stage, "tokenizer.json"))
     if chat:
         settings["chat_template"] = chat_template(chat)
-    files = {"tokenizer_config.json": json.dumps(settings, indent=2, ensure_ascii=False),
-             "README.md": model_card(ckpt, ckpt_path, out)}
-    if spec and spec["name"] == "gpt2":  # GPT-2's vocab.json, which from_gpt2.py reads
-        files["vocab.json"] = json.dumps({**vocab, EOT: eot}, ensure_ascii=False)
-        files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
+    files["tokenizer_config.json"] = json.dumps(settings, indent=2, ensure_ascii=False)
+    files["README.md"] = model_card(ckpt, ckpt_path, out, stops)
     for name, text in files.items():
         with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
             f.write(text)
