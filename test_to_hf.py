@@ -381,6 +381,48 @@ def test_from_gpt2_reads_the_weights_of_every_folder_back(runs, kind):
     assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
 
 
+# ----------------------------------------------------------------------------- the model card tells the truth
+def card_of(tmp_path, ckpt, name="best.pt", **changes):
+    """README.md of ckpt, with changes, as to_hf.py writes it."""
+    torch.save({**ckpt, **changes}, tmp_path / name)
+    assert export(tmp_path / name, tmp_path / "hf", "--overwrite")[0] == 0
+    return (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
+FROM_GPT2 = "as scripts/from_gpt2.py writes them"
+RL_FLAGS = {"init_from": "out_chat/best.pt", "data": "chats_rl/train.jsonl", "out_dir": "out_rl", "eval_data":
+            "chats_rl/test.jsonl", "max_iters": 600, "samples": 8, "temperature": 2.0, "sft_data": None,
+            "overwrite": False, "eval_only": False}  # rl.py's flags, as its checkpoints record them
+
+
+def test_the_card_of_a_step_0_checkpoint_never_says_from_gpt2_unless_from_gpt2_wrote_it(runs, tmp_path):
+    ckpt = runs["char"][2]
+    card = card_of(tmp_path, ckpt, iter=0)  # gpt.py's first eval: step 0, a val loss measured
+    assert FROM_GPT2 not in card and "step 0: its random initial weights" in card and "python gpt.py" in card
+    card = card_of(tmp_path, ckpt, iter=0, best_val_loss=float("nan"))  # no run recorded anything
+    assert FROM_GPT2 not in card and "not recorded" in card and "python gpt.py" not in card
+    card = card_of(tmp_path, ckpt, iter=0, made_by=dict(script="scripts/rl.py", args=RL_FLAGS),
+                   best_val_loss=float("nan"))  # an rl.py best.pt no step measured better
+    assert FROM_GPT2 not in card and "no step of scripts/rl.py (step 0" in card and "out_chat/best.pt" in card
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # from_gpt2.py's
+        assert from_gpt2.main([str(runs["gpt2"][1]), "--out_dir", str(tmp_path / "gpt2")]) == 0
+    card = card_of(tmp_path, torch.load(tmp_path / "gpt2" / "best.pt", weights_only=True))
+    assert FROM_GPT2 in card and "python gpt.py" not in card
+
+
+def test_the_card_of_an_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
+    ckpt = {**runs["char"][2], "chat": TEMPLATE}  # config: gpt.py's terms, as rl.py writes it
+    card = card_of(tmp_path, ckpt, "rl.pt", iter=600, best_val_loss=float("nan"), accuracy=84.625,
+                   made_by=dict(script="scripts/rl.py", args=RL_FLAGS))
+    assert ("- Made by: `python scripts/rl.py --init_from out_chat/best.pt --data chats_rl/train.jsonl --out_dir "
+            "out_rl --eval_data chats_rl/test.jsonl --max_iters 600 --samples 8 --temperature 2.0`, then "
+            f"`python scripts/to_hf.py {tmp_path / 'rl.pt'} --out {tmp_path / 'hf'}`") in card
+    assert "python gpt.py" not in card and "--overwrite" not in card.split("then")[0]
+    assert "`chats_rl/train.jsonl`, 600 steps of scripts/rl.py from `out_chat/best.pt`" in card
+    assert "Accuracy: 84.6% (mean greedy exact match over the skills of `chats_rl/test.jsonl`)" in card
+    assert "Val loss: not measured" in card
+
+
 # ----------------------------------------------------------------------------- bad input: one line each
 def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint", encoding="utf-8")

@@ -37,7 +37,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpt  # noqa: E402  the checkpoint format this reads
-from from_gpt2 import CONV1D, byte_of_character  # noqa: E402  the same mapping, the other way
+from from_gpt2 import CONV1D, FINE_TUNING, byte_of_character  # noqa: E402  its mapping, reversed
 
 EOT = "<|endoftext|>"
 # What this writes; a GPT-2 checkpoint's folder also GPT-2's own vocab.json and merges.txt
@@ -128,6 +128,55 @@ def chat_template(chat):
             "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
 
 
+def command(script, args):
+    """The command line of a made_by record: --name value for each flag, a switch alone when on."""
+    words = ["python", script]
+    for name, value in args.items():
+        if value is None or value is False:  # a flag left at None, a switch left off
+            continue
+        words.append(f"--{name}")
+        if value is not True:
+            words.append(shlex.quote(str(value)))
+    return " ".join(words)
+
+
+def from_gpt2_made(ckpt):
+    """Whether from_gpt2.py wrote this checkpoint: step 0, no loss measured, and its settings for
+    fine-tuning, under no preset."""
+    c = ckpt["config"]
+    settings = {k: v for k, v in FINE_TUNING.items() if k != "block_size"}  # block: the model's
+    return (ckpt["iter"] == 0 and math.isnan(ckpt["best_val_loss"]) and c.get("config") is None
+            and all(c.get(k) == v for k, v in settings.items()))
+
+
+def provenance(ckpt, exported):
+    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far. A
+    checkpoint from a tool beside gpt.py (scripts/rl.py) names it and its flags in "made_by";
+    config then describes the model in gpt.py's terms, not that tool's run."""
+    c, steps, maker = ckpt["config"], ckpt["iter"], ckpt.get("made_by")
+    if isinstance(maker, dict):
+        script, args = str(maker.get("script")), maker.get("args")
+        args = args if isinstance(args, dict) else {}
+        start = f" from `{args['init_from']}`" if args.get("init_from") else ""
+        if steps:
+            data = f"`{args['data']}`, " if args.get("data") else ""
+            trained = f"{data}{steps:,} steps of {script}{start}"
+        else:  # an rl.py best.pt that no step measured better than the model it started from
+            trained = f"no step of {script} (step 0: the weights it started from{start}, unchanged)"
+        return trained, f"`{command(script, args)}`, then `{exported}`"
+    if from_gpt2_made(ckpt):  # OpenAI's weights, or a Hugging Face folder's
+        return ("not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)",
+                f"`{exported}`")
+    if steps == 0 and math.isnan(ckpt["best_val_loss"]):  # no run recorded anything
+        return "not recorded (step 0, no loss measured)", f"`{exported}`"
+    flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k)]
+    made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
+    if steps:
+        return f"`{c.get('data')}`, {steps:,} steps", made
+    start = f"the weights of `{c['init_from']}`" if c.get("init_from") else "its random initial weights"
+    return f"nothing yet (step 0: {start})", made
+
+
 def example(ckpt, tokenizer):
     """What the card's snippets give the model: a question for a chat model, a text's start for
     others, one its tokenizer encodes (a char model knows only its characters). A chat's prompt
@@ -183,15 +232,9 @@ def model_card(ckpt, ckpt_path, out, stops):
     that writes with it (tests run it as it is)."""
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     n = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # tied
-    loss = ckpt.get("best_val_loss", float("nan"))
+    loss = ckpt["best_val_loss"]
     exported = f"python scripts/to_hf.py {shlex.quote(ckpt_path)} --out {shlex.quote(out)}"
-    if ckpt.get("iter"):
-        flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k) is not None]
-        trained = f"`{c.get('data')}`, {ckpt['iter']:,} steps"
-        made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
-    else:  # from_gpt2.py's: OpenAI's weights, no step taken here
-        trained = "not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)"
-        made = f"`{exported}`"
+    trained, made = provenance(ckpt, exported)
     tokens = f"{spec['name']} tokens" if spec else "characters"
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [gpt2, gpt.py]", "---", f"# {os.path.basename(os.path.abspath(out))}", "",
@@ -200,6 +243,12 @@ def model_card(ckpt, ckpt_path, out, stops):
              f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
              f"- Trained on: {trained}",
              f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}"]
+    accuracy, maker = ckpt.get("accuracy"), ckpt.get("made_by")
+    if isinstance(accuracy, (int, float)) and not math.isnan(accuracy):  # scripts/rl.py measures it
+        args = maker.get("args") if isinstance(maker, dict) else None
+        held_out = args.get("eval_data") if isinstance(args, dict) else None
+        lines.append(f"- Accuracy: {accuracy:.1f}% (mean greedy exact match over the skills"
+                     + (f" of `{held_out}`)" if held_out else ")"))
     lines.append(f"- Made by: {made}")
     if ckpt.get("chat"):
         end = ckpt["chat"]["end"]
