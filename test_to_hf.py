@@ -363,14 +363,38 @@ def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_mode
 
 
 # ----------------------------------------------------------------------------- from_gpt2.py reads it back
-def test_from_gpt2_reads_a_gpt2_folder_back_into_the_same_checkpoint(runs, tmp_path):
-    _, hf, ckpt = runs["gpt2"]
-    with contextlib.redirect_stdout(io.StringIO()):
+@pytest.mark.parametrize("kind", EVERY)
+def test_from_gpt2_reads_every_folder_back_and_gpt_py_samples_the_same_text(every_model, kind, tmp_path):
+    run, hf, ckpt = every_model[kind]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
     back = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert back["tokenizer"] == ckpt["tokenizer"] and back["config"]["gelu"] == "tanh"
+    assert gpt.tokenizer_of(back).spec == gpt.tokenizer_of(ckpt).spec  # a char model's vocab, a BPE's spec
+    assert back.get("tokenizer") == ckpt.get("tokenizer") and back["vocab"] == ckpt["vocab"]
+    assert back["chat"] == ckpt.get("chat") and back["config"]["gelu"] == ckpt["config"]["gelu"]
     assert back["model"].keys() == ckpt["model"].keys()
     assert all(torch.equal(back["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    texts = []
+    for folder in (run, tmp_path):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert gpt.main(["--sample", "--out_dir", str(folder), "--max_new_tokens", "24", "--seed", "7",
+                             "--device", "cpu"]) == 0
+        texts.append(out.getvalue())
+    assert texts[0] == texts[1] and len(texts[0]) > 24 // 4
+
+
+def test_from_gpt2_refuses_a_tokenizer_it_cannot_read_in_one_line(runs, tmp_path):
+    for kind, name, text in (("char", "tokenizer.json", "{not json"), ("bpe", "tokenizer_config.json",
+                             json.dumps({"gpt_py": {"tokenizer": "bpe", "chat": {"end": 3}}}))):
+        shutil.copytree(runs[kind][1], tmp_path / kind)
+        (tmp_path / kind / name).write_text(text, encoding="utf-8")
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert from_gpt2.main([str(tmp_path / kind), "--out_dir", str(tmp_path / f"{kind}_back")]) == 1
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "is not one gpt.py reads" in lines[0] and "Traceback" not in err.getvalue()
+        assert not (tmp_path / f"{kind}_back").exists()
 
 
 @pytest.mark.parametrize("kind", ("char", "bpe"))

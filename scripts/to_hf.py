@@ -1,6 +1,6 @@
 """
 to_hf.py: a gpt.py checkpoint as a Hugging Face model folder, which transformers loads as it is
-(no remote code, no network): scripts/from_gpt2.py the other way round.
+(no remote code, no network); scripts/from_gpt2.py reads such a folder back.
 
     python scripts/to_hf.py out/best.pt --out hf_model
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf_model')('A'))"
@@ -12,7 +12,8 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   them in Conv1D layers, (in, out));
 - tokenizer.json and tokenizer_config.json, giving gpt.py's ids: a char model's characters one by
   one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
-  A GPT-2 checkpoint also gets vocab.json and merges.txt, which from_gpt2.py reads back;
+  tokenizer_config.json's "gpt_py" entry keeps the tokenizer's name and the chat template as gpt.py
+  has them, for from_gpt2.py. A GPT-2 checkpoint also gets GPT-2's vocab.json and merges.txt;
 - a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
   saw). Its end marker stops generate() by itself where it is one token (eos_token_id); a longer one
   is a stop string, given at call time (README.md shows how): in generation_config.json it would
@@ -310,6 +311,8 @@ def export(ckpt, ckpt_path, out, stage):
     tokenizer.save(os.path.join(stage, "tokenizer.json"))
     if chat:
         settings["chat_template"] = chat_template(chat)
+    # gpt.py's own words for the tokenizer and the template, which from_gpt2.py reads back
+    settings["gpt_py"] = dict(tokenizer=spec["name"] if spec else "char", chat=chat or None)
     files["tokenizer_config.json"] = json.dumps(settings, indent=2, ensure_ascii=False)
     files["README.md"] = model_card(ckpt, ckpt_path, out, stops)
     for name, text in files.items():
