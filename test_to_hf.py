@@ -427,7 +427,8 @@ def test_the_card_of_a_step_0_checkpoint_never_says_from_gpt2_unless_from_gpt2_w
     assert FROM_GPT2 not in card and "not recorded" in card and "python gpt.py" not in card
     card = card_of(tmp_path, ckpt, iter=0, made_by=dict(script="scripts/rl.py", args=RL_FLAGS),
                    best_val_loss=float("nan"))  # an rl.py best.pt no step measured better
-    assert FROM_GPT2 not in card and "no step of scripts/rl.py (step 0" in card and "out_chat/best.pt" in card
+    assert FROM_GPT2 not in card and "no step of scripts/rl.py (step 0: the weights of `out_chat/best.pt`, " \
+        "unchanged)" in card
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # from_gpt2.py's
         assert from_gpt2.main([str(runs["gpt2"][1]), "--out_dir", str(tmp_path / "gpt2")]) == 0
     card = card_of(tmp_path, torch.load(tmp_path / "gpt2" / "best.pt", weights_only=True))
@@ -442,7 +443,7 @@ def test_the_card_of_an_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
             "out_rl --eval_data chats_rl/test.jsonl --max_iters 600 --samples 8 --temperature 2.0`, then "
             f"`python scripts/to_hf.py {tmp_path / 'rl.pt'} --out {tmp_path / 'hf'}`") in card
     assert "python gpt.py" not in card and "--overwrite" not in card.split("then")[0]
-    assert "`chats_rl/train.jsonl`, 600 steps of scripts/rl.py from `out_chat/best.pt`" in card
+    assert "`chats_rl/train.jsonl`, 600 steps of scripts/rl.py, starting from `out_chat/best.pt`" in card
     assert "Accuracy: 84.6% (mean greedy exact match over the skills of `chats_rl/test.jsonl`)" in card
     assert "Val loss: not measured" in card
 

@@ -158,12 +158,12 @@ def provenance(ckpt, exported):
     if isinstance(maker, dict):
         script, args = str(maker.get("script")), maker.get("args")
         args = args if isinstance(args, dict) else {}
-        start = f" from `{args['init_from']}`" if args.get("init_from") else ""
+        start = f"`{args['init_from']}`" if args.get("init_from") else "the model it started from"
         if steps:
             data = f"`{args['data']}`, " if args.get("data") else ""
-            trained = f"{data}{steps:,} steps of {script}{start}"
+            trained = f"{data}{steps:,} steps of {script}, starting from {start}"
         else:  # an rl.py best.pt that no step measured better than the model it started from
-            trained = f"no step of {script} (step 0: the weights it started from{start}, unchanged)"
+            trained = f"no step of {script} (step 0: the weights of {start}, unchanged)"
         return trained, f"`{command(script, args)}`, then `{exported}`"
     if from_gpt2_made(ckpt):  # OpenAI's weights, or a Hugging Face folder's
         return ("not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)",
