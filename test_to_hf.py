@@ -520,7 +520,7 @@ def test_an_earlier_export_is_replaced_only_with_overwrite(runs, tmp_path):
     shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
     before = snapshot(tmp_path / "hf")
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
-    assert refused(code, err, "already holds a model", "--overwrite", "replacing model.safetensors"), err
+    assert refused(code, err, "already holds a model", "replace it with --overwrite"), err
     assert snapshot(tmp_path / "hf") == before
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
     assert code == 0 and err == f"note: kept vocab.json, merges.txt in {tmp_path / 'hf'}, which transformers " \

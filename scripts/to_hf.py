@@ -333,9 +333,11 @@ def check_out(out, overwrite):
     ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
     if held and not overwrite:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        what = "already holds a model" if "config.json" in held else "is not empty"
+        if "config.json" in held:  # an earlier export, or another model
+            raise gpt.GPTError(f"--out {out} already holds a model ({shown}); write into a new or empty "
+                               "folder, or replace it with --overwrite (which keeps any other files there)")
         replaced = f", replacing {', '.join(ours)}" if ours else ""
-        raise gpt.GPTError(f"--out {out} {what} ({shown}); write into a new or empty folder, or add "
+        raise gpt.GPTError(f"--out {out} is not empty ({shown}); write into a new or empty folder, or add "
                            f"--overwrite to write to_hf.py's files there and keep the rest{replaced}")
     for name in ours:
         path = os.path.join(out, name)
