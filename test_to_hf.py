@@ -1,12 +1,15 @@
-"""test_to_hf.py: scripts/to_hf.py, a gpt.py checkpoint as a Hugging Face transformers folder. One behaviour
-per test, on tiny random models made here, offline: char, BPE and GPT-2 checkpoints.
+"""test_to_hf.py: scripts/to_hf.py, a gpt.py checkpoint as a Hugging Face transformers folder, and
+scripts/from_gpt2.py reading it back. One behaviour per test, on tiny random models made here, offline:
+char, BPE and GPT-2 checkpoints, chat models of each, and a char chat model of sums (digits, no letters).
 
     python -m pytest test_to_hf.py
 """
 import contextlib
 import io
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -197,50 +200,67 @@ def test_a_gpt2_model_s_tokenizer_gives_tiktoken_s_ids(loaded, runs, text):
     assert_same_ids("gpt2", loaded, runs, text)
 
 
+def test_bpe_merges_that_make_one_token_tie_as_in_tiktoken_whichever_comes_first():
+    """tiktoken ranks a pair by the token it makes: "aaa" from (aa, a) and from (a, aa) tie, and the leftmost
+    goes first. A tokenizers BPE ranks every merge apart, by its place in the list. Tokens cut many ways,
+    with overlapping repeats and ranks out of order ("abaa" before "aba"), on every text of a and b up to
+    10 letters: the exported tokenizer gives tiktoken's ids, and so does it with each token's cuts reversed."""
+    extra = ["aa", "ab", "ba", "abaa", "aaa", "aba", "bab", "aaaa", "abab", "baba", "ababa", "aabaa", "babab"]
+    spec = dict(name="bpe", pattern=from_gpt2.GPT2_PATTERN, tokens=[chr(b) for b in range(256)] + extra)
+    ours, theirs = gpt.BPETokenizer(spec), to_hf.bpe_tokenizer(spec)[0]
+    saved = json.loads(theirs.to_str())
+    merges = saved["model"]["merges"]  # [left, right] pairs, ranked by place: each token's cuts together
+    groups = [list(cuts) for _, cuts in itertools.groupby(merges, key=lambda pair: pair[0] + pair[1])]
+    assert max(map(len, groups)) >= 3  # some tokens can be made three ways
+    saved["model"]["merges"] = [pair for cuts in groups for pair in reversed(cuts)]
+    reversed_cuts = type(theirs).from_str(json.dumps(saved))
+    texts = ["".join(letters) for n in range(1, 11) for letters in itertools.product("ab", repeat=n)]
+    want = [ours.encode(text) for text in texts]
+    assert [encoding.ids for encoding in theirs.encode_batch(texts)] == want
+    assert [encoding.ids for encoding in reversed_cuts.encode_batch(texts)] == want
+
+
 def test_a_char_tokenizer_refuses_a_character_the_model_never_saw(loaded):
     with pytest.raises(Exception, match="UNK"):  # not a silent id, as gpt.py refuses it too
         loaded["char"][1]("ROMEO €")
 
 
-# ----------------------------------------------------------------------------- from_gpt2.py reads it back
-def test_from_gpt2_reads_a_gpt2_folder_back_into_the_same_checkpoint(runs, tmp_path):
-    _, hf, ckpt = runs["gpt2"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
-    back = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert back["tokenizer"] == ckpt["tokenizer"] and back["config"]["gelu"] == "tanh"
-    assert back["model"].keys() == ckpt["model"].keys()
-    assert all(torch.equal(back["model"][k], ckpt["model"][k]) for k in ckpt["model"])
-
-
-@pytest.mark.parametrize("kind", ("char", "bpe"))
-def test_from_gpt2_reads_the_weights_of_every_folder_back(runs, kind):
-    _, hf, ckpt = runs[kind]
-    model, config = from_gpt2.convert(transformers.GPT2LMHeadModel.from_pretrained(hf))
-    assert all(config[k] == ckpt["config"][k] for k in gpt.MODEL_KEYS)
-    assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
-
-
 # ----------------------------------------------------------------------------- chat models
 MESSAGES = [dict(role="system", content="Be brief."), dict(role="user", content="What is twelve and thirty?"),
             dict(role="assistant", content="Forty two."), dict(role="user", content="And 동해?")]
+SUMS = "".join(sorted(set("0123456789+= \n" + "".join(TEMPLATE.values()))))  # no b, c, f: transformers' "abcdef"
 
 
 @pytest.fixture(scope="module")
 def chat_models(tmp_path_factory, runs):
-    """The char and BPE checkpoints fine-tuned on conversations (as far as the files tell): prepare.py's template."""
+    """The char and BPE checkpoints fine-tuned on conversations (as far as the files tell): prepare.py's
+    template; and a char model of sums, whose characters lack some of a-f."""
     root, made = tmp_path_factory.mktemp("chat"), {}
     for kind in ("char", "bpe"):
         ckpt = {**runs[kind][2], "chat": TEMPLATE}
-        torch.save(ckpt, root / f"{kind}.pt")
-        assert export(root / f"{kind}.pt", root / kind)[0] == 0
-        made[kind] = ckpt, transformers.AutoTokenizer.from_pretrained(root / kind)
+        (root / kind).mkdir()
+        torch.save(ckpt, root / kind / "best.pt")
+    make_checkpoint(root / "sums" / "best.pt", vocab=SUMS, chat=TEMPLATE)
+    for kind in ("char", "bpe", "sums"):
+        assert export(root / kind / "best.pt", root / kind / "hf")[0] == 0
+        ckpt = torch.load(root / kind / "best.pt", weights_only=True)
+        made[kind] = ckpt, transformers.AutoTokenizer.from_pretrained(root / kind / "hf"), root / kind
     return made
+
+
+@pytest.fixture(scope="module")
+def every_model(runs, chat_models):
+    """Every kind of model: its run folder (best.pt) and its exported folder (hf)."""
+    return {**{kind: (run, hf, ckpt) for kind, (run, hf, ckpt) in runs.items()},
+            **{f"chat-{kind}": (run, run / "hf", ckpt) for kind, (ckpt, _, run) in chat_models.items()}}
+
+
+EVERY = (*KINDS, "chat-char", "chat-bpe", "chat-sums")
 
 
 @pytest.mark.parametrize("kind", ("char", "bpe"))
 def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models, kind):
-    ckpt, tokenizer = chat_models[kind]
+    ckpt, tokenizer, _ = chat_models[kind]
     pieces = [piece for message in MESSAGES for piece in chat_py.chat_turn(message, TEMPLATE)]
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
     assert text == "".join(pieces)
@@ -251,28 +271,181 @@ def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models
     assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
 
 
-@pytest.mark.parametrize("kind", ("char", "bpe"))
-def test_generate_stops_where_the_chat_repl_stops(tmp_path, runs, kind):
-    ckpt = runs[kind][2]
+@pytest.mark.parametrize("kind", EVERY)
+def test_generate_works_on_every_model_without_its_tokenizer_and_with_it(every_model, kind):
+    _, hf, ckpt = every_model[kind]
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
+    ids = torch.tensor([gpt.tokenizer_of(ckpt).encode("1 + 2" if kind == "chat-sums" else prompt_for(kind))])
+    alone = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4)
+    given = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4,
+                           tokenizer=tokenizer)
+    assert alone.size(1) == ids.size(1) + 4 and torch.equal(alone, given)
+    assert "stop_strings" not in (hf / "generation_config.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("kind", EVERY)
+def test_the_model_card_s_snippets_run_as_they_are(every_model, kind, capsys):
+    _, hf, ckpt = every_model[kind]
+    card = (hf / "README.md").read_text(encoding="utf-8")
+    snippets = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert len(snippets) == 2  # the pipeline, and generate with the tokenizer
+    for code in snippets:
+        exec(compile(code, str(hf / "README.md"), "exec"), {})  # as a user pastes it
+        printed = capsys.readouterr().out
+        assert printed.strip(), code
+    if ckpt.get("chat"):
+        assert "stop_strings=['<end>']" in card and ".removesuffix('<end>')" in card
+
+
+def end_marker_it_writes(ckpt, prompt, one_token=False):
+    """An end marker that this random model writes in its greedy answer to prompt, where a marker it never
+    writes lets it go on: two characters from the middle (a chat REPL's stop string), or one token."""
     model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
-    prompt = [dict(role="user", content="Hi")]
-    # An end marker that this random model writes: two characters from the middle of its greedy answer
-    free = "".join(chat_py.chat_reply(model, ours, {**TEMPLATE, "end": "\0never"}, prompt, 16, 0, None, None))
-    chat = {**TEMPLATE, "end": next(free[i:i + 2] for i in range(4, len(free)) if "\ufffd" not in free[i:i + 2])}
+    if not one_token:
+        free = "".join(chat_py.chat_reply(model, ours, {**TEMPLATE, "end": "\0never"}, prompt, 16, 0, None, None))
+        return next(free[i:i + 2] for i in range(4, len(free)) if "\ufffd" not in free[i:i + 2]), free
+    idx = torch.tensor([[i for m in prompt for p in chat_py.chat_turn(m, TEMPLATE) for i in ours.encode(p)]
+                        + ours.encode(TEMPLATE["assistant"])])
+    ids = [next_id.item() for next_id, _ in gpt.generate(model, idx, 16, temperature=0)]
+    for i in range(2, len(ids)):  # a token that is its own text, met there first
+        before, piece = ours.decode(ids[:i]), ours.decode(ids[i:i + 1])
+        if "\ufffd" not in piece and ours.encode(piece) == [ids[i]] and piece not in before + piece[:-1]:
+            return piece, ours.decode(ids)
+    raise AssertionError("no token of the greedy answer can be an end marker")
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe", "sums"))
+def test_generate_stops_at_the_end_marker_given_as_the_card_shows(tmp_path, chat_models, kind):
+    ckpt = chat_models[kind][0]
+    prompt = [dict(role="user", content="1+2" if kind == "sums" else "Hi")]
+    end, free = end_marker_it_writes(ckpt, prompt)
+    chat = {**TEMPLATE, "end": end}
     torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
     assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf.generation_config.stop_strings == [chat["end"]]
+    assert hf.generation_config.stop_strings is None  # generate() without a tokenizer works
     inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16, tokenizer=tokenizer)
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16, stop_strings=[end], tokenizer=tokenizer)
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
     reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
-    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + chat["end"]
+    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + end
     assert len(reply) < len(free) - 2
-    # the pipeline too, given the tokenizer: transformers' generate wants it for a stop string
+    # the pipeline too, as the model card shows it
     pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
-    answer = pipe(prompt, tokenizer=pipe.tokenizer, do_sample=False, max_new_tokens=16)[0]["generated_text"][-1]
-    assert answer == dict(role="assistant", content=reply + chat["end"])
+    answer = pipe(prompt, stop_strings=[end], tokenizer=pipe.tokenizer, do_sample=False, max_new_tokens=16)
+    assert answer[0]["generated_text"][-1] == dict(role="assistant", content=reply + end)
+    if kind == "sums":  # the one token more for transformers' stop strings is no character to the model
+        with pytest.raises(Exception, match="UNK"):
+            tokenizer("1+b")
+
+
+def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_models):
+    ckpt = chat_models["bpe"][0]
+    prompt = [dict(role="user", content="Hi")]
+    end, free = end_marker_it_writes(ckpt, prompt, one_token=True)
+    chat = {**TEMPLATE, "end": end}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    eot, marker = len(ckpt["tokenizer"]["tokens"]), gpt.tokenizer_of(ckpt).encode(end)
+    assert hf.generation_config.eos_token_id == [eot, *marker] and len(marker) == 1
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=16)  # no tokenizer, no stop string
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))
+    assert tokenizer.decode(out[0, inputs["input_ids"].size(1):]) == reply + end and len(reply + end) < len(free)
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    assert pipe(prompt, do_sample=False, max_new_tokens=16)[0]["generated_text"][-1]["content"] == reply + end
+    assert f"stop_strings" not in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- from_gpt2.py reads it back
+@pytest.mark.parametrize("kind", EVERY)
+def test_from_gpt2_reads_every_folder_back_and_gpt_py_samples_the_same_text(every_model, kind, tmp_path):
+    run, hf, ckpt = every_model[kind]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
+    back = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert gpt.tokenizer_of(back).spec == gpt.tokenizer_of(ckpt).spec  # a char model's vocab, a BPE's spec
+    assert back.get("tokenizer") == ckpt.get("tokenizer") and back["vocab"] == ckpt["vocab"]
+    assert back["chat"] == ckpt.get("chat") and back["config"]["gelu"] == ckpt["config"]["gelu"]
+    assert back["model"].keys() == ckpt["model"].keys()
+    assert all(torch.equal(back["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    texts = []
+    for folder in (run, tmp_path):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert gpt.main(["--sample", "--out_dir", str(folder), "--max_new_tokens", "24", "--seed", "7",
+                             "--device", "cpu"]) == 0
+        texts.append(out.getvalue())
+    assert texts[0] == texts[1] and len(texts[0]) > 24 // 4
+
+
+def test_from_gpt2_refuses_a_tokenizer_it_cannot_read_in_one_line(runs, tmp_path):
+    for kind, name, text in (("char", "tokenizer.json", "{not json"), ("bpe", "tokenizer_config.json",
+                             json.dumps({"gpt_py": {"tokenizer": "bpe", "chat": {"end": 3}}}))):
+        shutil.copytree(runs[kind][1], tmp_path / kind)
+        (tmp_path / kind / name).write_text(text, encoding="utf-8")
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert from_gpt2.main([str(tmp_path / kind), "--out_dir", str(tmp_path / f"{kind}_back")]) == 1
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "is not one gpt.py reads" in lines[0] and "Traceback" not in err.getvalue()
+        assert not (tmp_path / f"{kind}_back").exists()
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_from_gpt2_reads_the_weights_of_every_folder_back(runs, kind):
+    _, hf, ckpt = runs[kind]
+    model, config = from_gpt2.convert(transformers.GPT2LMHeadModel.from_pretrained(hf))
+    assert all(config[k] == ckpt["config"][k] for k in gpt.MODEL_KEYS)
+    assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- the model card tells the truth
+def card_of(tmp_path, ckpt, name="best.pt", **changes):
+    """README.md of ckpt, with changes, as to_hf.py writes it."""
+    torch.save({**ckpt, **changes}, tmp_path / name)
+    assert export(tmp_path / name, tmp_path / "hf", "--overwrite")[0] == 0
+    return (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
+FROM_GPT2 = "as scripts/from_gpt2.py writes them"
+RL_FLAGS = {"init_from": "out_chat/best.pt", "data": "chats_rl/train.jsonl", "out_dir": "out_rl", "eval_data":
+            "chats_rl/test.jsonl", "max_iters": 600, "samples": 8, "temperature": 2.0, "sft_data": None,
+            "overwrite": False, "eval_only": False}  # rl.py's flags, as its checkpoints record them
+
+
+def test_the_card_of_a_step_0_checkpoint_never_says_from_gpt2_unless_from_gpt2_wrote_it(runs, tmp_path):
+    ckpt = runs["char"][2]
+    card = card_of(tmp_path, ckpt, iter=0)  # gpt.py's first eval: step 0, a val loss measured
+    assert FROM_GPT2 not in card and "step 0: its random initial weights" in card and "python gpt.py" in card
+    card = card_of(tmp_path, ckpt, iter=0, best_val_loss=float("nan"))  # no run recorded anything
+    assert FROM_GPT2 not in card and "not recorded" in card and "python gpt.py" not in card
+    card = card_of(tmp_path, ckpt, iter=0, made_by=dict(script="scripts/rl.py", args=RL_FLAGS),
+                   best_val_loss=float("nan"))  # an rl.py best.pt no step measured better
+    assert FROM_GPT2 not in card and "no step of scripts/rl.py (step 0: the weights of `out_chat/best.pt`, " \
+        "unchanged)" in card
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # from_gpt2.py's
+        assert from_gpt2.main([str(runs["gpt2"][1]), "--out_dir", str(tmp_path / "gpt2")]) == 0
+    card = card_of(tmp_path, torch.load(tmp_path / "gpt2" / "best.pt", weights_only=True))
+    assert FROM_GPT2 in card and "python gpt.py" not in card
+
+
+def test_the_card_of_an_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
+    ckpt = {**runs["char"][2], "chat": TEMPLATE}  # config: gpt.py's terms, as rl.py writes it
+    card = card_of(tmp_path, ckpt, "rl.pt", iter=600, best_val_loss=float("nan"), accuracy=84.625,
+                   made_by=dict(script="scripts/rl.py", args=RL_FLAGS))
+    assert ("- Made by: `python scripts/rl.py --init_from out_chat/best.pt --data chats_rl/train.jsonl --out_dir "
+            "out_rl --eval_data chats_rl/test.jsonl --max_iters 600 --samples 8 --temperature 2.0`, then "
+            f"`python scripts/to_hf.py {tmp_path / 'rl.pt'} --out {tmp_path / 'hf'}`") in card
+    assert "python gpt.py" not in card and "--overwrite" not in card.split("then")[0]
+    assert "`chats_rl/train.jsonl`, 600 steps of scripts/rl.py, starting from `out_chat/best.pt`" in card
+    assert "Accuracy: 84.6% (mean greedy exact match over the skills of `chats_rl/test.jsonl`)" in card
+    assert "Val loss: not measured" in card
 
 
 # ----------------------------------------------------------------------------- bad input: one line each
@@ -290,21 +463,143 @@ def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path)
     assert code == 2 and "--bogus" in err
 
 
-def test_a_folder_holding_a_model_is_refused_unless_overwrite(runs, tmp_path):
-    shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
-    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
-    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
-    assert code == 1 and "already holds a model" in err and "--overwrite" in err and len(err.splitlines()) == 1
-    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
-    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
-    assert code == 0, err
-    assert sorted(os.listdir(tmp_path / "hf")) == sorted(os.listdir(runs["char"][1]))  # nothing left of the old one
-    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").vocab_size == len(VOCAB)
-
-
 @pytest.mark.parametrize("missing", ("transformers", "safetensors"))
 def test_without_transformers_or_safetensors_it_names_the_pip_install(runs, tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "out")
     assert code == 1 and 'pip install -e ".[gpt2]"' in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the user's files are safe
+def snapshot(folder):
+    """Every path below folder: a file's bytes, a link's target, a folder's name. Links are not followed."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                found[os.path.relpath(path, folder)] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, folder)] = f.read()
+            else:
+                found[os.path.relpath(path, folder)] = "folder"
+    return found
+
+
+def a_folder_of_files(folder):
+    """What a user keeps in a folder: GPT-2's tokenizer files, notes, a README, a folder of its own."""
+    (folder / "notes").mkdir(parents=True)
+    for name, text in {"vocab.json": '{"a": 0}', "merges.txt": "#version: 0.2\n", "README.md": "# My project\n",
+                       "special_tokens_map.json": "{}", "notes/todo.txt": "keep me"}.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return snapshot(folder)
+
+
+def refused(code, err, *words):
+    return code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1 and all(w in err for w in words)
+
+
+def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path):
+    before = a_folder_of_files(tmp_path / "mine")
+    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine")
+    assert refused(code, err, "is not empty", "--overwrite", "README.md") and not out, err
+    assert snapshot(tmp_path / "mine") == before
+
+
+def test_out_dot_in_a_project_is_refused_and_left_as_it_was(runs, tmp_path, monkeypatch):
+    before = a_folder_of_files(tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    code, _, err = export(runs["char"][0] / "best.pt", ".")
+    assert refused(code, err, "--out . is not empty"), err
+    assert snapshot(tmp_path / "project") == before
+
+
+def test_an_earlier_export_is_replaced_only_with_overwrite(runs, tmp_path):
+    shutil.copytree(runs["gpt2"][1], tmp_path / "hf")  # with GPT-2's vocab.json and merges.txt
+    before = snapshot(tmp_path / "hf")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf")
+    assert refused(code, err, "already holds a model", "replace it with --overwrite"), err
+    assert snapshot(tmp_path / "hf") == before
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
+    assert code == 0 and err == f"note: kept vocab.json, merges.txt in {tmp_path / 'hf'}, which transformers " \
+        "reads too; remove them if they belong to another model\n", err
+    after = snapshot(tmp_path / "hf")
+    assert sorted(after) == sorted([*to_hf.FILES, *to_hf.GPT2_FILES])  # nothing deleted, the rest replaced
+    assert {k: after[k] for k in to_hf.GPT2_FILES} == {k: before[k] for k in to_hf.GPT2_FILES}
+    fresh = snapshot(runs["char"][1])
+    assert all(after[k] == fresh[k] for k in to_hf.FILES if k != "README.md")  # the card names its folder
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").vocab_size == len(VOCAB)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("ROMEO").input_ids == [
+        VOCAB.index(ch) for ch in "ROMEO"]
+
+
+def test_overwrite_replaces_only_the_files_to_hf_writes(runs, tmp_path):
+    before = a_folder_of_files(tmp_path / "mine")
+    (tmp_path / "elsewhere.md").write_text("not the folder's", encoding="utf-8")
+    (tmp_path / "mine" / "config.json").symlink_to(tmp_path / "elsewhere.md")  # a link: replaced, its file kept
+    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
+    assert code == 0 and out.startswith("wrote "), err
+    assert err.startswith("note: kept vocab.json, merges.txt, special_tokens_map.json") and len(err.splitlines()) == 1
+    after = snapshot(tmp_path / "mine")
+    assert {k: v for k, v in after.items() if k not in to_hf.FILES} == {k: v for k, v in before.items()
+                                                                        if k not in to_hf.FILES}
+    assert after["README.md"].startswith(b"---\nlibrary_name: transformers") and not os.path.islink(
+        tmp_path / "mine" / "config.json")
+    assert (tmp_path / "elsewhere.md").read_text(encoding="utf-8") == "not the folder's"
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "mine").vocab_size == len(VOCAB)
+
+
+def test_a_file_or_a_link_to_nothing_as_out_is_refused_even_with_overwrite(runs, tmp_path):
+    (tmp_path / "model.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "to_file").symlink_to(tmp_path / "model.txt")
+    for flags in ((), ("--overwrite",)):
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "to_file", *flags)
+        assert refused(code, err, "is a file, not a folder"), err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "model.txt", *flags)
+        assert refused(code, err, f"--out {tmp_path / 'model.txt'} is a file, not a folder") and "--out_dir" not in err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "gone", *flags)
+        assert refused(code, err, "is a link to nothing"), err
+        code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "model.txt" / "hf", *flags)
+        assert refused(code, err, "--out", "is not a folder that can be written") and "--out_dir" not in err, err
+    assert (tmp_path / "model.txt").read_text(encoding="utf-8") == "mine" and sorted(os.listdir(tmp_path)) == [
+        "gone", "model.txt", "to_file"]
+
+
+def test_a_folder_where_to_hf_writes_a_file_is_refused_even_with_overwrite(runs, tmp_path):
+    (tmp_path / "hf" / "README.md").mkdir(parents=True)
+    (tmp_path / "hf" / "README.md" / "mine.txt").write_text("mine", encoding="utf-8")
+    before = snapshot(tmp_path / "hf")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "hf", "--overwrite")
+    assert refused(code, err, "holds a folder named README.md"), err
+    assert snapshot(tmp_path / "hf") == before
+
+
+def test_a_link_to_an_empty_folder_is_written_through(runs, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert export(runs["char"][0] / "best.pt", tmp_path / "link")[0] == 0
+    assert sorted(os.listdir(tmp_path / "real")) == sorted(to_hf.FILES)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_in_one_line(runs, tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "locked")
+    assert refused(code, err, "--out", "is not a folder that can be written"), err
+    assert os.listdir(tmp_path / "locked") == []
+
+
+def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "new" / "hf")
+    assert refused(code, err, "No space left on device"), err
+    assert not (tmp_path / "new").exists()
+    before = a_folder_of_files(tmp_path / "mine")
+    code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
+    assert refused(code, err, "No space left on device"), err
+    assert snapshot(tmp_path / "mine") == before  # the files aside were never moved in

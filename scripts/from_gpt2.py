@@ -13,6 +13,13 @@ writes OUT_DIR/best.pt in gpt.py's own format: the config (GPT-2's shape, block_
 50,257, the tanh GELU), GPT-2's tokenizer (so --sample needs nothing else) and iter 0. GPT-2 and
 gpt.py's model are the same network under the same names; only Hugging Face's Conv1D layers store
 their weight matrices transposed. Needs: pip install -e ".[gpt2]".
+
+A folder scripts/to_hf.py wrote comes back whole, whatever its tokenizer: its tokenizer.json gives a
+char model's characters or a BPE's tokens and split pattern, its tokenizer_config.json a chat model's
+template, so gpt.py --sample writes what it wrote before the export.
+
+    python scripts/to_hf.py out/best.pt --out hf_model
+    python scripts/from_gpt2.py hf_model --out_dir out_back
 """
 import argparse
 import json
@@ -79,12 +86,71 @@ def tokenizer_spec(source, vocab_size, local_files_only=False):
                                f"{str(e).splitlines()[0][:200]}") from None
     with open(path, encoding="utf-8") as f:
         vocab = json.load(f)
+    return byte_level_spec(vocab, GPT2_PATTERN, "gpt2", vocab_size, path)
+
+
+def byte_level_spec(vocab, pattern, name, vocab_size, path):
+    """A byte-level BPE vocabulary ({token: id}, each byte written as a printable character) as
+    gpt.py keeps it: each token's bytes in id order, end-of-text last. Its merges are not needed:
+    tiktoken joins the lowest-ranked pair first, and a token's id is its rank."""
     decode = byte_of_character()
-    by_id = {i: token for token, i in vocab.items()}
+    by_id = {i: token for token, i in vocab.items() if i < vocab_size}
     if sorted(by_id) != list(range(vocab_size)) or by_id[vocab_size - 1] != "<|endoftext|>":
         raise gpt.GPTError(f"{path} does not hold {vocab_size} tokens ending with <|endoftext|>, as GPT-2's does")
+    if not all(c in decode for i in range(vocab_size - 1) for c in by_id[i]):
+        raise gpt.GPTError(f"{path} is not a byte-level vocabulary (as GPT-2's is)")
     tokens = [bytes(decode[c] for c in by_id[i]).decode("latin-1") for i in range(vocab_size - 1)]
-    return {"name": "gpt2", "pattern": GPT2_PATTERN, "tokens": tokens}
+    return {"name": name, "pattern": pattern, "tokens": tokens}
+
+
+def split_pattern(pre_tokenizer, path):
+    """The split pattern of a byte-level BPE's pre-tokenizer: the Split just before its ByteLevel
+    step (a to_hf.py chat model's cuts its turns first), or GPT-2's, which ByteLevel alone holds."""
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
+    at = next((i for i, step in enumerate(steps) if step.get("type") == "ByteLevel"), None)
+    if at is None:
+        raise gpt.GPTError(f"{path} is not a byte-level BPE (as GPT-2's is): gpt.py cannot run it")
+    if steps[at].get("use_regex", True):
+        return GPT2_PATTERN
+    if at and steps[at - 1].get("type") == "Split" and "Regex" in steps[at - 1].get("pattern", {}):
+        return steps[at - 1]["pattern"]["Regex"]
+    raise gpt.GPTError(f"{path} splits text in a way gpt.py's BPE cannot (no split pattern)")
+
+
+def folder_tokenizer(folder, vocab_size):
+    """A folder's tokenizer.json (what transformers runs) as gpt.py keeps a tokenizer: a char model's
+    characters in id order ({"name": "char", "vocab": ...}), or a byte-level BPE's spec; and the chat
+    template that scripts/to_hf.py keeps in tokenizer_config.json's "gpt_py" entry. (None, None)
+    without a tokenizer.json: GPT-2's own folders have vocab.json."""
+    path, ours = os.path.join(folder, "tokenizer.json"), {}
+    if not os.path.isfile(path):
+        return None, None
+    try:  # a problem gpt.py can name is a GPTError; any other means files that are not to_hf.py's
+        with open(path, encoding="utf-8") as f:
+            tokenizer = json.load(f)
+        if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+            with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+                ours = json.load(f).get("gpt_py") or {}
+        chat = ours.get("chat")
+        if chat is not None and not all(isinstance(chat[k], str) for k in ("system", "user", "assistant", "end")):
+            raise ValueError("its chat template is not made of strings")
+        model, added = tokenizer["model"], tokenizer.get("added_tokens", [])
+        # ids past the model's vocabulary are to_hf.py's "abcdef", for transformers' stop strings
+        vocab = {**model.get("vocab", {}), **{token["content"]: token["id"] for token in added}}
+        if model.get("type") == "WordLevel":  # a char model's: each character its own token
+            chars = {i: ch for ch, i in vocab.items() if i < vocab_size}
+            if sorted(chars) != list(range(vocab_size)) or any(len(ch) != 1 for ch in chars.values()):
+                raise gpt.GPTError(f"{path} does not give the model's {vocab_size} ids one character each")
+            return {"name": "char", "vocab": "".join(chars[i] for i in range(vocab_size))}, chat
+        if model.get("type") != "BPE":
+            raise gpt.GPTError(f"{path} holds a {model.get('type')} tokenizer: gpt.py runs characters "
+                               "or a byte-level BPE")
+        pattern = split_pattern(tokenizer.get("pre_tokenizer") or {}, path)
+        name = ours.get("tokenizer") or ("gpt2" if vocab_size == 50257 else "bpe")  # older to_hf.py's: guessed
+        return byte_level_spec(vocab, pattern, name, vocab_size, path), chat
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
+        raise gpt.GPTError(f"{folder}'s tokenizer.json or tokenizer_config.json is not one gpt.py "
+                           f"reads ({type(e).__name__}: {str(e)[:100]})") from None
 
 
 def convert(hf_model):
@@ -129,16 +195,22 @@ def main(argv=None):
                 "no network to the Hub, and no cached copy" if cache_only else "the download failed, and no cached copy"
             raise gpt.GPTError(f"cannot load {args.source} ({where}): {str(e).splitlines()[0]}") from None
         model, config = convert(hf_model)
-        spec = tokenizer_spec(args.source, config["vocab_size"], local_files_only=cache_only)
+        spec, chat = None, None
+        if os.path.isdir(args.source):  # a folder to_hf.py wrote has any of gpt.py's tokenizers
+            spec, chat = folder_tokenizer(args.source, config["vocab_size"])
+        spec = spec or tokenizer_spec(args.source, config["vocab_size"], local_files_only=cache_only)
         gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)  # never replaces a trained model unasked
         path = os.path.join(args.out_dir, "best.pt")
-        gpt.save_atomic(dict(model=model.state_dict(), config=config, tokenizer=spec, vocab=None, iter=0,
-                             best_val_loss=float("nan")), path)
+        ckpt = dict(model=model.state_dict(), config=config, tokenizer=spec, vocab=None, chat=chat,
+                    iter=0, best_val_loss=float("nan"))
+        if spec["name"] == "char":  # a char model keeps its characters as gpt.py's own runs do
+            ckpt.update(vocab=ckpt.pop("tokenizer")["vocab"])
+        gpt.save_atomic(ckpt, path)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n = sum(t.numel() for t in model.parameters())
-    print(f"wrote {path}: GPT-2 with {n / 1e6:.0f}M parameters ({config['n_layer']} layers, {config['n_head']} "
+    print(f"wrote {path}: GPT-2 with {n / 1e6:,.1f}M parameters ({config['n_layer']} layers, {config['n_head']} "
           f"heads, {config['n_embd']} wide). Try: python gpt.py --sample --out_dir {args.out_dir}")
     return 0
 

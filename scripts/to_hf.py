@@ -1,6 +1,6 @@
 """
 to_hf.py: a gpt.py checkpoint as a Hugging Face model folder, which transformers loads as it is
-(no remote code, no network): scripts/from_gpt2.py the other way round.
+(no remote code, no network); scripts/from_gpt2.py reads such a folder back.
 
     python scripts/to_hf.py out/best.pt --out hf_model
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf_model')('A'))"
@@ -12,11 +12,19 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   them in Conv1D layers, (in, out));
 - tokenizer.json and tokenizer_config.json, giving gpt.py's ids: a char model's characters one by
   one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
-  A GPT-2 checkpoint also gets vocab.json and merges.txt, which from_gpt2.py reads back;
+  tokenizer_config.json's "gpt_py" entry keeps the tokenizer's name and the chat template as gpt.py
+  has them, for from_gpt2.py. A GPT-2 checkpoint also gets GPT-2's vocab.json and merges.txt;
 - a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
-  saw), its end marker as the stop string (for which transformers wants the tokenizer at hand:
-  generate(..., tokenizer=tokenizer));
-- generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k), a README.md.
+  saw). Its end marker stops generate() by itself where it is one token (eos_token_id); a longer one
+  is a stop string, given at call time (README.md shows how): in generation_config.json it would
+  make every generate() without a tokenizer fail;
+- generation_config.json (gpt.py --sample's defaults: temperature 0.8, no top-k; at most
+  block_size tokens, prompt included) and README.md, a model card whose snippets run as they are.
+
+--out is a new or empty folder. A folder holding anything else is refused, untouched, unless
+--overwrite is given (a folder of an earlier export too: that is a model, replaced only when asked).
+--overwrite replaces the files above and keeps everything else there; it names those transformers
+would read too (an earlier GPT-2 export's vocab.json, say), which the user may want to remove.
 Needs: pip install -e ".[gpt2]".
 """
 import argparse
@@ -30,28 +38,39 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpt  # noqa: E402  the checkpoint format this reads
-from from_gpt2 import CONV1D, byte_of_character  # noqa: E402  the same mapping, the other way
+from from_gpt2 import CONV1D, FINE_TUNING, byte_of_character  # noqa: E402  its mapping, reversed
 
 EOT = "<|endoftext|>"
-# A folder holding any of these holds a model; --overwrite removes them and the rest of one
-MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
-               "pytorch_model.bin", "tokenizer.json")
-OLD_FILES = (*MODEL_FILES, "generation_config.json", "tokenizer_config.json", "vocab.json",
-             "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-             "README.md")
+# What this writes; a GPT-2 checkpoint's folder also GPT-2's own vocab.json and merges.txt
+FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+         "README.md", "config.json")
+GPT2_FILES = ("vocab.json", "merges.txt")
+# Files transformers also reads beside those, when a folder has them: --overwrite keeps them, and
+# says so, since they would change what the folder does (a chat_template.jinja replaces the template)
+READ_BESIDE = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+               "chat_template.jinja", "chat_template.json", "tokenizer.model", "pytorch_model.bin",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json")
 CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
               "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
+# transformers sets up stop strings by encoding this text (StopStringCriteria.clean_tokenizer_vocab)
+STOP_STRING_PROBE = "abcdef"
 
 
 def char_tokenizer(vocab):
     """Each character its own token, with gpt.py's id; decoding joins them with nothing between."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     # No unknown token: a character the model never saw is an error, as in gpt.py, not a wrong id
     ids = {ch: i for i, ch in enumerate(vocab)}
     tokenizer = Tokenizer(models.WordLevel(ids, unk_token=None))
     # [\s\S]: any one character, newlines too
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
+    if not set(STOP_STRING_PROBE) <= ids.keys():
+        # transformers encodes "abcdef" to set up stop strings, and finds it again in a decoding:
+        # a model of sums (digits, no letters) could not stop at its end marker. So the text
+        # "abcdef" is one more token, id vocab_size: one the model never writes, and which no text
+        # gpt.py encodes holds, since the model lacks one of its letters.
+        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False)])
     return tokenizer
 
 
@@ -71,9 +90,13 @@ def bpe_tokenizer(spec, chat=None):
         return "".join(printable[b] for b in token)
     tokens = [t.encode("latin-1") for t in spec["tokens"]]
     ids = {t: i for i, t in enumerate(tokens)}
-    # tiktoken joins any two neighbours whose bytes make a token, the lowest-ranked token first:
-    # so each way to cut a token in two tokens is a merge, ranked by that token (transformers'
-    # tiktoken converter does the same)
+    # tiktoken joins any two neighbours whose bytes make a token, the lowest-ranked token first,
+    # the leftmost of equals first: so each way to cut a token in two tokens is a merge, ranked by
+    # that token (transformers' tiktoken converter does the same). A BPE ranks each merge apart:
+    # "aaa" from (aa, a) and from (a, aa) do not tie, as they do in tiktoken. That cannot change
+    # an encoding: the two halves of a pair that makes a token were made from its bytes alone, by
+    # the same merges wherever it occurs, so all pairs that make one token at one time are cut at
+    # one place (test_to_hf.py tries a token's cuts in both orders against tiktoken)
     merges = [(text(t[:k]), text(t[k:])) for t in tokens for k in range(1, len(t))
               if t[:k] in ids and t[k:] in ids]
     vocab = {text(t): i for t, i in ids.items()}
@@ -106,22 +129,113 @@ def chat_template(chat):
             "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
 
 
-def model_card(ckpt, ckpt_path, out):
-    """README.md: what the model is, what it was trained on, and the commands that made it."""
+def command(script, args):
+    """The command line of a made_by record: --name value for each flag, a switch alone when on."""
+    words = ["python", script]
+    for name, value in args.items():
+        if value is None or value is False:  # a flag left at None, a switch left off
+            continue
+        words.append(f"--{name}")
+        if value is not True:
+            words.append(shlex.quote(str(value)))
+    return " ".join(words)
+
+
+def from_gpt2_made(ckpt):
+    """Whether from_gpt2.py wrote this checkpoint: step 0, no loss measured, and its settings for
+    fine-tuning, under no preset."""
+    c = ckpt["config"]
+    settings = {k: v for k, v in FINE_TUNING.items() if k != "block_size"}  # block: the model's
+    return (ckpt["iter"] == 0 and math.isnan(ckpt["best_val_loss"]) and c.get("config") is None
+            and all(c.get(k) == v for k, v in settings.items()))
+
+
+def provenance(ckpt, exported):
+    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far. A
+    checkpoint from a tool beside gpt.py (scripts/rl.py) names it and its flags in "made_by";
+    config then describes the model in gpt.py's terms, not that tool's run."""
+    c, steps, maker = ckpt["config"], ckpt["iter"], ckpt.get("made_by")
+    if isinstance(maker, dict):
+        script, args = str(maker.get("script")), maker.get("args")
+        args = args if isinstance(args, dict) else {}
+        start = f"`{args['init_from']}`" if args.get("init_from") else "the model it started from"
+        if steps:
+            data = f"`{args['data']}`, " if args.get("data") else ""
+            trained = f"{data}{steps:,} steps of {script}, starting from {start}"
+        else:  # an rl.py best.pt that no step measured better than the model it started from
+            trained = f"no step of {script} (step 0: the weights of {start}, unchanged)"
+        return trained, f"`{command(script, args)}`, then `{exported}`"
+    if from_gpt2_made(ckpt):  # OpenAI's weights, or a Hugging Face folder's
+        return ("not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)",
+                f"`{exported}`")
+    if steps == 0 and math.isnan(ckpt["best_val_loss"]):  # no run recorded anything
+        return "not recorded (step 0, no loss measured)", f"`{exported}`"
+    flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k)]
+    made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
+    if steps:
+        return f"`{c.get('data')}`, {steps:,} steps", made
+    start = f"the weights of `{c['init_from']}`" if c.get("init_from") else "its random initial weights"
+    return f"nothing yet (step 0: {start})", made
+
+
+def example(ckpt, tokenizer):
+    """What the card's snippets give the model: a question for a chat model, a text's start for
+    others, one its tokenizer encodes (a char model knows only its characters). A chat's prompt
+    takes at most half a block: transformers' GPT-2 writes up to block_size tokens, prompt included."""
+    def encodes(text):
+        try:
+            return len(tokenizer.encode(text))
+        except gpt.GPTError:  # a character the model never saw
+            return None
+    chat = ckpt.get("chat")
+    if not chat:
+        if ckpt.get("tokenizer"):
+            return "Hello"
+        return "\n" if "\n" in ckpt["vocab"] else ckpt["vocab"][0]  # gpt.py --sample's start
+    frame = encodes(chat["user"] + "\n" + chat["assistant"]) or 0  # the turn around a question
+    letters = [ch for ch in ckpt.get("vocab") or "" if ch.strip()]  # a char model's, one by one
+    questions = [q for q in ("What is 12 + 30?", "Hello!", "12 + 30", "Hi", *letters) if encodes(q)]
+    fits = [q for q in questions if frame + encodes(q) <= ckpt["config"]["block_size"] // 2]
+    return (fits or sorted(questions, key=encodes))[0]  # else the shortest
+
+
+def snippets(ckpt, tokenizer, out, stops):
+    """The card's two ways to write with the model: the pipeline, and generate() with the tokenizer.
+    stops: the stop strings generate needs (a chat's end marker, unless one token ends it)."""
+    prompt = example(ckpt, tokenizer)
+    load = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"tokenizer = AutoTokenizer.from_pretrained({out!r})",
+            f"model = AutoModelForCausalLM.from_pretrained({out!r})"]
+    if not ckpt.get("chat"):
+        return [["from transformers import pipeline",
+                 f"generator = pipeline('text-generation', model={out!r})",
+                 f"print(generator({prompt!r})[0]['generated_text'])"],
+                [*load, f"inputs = tokenizer({prompt!r}, return_tensors='pt')",
+                 "print(tokenizer.decode(model.generate(**inputs)[0]))"]]
+    end = ckpt["chat"]["end"]
+    pipeline_stops = f", stop_strings={stops!r}, tokenizer=chat.tokenizer" if stops else ""
+    generate_stops = f", stop_strings={stops!r}, tokenizer=tokenizer" if stops else ""
+    return [["from transformers import pipeline",
+             f"chat = pipeline('text-generation', model={out!r})",
+             f"messages = [{{'role': 'user', 'content': {prompt!r}}}]",
+             f"reply = chat(messages{pipeline_stops})",
+             f"print(reply[0]['generated_text'][-1]['content'].removesuffix({end!r}))"],
+            [*load, f"messages = [{{'role': 'user', 'content': {prompt!r}}}]",
+             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+             "return_dict=True, return_tensors='pt')",
+             f"ids = model.generate(**inputs{generate_stops})",
+             "answer = tokenizer.decode(ids[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)",
+             f"print(answer.removesuffix({end!r}))"]]
+
+
+def model_card(ckpt, ckpt_path, out, stops):
+    """README.md: what the model is, what it was trained on, the commands that made it, and code
+    that writes with it (tests run it as it is)."""
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     n = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # tied
-    loss = ckpt.get("best_val_loss", float("nan"))
+    loss = ckpt["best_val_loss"]
     exported = f"python scripts/to_hf.py {shlex.quote(ckpt_path)} --out {shlex.quote(out)}"
-    if ckpt.get("iter"):
-        flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k) is not None]
-        trained = f"`{c.get('data')}`, {ckpt['iter']:,} steps"
-        made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
-    else:  # from_gpt2.py's: OpenAI's weights, no step taken here
-        trained = "not here (step 0: the weights it was given, as scripts/from_gpt2.py writes them)"
-        made = f"`{exported}`"
-    prompt = "Hello"
-    if not spec:  # a char model's: gpt.py's own start, or a character it knows
-        prompt = "\n" if "\n" in ckpt["vocab"] else ckpt["vocab"][0]
+    trained, made = provenance(ckpt, exported)
     tokens = f"{spec['name']} tokens" if spec else "characters"
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [gpt2, gpt.py]", "---", f"# {os.path.basename(os.path.abspath(out))}", "",
@@ -129,15 +243,23 @@ def model_card(ckpt, ckpt_path, out):
              f"{c['n_head']} heads, {c['n_embd']} wide, {c['block_size']} tokens of context, "
              f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
              f"- Trained on: {trained}",
-             f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}",
-             f"- Made by: {made}"]
+             f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}"]
+    accuracy, maker = ckpt.get("accuracy"), ckpt.get("made_by")
+    if isinstance(accuracy, (int, float)) and not math.isnan(accuracy):  # scripts/rl.py measures it
+        args = maker.get("args") if isinstance(maker, dict) else None
+        held_out = args.get("eval_data") if isinstance(args, dict) else None
+        lines.append(f"- Accuracy: {accuracy:.1f}% (mean greedy exact match over the skills"
+                     + (f" of `{held_out}`)" if held_out else ")"))
+    lines.append(f"- Made by: {made}")
     if ckpt.get("chat"):
+        end = ckpt["chat"]["end"]
+        how = (f"`generate` needs it as a stop string, with the tokenizer: `stop_strings={stops!r}, "
+               "tokenizer=tokenizer`" if stops else "one token, `eos_token_id`: generation stops there")
         lines.append(f"- Chat: `apply_chat_template` renders its template; an answer ends with "
-                     f"{ckpt['chat']['end']!r}, the stop string of generation_config.json (give "
-                     "`generate` the tokenizer: `tokenizer=tokenizer`)")
-    lines += ["", "```python", "from transformers import pipeline",
-              f"print(pipeline('text-generation', model={out!r})({prompt!r}))", "```", ""]
-    return "\n".join(lines)
+                     f"{end!r} ({how})")
+    for code in snippets(ckpt, gpt.tokenizer_of(ckpt), out, stops):
+        lines += ["", "```python", *code, "```"]
+    return "\n".join(lines) + "\n"
 
 
 def export(ckpt, ckpt_path, out, stage):
@@ -158,36 +280,104 @@ def export(ckpt, ckpt_path, out, stage):
     weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
                for k, t in ckpt["model"].items() if k != "lm_head.weight"}
     save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+    # Where generation stops by itself: at the end-of-text token, and at a chat's end marker if it
+    # is one token. A longer marker is a stop string, which transformers can match only with the
+    # tokenizer at hand: the card passes it at call time
+    ends, stops = [eot] if spec else [], []
+    if chat:
+        marker = gpt.tokenizer_of(ckpt).encode(chat["end"])  # alone, as training encoded it
+        if len(marker) == 1:
+            ends.append(marker[0])
+        else:
+            stops.append(chat["end"])
     # transformers' GPT-2 has no sliding window: block_size positions at most, prompt included
     GenerationConfig(do_sample=True, temperature=0.8, top_k=0, max_length=c["block_size"],
-                     bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-                     stop_strings=[chat["end"]] if chat else None).save_pretrained(stage)
+                     bos_token_id=eot, pad_token_id=eot,
+                     eos_token_id=ends if len(ends) > 1 else (ends or [None])[0],
+                     ).save_pretrained(stage)
+    # model_input_names: no token_type_ids, which GPT-2 would add to the embeddings as tokens
     settings = dict(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False,
-                    model_max_length=c["block_size"])
+                    model_max_length=c["block_size"], model_input_names=["input_ids", "attention_mask"])
+    files = {}
     if spec:
         tokenizer, vocab, merges = bpe_tokenizer(spec, chat)
         # split_special_tokens: "<|endoftext|>" in a text is text, as gpt.py's encode has it
         settings.update(bos_token=EOT, eos_token=EOT, pad_token=EOT, split_special_tokens=True)
+        if spec["name"] == "gpt2":  # GPT-2's vocab.json and merges.txt too, which tools look for
+            files["vocab.json"] = json.dumps({**vocab, EOT: eot}, ensure_ascii=False)
+            files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
     else:
         tokenizer = char_tokenizer(ckpt["vocab"])
     tokenizer.save(os.path.join(stage, "tokenizer.json"))
     if chat:
         settings["chat_template"] = chat_template(chat)
-    files = {"tokenizer_config.json": json.dumps(settings, indent=2, ensure_ascii=False),
-             "README.md": model_card(ckpt, ckpt_path, out)}
-    if spec and spec["name"] == "gpt2":  # GPT-2's vocab.json, which from_gpt2.py reads
-        files["vocab.json"] = json.dumps({**vocab, EOT: eot}, ensure_ascii=False)
-        files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
+    # gpt.py's own words for the tokenizer and the template, which from_gpt2.py reads back
+    settings["gpt_py"] = dict(tokenizer=spec["name"] if spec else "char", chat=chat or None)
+    files["tokenizer_config.json"] = json.dumps(settings, indent=2, ensure_ascii=False)
+    files["README.md"] = model_card(ckpt, ckpt_path, out, stops)
     for name, text in files.items():
         with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
             f.write(text)
 
 
+def check_out(out, overwrite):
+    """Refuse, before anything is written, a --out that is not a new or empty folder, unless
+    --overwrite; even then nothing this does not write is touched, a folder of that name neither."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
+        raise gpt.GPTError(f"--out {out} is {what}: give a new or empty folder")
+    try:
+        held = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    except OSError as e:
+        raise gpt.GPTError(f"--out {out} cannot be read ({e.strerror})") from None
+    ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
+    if held and not overwrite:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        if "config.json" in held:  # an earlier export, or another model
+            raise gpt.GPTError(f"--out {out} already holds a model ({shown}); write into a new or empty "
+                               "folder, or replace it with --overwrite (which keeps any other files there)")
+        replaced = f", replacing {', '.join(ours)}" if ours else ""
+        raise gpt.GPTError(f"--out {out} is not empty ({shown}); write into a new or empty folder, or add "
+                           f"--overwrite to write to_hf.py's files there and keep the rest{replaced}")
+    for name in ours:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise gpt.GPTError(f"--out {out} holds a folder named {name}, where to_hf.py writes a file")
+
+
+def write(ckpt, ckpt_path, out):
+    """The folder out, its files written aside in out and moved in: replaced, never half-written.
+    Returns the names of the files written."""
+    made, path = None, os.path.abspath(out)  # made: the outermost folder this makes, if any
+    while not os.path.lexists(path):
+        made, path = path, os.path.dirname(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=out)
+    except OSError as e:
+        raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
+    try:
+        export(ckpt, ckpt_path, out, stage)
+        if os.path.lexists(os.path.join(out, "config.json")):  # an old model's: gone first, so
+            os.remove(os.path.join(out, "config.json"))  # a folder cut short never looks complete
+        written = sorted(os.listdir(stage), key=lambda name: name == "config.json")  # config.json last
+        for name in written:
+            os.replace(os.path.join(stage, name), os.path.join(out, name))
+    except BaseException:
+        if made:  # all in it is this run's
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return written
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a gpt.py checkpoint as a Hugging Face folder.")
     p.add_argument("checkpoint", help="a gpt.py best.pt or ckpt.pt")
-    p.add_argument("--out", required=True, help="the folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a model the folder holds")
+    p.add_argument("--out", required=True, help="the folder to write: new or empty")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds files "
+                   "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
     try:
         try:
@@ -197,31 +387,28 @@ def main(argv=None):
             raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
                                "(or pip install transformers safetensors)") from None
         ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
-        held = [name for name in MODEL_FILES if os.path.exists(os.path.join(args.out, name))]
-        if held and not args.overwrite:
-            raise gpt.GPTError(f"{args.out} already holds a model ({', '.join(held)}); write to "
-                               "another --out, or replace it with --overwrite")
-        gpt.claim_out_dir(args.out, fresh=False)  # made, and writable
-        # Written aside, then moved in, config.json last: cut short, it never looks complete
-        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=args.out)
-        try:
-            export(ckpt, args.checkpoint, args.out, stage)
-            for name in OLD_FILES:  # the old model's, even those this one has not
-                if os.path.exists(os.path.join(args.out, name)):
-                    os.remove(os.path.join(args.out, name))
-            for name in sorted(os.listdir(stage), key=lambda name: name == "config.json"):
-                os.replace(os.path.join(stage, name), os.path.join(args.out, name))
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        check_out(args.out, args.overwrite)
+        written = write(ckpt, args.checkpoint, args.out)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a file that cannot be replaced
+        print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     tokens = f"{spec['name']} tokens" if spec else "characters"
     chat = ", a chat model" if ckpt.get("chat") else ""
     print(f"wrote {args.out}: a GPT-2 of {c['n_layer']} layers, {c['n_embd']} wide, "
           f"{c['vocab_size']:,} {tokens}{chat}. "
           f"Load it: AutoModelForCausalLM.from_pretrained({args.out!r})")
+    kept = [name for name in READ_BESIDE
+            if name not in written and os.path.lexists(os.path.join(args.out, name))]
+    if kept:
+        print(f"note: kept {', '.join(kept)} in {args.out}, which transformers reads too; remove "
+              "them if they belong to another model", file=sys.stderr)
     return 0
 
 
