@@ -1119,7 +1119,7 @@ def small_encoding(name="gpt2"):
     ranks = {bytes([i]): i for i in range(256)}
     for merge in (b"th", b"he", b"the", b" t", b"in", b"er", b"an", b" the"):
         ranks[merge] = len(ranks)
-    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    from tiktoken_ext.openai_public import r50k_pat_str as pattern  # the real gpt2 encoding's, word for word
     return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
 
 

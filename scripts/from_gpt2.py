@@ -32,7 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpt  # noqa: E402  the model and the checkpoint format this writes
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 350M, 774M, 1558M parameters
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+try:  # GPT-2's split pattern in the very words tiktoken's gpt2 encoding uses, as prepare.py --tokenizer gpt2
+    from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN  # stores it: gpt.py compares the two
+except ImportError:  # no tiktoken (the gpt2 extra brings it): the same splits, as GPT-2's paper wrote them
+    GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Fine-tuning starts gently: a small learning rate, constant, and a short run (nanoGPT's
 # finetune_shakespeare); flags given with --init_from override any of these.
