@@ -1,35 +1,38 @@
 """
 scaling.py: scaling laws on a laptop. For each compute budget, which model size learns best?
 
-    python scripts/scaling.py                                   # the defaults: minutes on 2 CPU cores
-    python scripts/scaling.py --data my.txt --out_dir scaling_my --budgets 1e13,3e13 --sizes 1x64,2x128,4x256
+    python scripts/scaling.py                  # 15 runs on shakespeare.txt: minutes on 2 CPU cores
+    python scripts/scaling.py --data my.txt --out_dir scaling_my --budgets 2e12,4e12 \
+        --sizes 1x64,1x128,2x128
+    python scripts/plot_log.py scaling/1e12_1x32 scaling/1e12_1x192   # the loss curves of two runs
 
-The IsoFLOP method of the Chinchilla paper (Hoffmann et al. 2022), as nanochat's runs/scaling_laws.sh
-runs it on 8 GPUs. A budget is a number of training FLOPs. A small model trains on many tokens for it,
-a big one on few; somewhere between lies the size that reaches the lowest loss. Each size
-(--sizes, n_layer x n_embd) trains through gpt.py for exactly the steps the budget buys:
-- FLOPs per token = 6 x N + 12 x n_layer x n_embd x block_size (nanochat's estimate_flops, PaLM's
-  appendix B). N counts the weights that multiply: 12 x n_embd^2 per block (attention's c_attn and
-  c_proj, the MLP's c_fc and c_proj) and the output head, vocab_size x n_embd, which is also the token
-  embedding (tied). The position embedding is a lookup and biases and norms are additions: they do
-  not count, so N is below gpt.py's parameter count. Each weight costs 2 FLOPs per token forward
-  (a multiply and an add) and 4 backward; the second term is attention's scores and weighted sum.
-  Only training counts, not evals.
-- steps = floor(budget / (FLOPs per token x batch_size x block_size)): a run spends at most its
-  budget, and less than one step below it.
-- heads: each is --head_dim wide (32), so n_head = n_embd / head_dim.
-- the recipe: gpt.py's tiny preset (batch 16, block 256, learning rate 5e-3 decaying to 5e-4 by the
-  run's last step), warmup over the first 5% of the steps, val loss measured on 10 batches. Any other
-  gpt.py training flag (--block_size, --learning_rate, --config small, --device, ...) applies to
-  every run.
-Into --out_dir (default scaling): results.csv, one row per run as it ends (budget, n_layer, n_embd,
-params = N, steps, tokens, flops, val_loss = the last eval, at the run's final step, seconds = the
-run's wall time, evals included); settings.json, the recipe those rows come from; each run's folder
-(best.pt to sample from, log.csv, train.log). Then fit.json and a table: per budget the optimal N
-and loss, at the bottom of a parabola in log10(N) through the budget's runs; across budgets the power
-laws N_opt ~ C^a and L_opt ~ C^b. scaling.png draws them (pip install -e ".[plot]").
-Ctrl-C keeps the finished runs; the same command again trains only the runs results.csv lacks.
-On a GPU, bigger budgets and sizes, nothing else: --budgets 1e15,3e15,1e16 --sizes 4x256,6x384,8x512,12x768.
+The IsoFLOP method of the Chinchilla paper (Hoffmann et al. 2022; nanochat's runs/scaling_laws.sh).
+A budget is a number of training FLOPs: a small model spends it on many tokens, a big one on few,
+and between them lies the size that reaches the lowest loss. Each size (--sizes, n_layer x n_embd)
+trains through gpt.py for the steps each budget (--budgets) buys:
+- FLOPs per token = 6 N + 12 n_layer n_embd block_size (nanochat's estimate_flops; PaLM, appendix
+  B). N counts the weights that multiply, 2 FLOPs per token forward and 4 backward each: 12 n_embd^2
+  per block (c_attn, c_proj, c_fc, c_proj) and the head, vocab_size x n_embd, which is the token
+  embedding too (tied). The position embedding (a lookup), biases and norms do not count: N is
+  below gpt.py's parameter count. The second term is attention's scores and weighted sum, the
+  masked half included. Only training counts, not evals.
+- steps = floor(budget / (FLOPs per token x batch_size x block_size)): within one step of the
+  budget, never over it. A budget too small for one step of a size is refused.
+- heads: each --head_dim (32) wide, so n_head = n_embd / head_dim.
+- the recipe: gpt.py's tiny preset (batch 16, learning rate 5e-3 falling to 5e-4 at the last step,
+  no dropout), block_size 64 (attention then costs 5-22% of the FLOPs, as in big models, not half),
+  warmup over 5% of the steps, the val loss on 20 batches. Any other gpt.py training flag
+  (--learning_rate, --block_size, --config small, --device, ...) applies to every run.
+- the default sizes have one layer, 14k to 454k weights: at budgets this small, one wide layer
+  learns more than two narrow ones (RESULTS.md).
+In --out_dir: results.csv, a row per run as it ends (val_loss: the last eval, at the final step;
+seconds: the run's wall time, evals included); settings.json, the data and recipe of those rows; a
+folder per run (best.pt, log.csv, train.log). Then fit.json and a table: per budget, the optimal N
+and loss at the bottom of a parabola in log10(N) through the best run and its neighbours; across
+budgets, the power laws N_opt ~ C^a and L_opt ~ C^b; scaling.png (pip install -e ".[plot]").
+Ctrl-C keeps the finished runs; the same command again trains the others. On a GPU: bigger budgets
+and sizes and a text big enough not to be read many times over, say --budgets 1e15,3e15,1e16
+--sizes 2x128,4x256,6x384,8x512 --batch_size 64.
 """
 import argparse
 import contextlib
@@ -44,46 +47,47 @@ import time
 import numpy as np  # the fits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gpt  # noqa: E402  trains every run, and reads the data once to check it
+import gpt  # noqa: E402  trains every run
 
-COLUMNS = ["budget", "n_layer", "n_embd", "params", "steps", "tokens", "flops", "val_loss", "seconds"]
-RECIPE = ("config", "block_size", "batch_size", "learning_rate", "min_lr", "warmup_iters", "weight_decay",
-          "grad_clip", "dropout", "seed", "eval_iters", "gelu")  # what changes a run's loss
+BUDGETS, SIZES = "1e12,2e12,4e12", "1x32,1x64,1x96,1x128,1x192"
+RECIPE = dict(config="tiny", block_size="64", eval_iters="20")  # flags given override these
+SETTINGS = ("config", "block_size", "batch_size", "learning_rate", "min_lr", "warmup_iters",
+            "weight_decay", "grad_clip", "dropout", "seed", "eval_iters", "gelu")  # change a loss
 PER_RUN = ("n_layer", "n_embd", "n_head", "max_iters", "lr_decay_iters", "eval_interval", "resume",
-           "init_from", "overwrite", "sample")  # gpt.py flags scaling.py sets itself, or refuses
-BUDGETS, SIZES = "1e12,3e12,1e13", "1x32,2x64,3x96,4x128"
-RECIPE_DEFAULTS = dict(config="tiny", block_size="64", eval_iters="10")  # before the flags given
+           "init_from", "overwrite", "sample")  # gpt.py flags that scaling.py sets, or refuses
+COLUMNS = ["budget", "n_layer", "n_embd", "params", "steps", "tokens", "flops", "val_loss",
+           "seconds"]
 
 
-class ScalingError(Exception):  # one line for the user, no traceback
+class ScalingError(Exception):  # a problem the user can fix: one line, no traceback
     pass
 
 
 # ------------------------------------------------------------ counting FLOPs
 def matmul_params(n_layer, n_embd, vocab_size):
-    """N: the weights that multiply each token's numbers. The head is tied to the token embedding."""
+    """N: the weights that multiply a token's numbers; the head is the token embedding (tied)."""
     return 12 * n_layer * n_embd**2 + vocab_size * n_embd
 
 
 def flops_per_token(n_layer, n_embd, vocab_size, block_size):
-    """Forward and backward: 6 per weight, and attention's query-key scores and weighted sum of the
-    values, 2 x 2 x block_size x n_embd per layer forward, twice that backward (full, not causal half)."""
+    """6 per weight, forward and backward; then attention, per layer: q.k for block_size keys and
+    the weighted sum of as many values, 2 x 2 x block_size x n_embd forward, twice that backward."""
     return 6 * matmul_params(n_layer, n_embd, vocab_size) + 12 * n_layer * n_embd * block_size
 
 
 # ------------------------------------------------------------ the command line
-def usage_error(message):  # one line, exit 2, as gpt.py's
+def usage_error(message):  # one line and exit 2, as gpt.py's
     print(f"scaling.py: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 def parse_budgets(text):
     try:
-        budgets = {int(float(b)) for b in text.split(",")}  # integers: the CSV keeps them exactly
-    except (ValueError, OverflowError):
-        usage_error(f"--budgets {text}: not a comma-separated list of FLOPs, like 2e12,6e12")
+        budgets = {int(float(b)) for b in text.split(",")}  # whole FLOPs, as the CSV keeps them
+    except (ValueError, OverflowError):  # also nan and inf
+        usage_error(f"--budgets {text!r}: not a comma-separated list of FLOPs, like 2e12,6e12")
     if min(budgets) < 1:
-        usage_error(f"--budgets {text}: each budget must be at least 1 FLOP")
+        usage_error(f"--budgets {text!r}: a budget must be at least 1 FLOP")
     return sorted(budgets)
 
 
@@ -92,58 +96,66 @@ def parse_sizes(text, head_dim):
     for size in text.split(","):
         n_layer, _, n_embd = size.strip().partition("x")
         if not (n_layer.isdigit() and n_embd.isdigit() and int(n_layer) > 0 and int(n_embd) > 0):
-            usage_error(f"--sizes {text}: {size!r} is not n_layerxn_embd, like 2x64")
+            usage_error(f"--sizes {text!r}: {size!r} is not n_layerxn_embd, like 2x64")
         if int(n_embd) % head_dim:
-            usage_error(f"--sizes: {size} is {n_embd} wide, not a multiple of --head_dim {head_dim}: "
-                        "the heads cannot share it equally")
+            usage_error(f"--sizes: {size} is {n_embd} wide, not a multiple of --head_dim "
+                        f"{head_dim}, so its heads cannot share it equally")
         sizes.add((int(n_layer), int(n_embd)))
-    return sorted(sizes, key=lambda s: matmul_params(*s, 1))
+    return sorted(sizes, key=lambda size: matmul_params(*size, 1))
 
 
 def parse(argv):
-    """scaling.py's own flags, and gpt.py's settings for every run (gpt.py checks those)."""
-    p = argparse.ArgumentParser(prog="scaling.py", allow_abbrev=False, description="IsoFLOP scaling "
-                                "laws: the best model size for each compute budget. Any other gpt.py "
-                                "training flag applies to every run.")
+    """scaling.py's own flags; the others are gpt.py's, for every run (gpt.py checks them)."""
+    p = argparse.ArgumentParser(prog="scaling.py", allow_abbrev=False,
+                                description="IsoFLOP scaling laws: the best model size for each "
+                                "compute budget. Any other gpt.py training flag applies to every "
+                                "run.")
     p.error = usage_error  # one line, not argparse's usage
-    p.add_argument("--budgets", default=BUDGETS, help=f"training FLOPs, comma-separated ({BUDGETS})")
-    p.add_argument("--sizes", default=SIZES, help=f"n_layerxn_embd, comma-separated ({SIZES})")
-    p.add_argument("--head_dim", type=int, default=32, help="each head's width (32): n_head = n_embd / it")
-    p.add_argument("--out_dir", default="scaling", help="results.csv, fit.json, scaling.png, the runs")
+    p.add_argument("--budgets", default=BUDGETS, help=f"training FLOPs, with commas ({BUDGETS})")
+    p.add_argument("--sizes", default=SIZES, help=f"n_layerxn_embd, with commas ({SIZES})")
+    p.add_argument("--head_dim", type=int, default=32, help="n_head = n_embd / head_dim (32)")
+    p.add_argument("--out_dir", default="scaling", help="results, fit, picture, runs (scaling)")
     args, gpt_flags = p.parse_known_args(argv)
     if args.head_dim < 1:
         usage_error(f"argument --head_dim: must be at least 1, got {args.head_dim}")
     given = {f.split("=")[0].removeprefix("--") for f in gpt_flags if f.startswith("--")}
-    for name in given & set(PER_RUN):
-        usage_error(f"--{name} is set for each run by scaling.py (from --sizes, --budgets, --head_dim); "
-                    "drop it")
-    # scaling.py's recipe first: a flag given overrides it, as it overrides a preset in gpt.py
-    gpt_flags = [*(f for k, v in RECIPE_DEFAULTS.items() if k not in given for f in (f"--{k}", v)),
-                 *gpt_flags]
-    cfg, _, _ = gpt.settings(gpt.parse_args(gpt_flags))  # a bad gpt.py flag: one line, exit 2
-    args.warmup = "warmup_iters" not in given  # 5% of each run's steps, unless --warmup_iters
-    return args, gpt_flags, cfg, parse_budgets(args.budgets), parse_sizes(args.sizes, args.head_dim)
+    for name in sorted(given & set(PER_RUN)):
+        usage_error(f"--{name} is scaling.py's to set for each run (from --budgets, --sizes and "
+                    "--head_dim): drop it")
+    recipe = [flag for k, v in RECIPE.items() if k not in given for flag in (f"--{k}", v)]
+    cfg, _, _ = gpt.settings(gpt.parse_args(recipe + gpt_flags))  # a bad flag: gpt.py's one line
+    args.warmup = "warmup_iters" not in given  # then 5% of each run's steps
+    budgets, sizes = parse_budgets(args.budgets), parse_sizes(args.sizes, args.head_dim)
+    return args, recipe + gpt_flags, cfg, budgets, sizes
 
 
 def plan_runs(budgets, sizes, vocab_size, block_size, batch_size):
-    """Every (budget, size) with the steps its budget buys; a budget that buys none is refused."""
+    """Every (budget, size), smallest budget first, with the steps the budget buys."""
     tokens_per_step, plan = batch_size * block_size, []
     for budget in budgets:
         for n_layer, n_embd in sizes:
             per_token = flops_per_token(n_layer, n_embd, vocab_size, block_size)
             steps = budget // (per_token * tokens_per_step)
             if steps < 1:
-                raise ScalingError(f"budget {budget:.3g} buys no step of size {n_layer}x{n_embd}: one step costs "
-                                   f"{per_token * tokens_per_step:.3g} FLOPs ({tokens_per_step:,} tokens x "
-                                   f"{per_token:,} FLOPs per token); raise the budget or drop the size")
+                raise ScalingError(f"budget {budget:.3g} buys no step of size {n_layer}x{n_embd}: "
+                                   f"a step costs {per_token * tokens_per_step:.3g} FLOPs "
+                                   f"({tokens_per_step:,} tokens x {per_token:,}); raise the "
+                                   "budget or drop the size")
             plan.append(dict(budget=budget, n_layer=n_layer, n_embd=n_embd,
                              params=matmul_params(n_layer, n_embd, vocab_size), steps=steps,
-                             tokens=steps * tokens_per_step, flops=steps * tokens_per_step * per_token))
+                             tokens=steps * tokens_per_step,
+                             flops=steps * tokens_per_step * per_token))
     return plan
 
 
-# ------------------------------------------------------------ results.csv and the settings behind it
-def fingerprint(path):  # the text, or a prepared folder's meta.json (its tokenizer and counts)
+# ------------------------------------------------------------ results.csv and its settings
+def write_atomic(path, text):  # killed mid-write, the previous file is still whole
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def fingerprint(path):  # of the text, or of a prepared folder's meta.json (tokenizer and counts)
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
     with open(path, "rb") as f:
@@ -151,39 +163,43 @@ def fingerprint(path):  # the text, or a prepared folder's meta.json (its tokeni
 
 
 def check_settings(out_dir, settings):
-    """Rows of one results.csv compare only if they share the data and the recipe: settings.json."""
+    """The runs of one results.csv compare only if they share the data and the recipe."""
     path = os.path.join(out_dir, "settings.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+    if os.path.exists(os.path.join(out_dir, "results.csv")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            raise ScalingError(f"{out_dir}/results.csv has no readable settings.json beside it: "
+                               "its runs' settings are unknown; use another --out_dir") from None
+        if saved.get("data") != settings["data"]:  # the same text in another place is the same
+            raise ScalingError(f"{out_dir}/results.csv holds runs on other data "
+                               f"({saved.get('data_path')}, not {settings['data_path']}): use "
+                               "another --out_dir")
         for key, value in settings.items():
-            if key == "data" and saved.get(key) != value:  # the same text elsewhere is the same
-                raise ScalingError(f"{out_dir}/results.csv holds runs on other data ({saved.get('data_path')}), "
-                                   f"not {settings['data_path']}: use another --out_dir")
             if key != "data_path" and saved.get(key) != value:
-                raise ScalingError(f"{out_dir}/results.csv holds runs with {key} {saved.get(key)}, not {value}: "
-                                   "give the same settings, or use another --out_dir")
-    elif os.path.exists(os.path.join(out_dir, "results.csv")):
-        raise ScalingError(f"{out_dir}/results.csv has no settings.json beside it, so its runs' settings are "
-                           "unknown: use another --out_dir")
+                raise ScalingError(f"{out_dir}/results.csv holds runs with {key} {saved.get(key)}, "
+                                   f"not {value}: give the same settings, or use another --out_dir")
     write_atomic(path, json.dumps(settings, indent=1) + "\n")
-
-
-def write_atomic(path, text):  # killed mid-write, the previous file is still whole
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def read_results(out_dir):
     path = os.path.join(out_dir, "results.csv")
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and list(rows[0].keys()) != COLUMNS:
-        raise ScalingError(f"{path} does not have scaling.py's columns; use another --out_dir")
-    return [{k: float(v) if k in ("val_loss", "seconds") else int(v) for k, v in r.items()} for r in rows]
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise ScalingError(f"{path} does not have scaling.py's columns; use another --out_dir")
+        for r in reader:
+            try:
+                rows.append({k: (float if k in ("val_loss", "seconds") else int)(r[k])
+                             for k in COLUMNS})
+            except (ValueError, TypeError):  # a number missing or garbled
+                raise ScalingError(f"{path}, line {reader.line_num}: not a row scaling.py wrote; "
+                                   "mend or delete it") from None
+    return rows
 
 
 def save_results(out_dir, rows):
@@ -192,90 +208,91 @@ def save_results(out_dir, rows):
 
 
 # ------------------------------------------------------------ one run: gpt.py trains it
+def exactly(budget):  # 2000000000000 -> "2e12", 1500000000000 -> "1.5e12": short, never rounded
+    digits = str(budget).rstrip("0")
+    return f"{digits[0]}{'.' if digits[1:] else ''}{digits[1:]}e{len(str(budget)) - 1}"
+
+
 def train_one(gpt_flags, run, args, data_path):
-    """Train one size for its budget's steps, in a folder of its own; its final val loss."""
-    folder = os.path.join(args.out_dir, f"{run['budget']:.3g}_{run['n_layer']}x{run['n_embd']}")
+    """Train one size for its budget's steps, in a folder of its own; returns the final val loss."""
+    name = f"{exactly(run['budget'])}_{run['n_layer']}x{run['n_embd']}"  # 1e12_1x64
+    folder = os.path.join(args.out_dir, name)
     os.makedirs(folder, exist_ok=True)
-    argv = [*gpt_flags, "--data", data_path, "--out_dir", folder, "--overwrite",  # a run cut short: anew
+    argv = [*gpt_flags, "--data", data_path, "--out_dir", folder, "--overwrite",  # cut short: anew
             "--n_layer", str(run["n_layer"]), "--n_embd", str(run["n_embd"]),
             "--n_head", str(run["n_embd"] // args.head_dim), "--max_iters", str(run["steps"]),
-            "--eval_interval", str(run["steps"])]  # one eval, at the end (and gpt.py's at step 0)
+            "--eval_interval", str(run["steps"])]  # one eval at the end, after gpt.py's at step 0
     if args.warmup:
         argv += ["--warmup_iters", str(run["steps"] // 20)]
     with open(os.path.join(folder, "train.log"), "w", encoding="utf-8") as log:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # gpt.py's lines
             code = gpt.main(argv)
-    if code in (130, 143):  # Ctrl-C or SIGTERM: gpt.py finished its step, saved, and stopped
+    if code in (130, 143):  # Ctrl-C or SIGTERM: gpt.py finished the step, saved, and stopped
         raise KeyboardInterrupt
     if code:
         with open(os.path.join(folder, "train.log"), encoding="utf-8") as f:
-            errors = [line.strip() for line in f if line.startswith("error")] or ["see its train.log"]
+            errors = [line.strip() for line in f if line.startswith("error")] or ["see train.log"]
         raise ScalingError(f"the run in {folder} failed: {errors[-1]}")
     with open(os.path.join(folder, "log.csv"), encoding="utf-8") as f:
         last = list(csv.DictReader(f))[-1]  # the eval at the last step
-    os.remove(os.path.join(folder, "ckpt.pt"))  # all --resume needs: this run is finished
+    os.remove(os.path.join(folder, "ckpt.pt"))  # what --resume needs: the run is finished
     return float(last["val_loss"])
 
 
 # ------------------------------------------------------------ the fit
-def power_law(c, y):
-    """y = k c^e, fitted as a line in log-log: (e, k)."""
-    e, log_k = np.polyfit(np.log10(c), np.log10(y), 1)
-    return float(e), float(10**log_k)
-
-
 def optimum(runs):
-    """One budget's optimal N and loss: the bottom of the parabola in log10(N) through its best run and
-    the run on either side of it (a parabola through every run would be pulled by the ladder's far ends,
-    whose losses do not lie on it). Where it cannot be read, the best run and a note saying why."""
+    """One budget's optimal N and loss: the bottom of the parabola in log10(N) through its best run
+    and the runs on either side (one through every run would be pulled by the ladder's far ends,
+    whose losses lie on no parabola). Where there is no such bottom, the best run and why not."""
     runs = sorted(runs, key=lambda r: r["params"])
     i = min(range(len(runs)), key=lambda i: runs[i]["val_loss"])
     best = runs[i]
-    found = dict(budget=best["budget"], runs=len(runs), params=best["params"], val_loss=best["val_loss"],
-                 how=f"best run, {best['n_layer']}x{best['n_embd']}")
+    found = dict(budget=best["budget"], runs=len(runs), params=best["params"],
+                 val_loss=best["val_loss"], how=f"best run, {best['n_layer']}x{best['n_embd']}")
     if len(runs) < 3:
         return {**found, "note": f"only {len(runs)} size(s): a parabola needs 3"}
     if i in (0, len(runs) - 1):
         end = "smallest" if i == 0 else "largest"
-        return {**found, "note": f"the {end} size is best: the optimum lies beyond the ladder, add sizes there"}
-    x = np.log10([r["params"] for r in runs[i - 1:i + 2]])
-    a, b, c = np.polyfit(x, [r["val_loss"] for r in runs[i - 1:i + 2]], 2)  # through the 3 points
-    if a <= 0:  # the best run ties a neighbour: flat, no bottom
+        return {**found, "note": f"the {end} size is best: the optimum is beyond, add sizes there"}
+    near = runs[i - 1:i + 2]
+    a, b, c = np.polyfit(np.log10([r["params"] for r in near]), [r["val_loss"] for r in near], 2)
+    if a <= 0:  # the best run ties a neighbour: no bottom
         return {**found, "note": "the best run ties a neighbour: no bottom to read"}
-    x0 = -b / (2 * a)  # between the neighbours, as the middle run is the lowest
-    return {**found, "params": round(10**x0), "val_loss": round(c - b * b / (4 * a), 4), "how": "parabola",
-            "parabola": [a, b, c], "through": [f"{r['n_layer']}x{r['n_embd']}" for r in runs[i - 1:i + 2]]}
+    x = -b / (2 * a)  # between the neighbours, since the middle run is the lowest
+    return {**found, "params": round(10**x), "val_loss": round(c - b * b / (4 * a), 4),
+            "how": "parabola", "parabola": [a, b, c],
+            "through": [f"{r['n_layer']}x{r['n_embd']}" for r in near]}
 
 
 def fit(rows):
-    """Per budget the optimal N and loss (IsoFLOP), then power laws across the budgets."""
-    per_budget = [optimum([r for r in rows if r["budget"] == budget]) for budget in sorted({r["budget"] for r in rows})]
-    inside = [e for e in per_budget if e["how"] == "parabola"]
-    laws = {}
-    if len(inside) >= 2:
-        c = [e["budget"] for e in inside]
-        for name, key in (("params", "params"), ("loss", "val_loss")):
-            exponent, coefficient = power_law(c, [e[key] for e in inside])
-            laws[name] = dict(exponent=round(exponent, 4), coefficient=coefficient,
-                              budgets=c, formula=f"{key} = {coefficient:.4g} * C^{exponent:.4f}")
-    else:
-        laws["note"] = (f"{len(inside)} budget(s) with an optimum inside the ladder: a power law needs 2; "
-                        "see each budget's note")
-    return dict(budgets=per_budget, laws=laws)
+    """Each budget's optimum, then a line in log-log through them: log10 y = e log10 C + log10 k."""
+    budgets = sorted({r["budget"] for r in rows})
+    budgets = [optimum([r for r in rows if r["budget"] == budget]) for budget in budgets]
+    inside = [e for e in budgets if e["how"] == "parabola"]
+    if len(inside) < 2:
+        note = f"{len(inside)} budget(s) with an optimum inside the ladder: a power law needs 2"
+        return dict(budgets=budgets, laws=dict(note=note))
+    c, laws = [e["budget"] for e in inside], {}
+    for name in ("params", "val_loss"):
+        e, log_k = np.polyfit(np.log10(c), np.log10([b[name] for b in inside]), 1)
+        laws[name] = dict(exponent=round(e, 4), coefficient=10**log_k, budgets=c,
+                          formula=f"{name} = {10**log_k:.4g} x C^{e:.4f}")
+    return dict(budgets=budgets, laws=laws)
 
 
 def print_table(result):
     print(f"\n{'budget':>8}  {'runs':>4}  {'optimal N':>10}  {'val loss':>8}  found by")
     for e in result["budgets"]:
-        how = f"{e['how']}: {e['note']}" if "note" in e else e["how"]
-        print(f"{e['budget']:>8.3g}  {e['runs']:>4}  {e['params']:>10,}  {e['val_loss']:>8.4f}  {how}")
+        how = f"{e['how']}: {e['note']}" if "note" in e else f"parabola, {', '.join(e['through'])}"
+        print(f"{e['budget']:>8.3g}  {e['runs']:>4}  {e['params']:>10,}  {e['val_loss']:>8.4f}  "
+              + how)
     laws = result["laws"]
-    if "params" in laws:
-        a, b = laws["params"]["exponent"], laws["loss"]["exponent"]
-        print(f"optimal N ~ C^{a:.2f} (Chinchilla: 0.50), x{10**a:.2f} per 10x compute; optimal loss ~ "
-              f"C^{b:.3f}; fitted through {len(laws['params']['budgets'])} budgets")
-    else:
+    if "note" in laws:
         print(laws["note"])
+        return
+    a, b = laws["params"]["exponent"], laws["val_loss"]["exponent"]
+    print(f"optimal N ~ C^{a:.2f} (Chinchilla: 0.50): x{10**a:.2f} per 10x compute; optimal loss ~ "
+          f"C^{b:.3f}; through {len(laws['params']['budgets'])} budgets")
 
 
 def draw(rows, result, path):
@@ -287,28 +304,29 @@ def draw(rows, result, path):
     matplotlib.use("Agg")  # files only: no window, works on a server
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=90)
-    for i, e in enumerate(result["budgets"]):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=80)
+    for i, e in enumerate(result["budgets"]):  # left: a curve per budget, its optimum a star
         runs = sorted((r for r in rows if r["budget"] == e["budget"]), key=lambda r: r["params"])
-        n = [r["params"] for r in runs]
-        left.plot(n, [r["val_loss"] for r in runs], "o", color=f"C{i}", label=f"{e['budget']:.3g} FLOPs")
-        if "parabola" in e:  # drawn across its three runs
+        left.plot([r["params"] for r in runs], [r["val_loss"] for r in runs], "o-", color=f"C{i}",
+                  alpha=0.5, label=f"{e['budget']:.3g} FLOPs")
+        if "parabola" in e:  # across the three runs it goes through
             near = [r["params"] for r in runs if f"{r['n_layer']}x{r['n_embd']}" in e["through"]]
             x = np.linspace(math.log10(min(near)), math.log10(max(near)), 50)
             left.plot(10**x, np.polyval(e["parabola"], x), color=f"C{i}")
-        left.plot(e["params"], e["val_loss"], "*" if "parabola" in e else "x", color=f"C{i}", markersize=14)
-    left.set(xscale="log", xlabel="N, weights that multiply", ylabel="val loss (nats per token)",
-             title="IsoFLOP curves: one budget each")
+            left.plot(e["params"], e["val_loss"], "*", color=f"C{i}", markersize=14)
+    left.set(xscale="log", xlabel="N (weights that multiply)", ylabel="val loss (nats per token)",
+             title="IsoFLOP curves: one compute budget each")
     left.legend()
-    budgets = [e["budget"] for e in result["budgets"]]
-    right.plot(budgets, [e["params"] for e in result["budgets"]], "*", markersize=14, color="k")
+    for e in result["budgets"]:  # right: the optima against compute; x: the best run, no optimum
+        right.plot(e["budget"], e["params"], "k*" if "parabola" in e else "kx", markersize=12)
     if "params" in result["laws"]:
         law = result["laws"]["params"]
-        c = np.geomspace(min(budgets), max(budgets), 50)
-        right.plot(c, law["coefficient"] * c ** law["exponent"], "k--", label=f"N_opt ~ C^{law['exponent']:.2f}")
+        c = np.geomspace(min(law["budgets"]), max(law["budgets"]), 50)
+        right.plot(c, law["coefficient"] * c ** law["exponent"], "k--",
+                   label=f"N_opt ~ C^{law['exponent']:.2f}")
         right.legend()
     right.set(xscale="log", yscale="log", xlabel="compute C (training FLOPs)", ylabel="optimal N",
-              title="the optimal size grows with compute")
+              title="the best size grows with the budget")
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -318,29 +336,24 @@ def draw(rows, result, path):
 
 # ------------------------------------------------------------ the sweep
 def eta(todo, spent):
-    """Seconds the runs left should take: each size at the speed it trained so far in this sweep
-    (small models do fewer FLOPs a second), a size not yet seen at the average speed."""
-    average = sum(s for s, _ in spent.values()) / sum(f for _, f in spent.values())
+    """Seconds the runs left should take: each size at its speed so far in this sweep (a small
+    model does fewer FLOPs a second), a size not trained yet at the average speed."""
+    average = sum(s for s, _ in spent.values()) / sum(f for _, f in spent.values())  # s per FLOP
     total = 0.0
     for run in todo:
         seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (average, 1))
         total += run["flops"] * seconds / flops
-    return total
-
-
-def minutes(seconds):
-    return f"{int(seconds // 60)}m{round(seconds % 60):02d}s"
+    return f"{int(total // 60)}m{round(total % 60):02d}s"
 
 
 def sweep(args, gpt_flags, cfg, budgets, sizes):
     data = gpt.load_data(cfg.data, cfg.block_size)  # a bad text or folder: named now, not mid-sweep
-    data_path = cfg.data  # the default text, if not here, is the one beside gpt.py (read_text's rule)
+    data_path = cfg.data  # not here, the default text is the one beside gpt.py (as gpt.py reads it)
     if not os.path.exists(data_path):
         data_path = os.path.join(os.path.dirname(os.path.abspath(gpt.__file__)), cfg.data)
-    train_tokens = len(data.splits["train"])
     plan = plan_runs(budgets, sizes, data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)
     gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
-    settings = {k: getattr(cfg, k) for k in RECIPE}
+    settings = {k: getattr(cfg, k) for k in SETTINGS}
     if args.warmup:
         settings["warmup_iters"] = "5% of the steps"
     settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
@@ -348,18 +361,19 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     rows = read_results(args.out_dir)
     done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
     todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
-    print(f"{len(plan)} runs, {len(plan) - len(todo)} of them already in {args.out_dir}/results.csv; "
-          f"{sum(r['flops'] for r in todo):.3g} FLOPs to train, {cfg.batch_size * cfg.block_size:,} tokens "
-          f"a step; {data_path}: {train_tokens:,} tokens to train on")
-    spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) trained in this sweep
+    train_tokens = len(data.splits["train"])
+    print(f"{len(plan)} runs, {len(plan) - len(todo)} of them in {args.out_dir}/results.csv "
+          f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
+          f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {data_path}")
+    spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) of its runs in this sweep
     for i, run in enumerate(todo, start=1):
         print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
-              f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} epochs ...",
-              end="", flush=True)
+              f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
+              "epochs ...", end="", flush=True)
         started = time.perf_counter()
         try:
             run["val_loss"] = train_one(gpt_flags, run, args, data_path)
-        except BaseException:  # an error or Ctrl-C: end the run's line, the message gets its own
+        except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
             print()
             raise
         run["seconds"] = round(time.perf_counter() - started, 1)
@@ -367,7 +381,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
         save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
         seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
         spent[run["n_layer"], run["n_embd"]] = (seconds + run["seconds"], flops + run["flops"])
-        print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | sweep eta {minutes(eta(todo[i:], spent))}")
+        print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
+              f"sweep eta {eta(todo[i:], spent)}")
     result = fit(rows)
     write_atomic(os.path.join(args.out_dir, "fit.json"), json.dumps(result, indent=1) + "\n")
     print_table(result)
@@ -383,9 +398,9 @@ def main(argv=None):
     except (ScalingError, gpt.GPTError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # the runs finished are in results.csv already
-        print(f"interrupted: the same command goes on, from the first run {args.out_dir}/results.csv lacks",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # the finished runs are in results.csv already
+        print(f"interrupted: the same command goes on from the first run that "
+              f"{args.out_dir}/results.csv lacks", file=sys.stderr)
         return 130
 
 
