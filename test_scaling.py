@@ -22,11 +22,12 @@ sys.path.insert(0, os.path.join(HERE, "scripts"))
 import scaling  # noqa: E402  scripts/scaling.py
 
 BUDGETS, SIZES = [20_000_000, 60_000_000], ["1x16", "1x32", "2x32"]  # 6 runs of 3 to 114 steps
-TINY = ["--block_size", "16", "--batch_size", "4", "--eval_iters", "2", "--head_dim", "16", "--device", "cpu"]
+TINY = ["--block_size", "16", "--batch_size", "4", "--eval_iters", "2", "--head_dim", "16",
+        "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():  # models this small: two threads would only wait for each other (10x slower on a busy CPU)
+def one_thread():  # models this small: two threads only wait for each other (10x slower, busy CPU)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -61,8 +62,8 @@ def finished(text, tmp_path_factory):
 
 
 # ------------------------------------------------------------ counting FLOPs
-@pytest.mark.parametrize("n_layer,n_embd,n_head,vocab_size,block_size", [(1, 32, 1, 63, 64), (2, 64, 2, 11, 16),
-                                                                          (3, 48, 3, 20, 8)])
+@pytest.mark.parametrize("n_layer,n_embd,n_head,vocab_size,block_size",
+                         [(1, 32, 1, 63, 64), (2, 64, 2, 11, 16), (3, 48, 3, 20, 8)])
 def test_flops_per_token_is_what_torch_counts_in_a_training_step(n_layer, n_embd, n_head, vocab_size,
                                                                  block_size):
     model = gpt.GPT(gpt.GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0))
@@ -71,14 +72,14 @@ def test_flops_per_token_is_what_torch_counts_in_a_training_step(n_layer, n_embd
     x, y = torch.randint(vocab_size, (2, 2, block_size))
     with FlopCounterMode(display=False) as counter:
         gpt.next_token_loss(model(x), y).backward()
-    assert counter.get_total_flops() / (2 * block_size) == scaling.flops_per_token(n_layer, n_embd, vocab_size,
-                                                                                   block_size)
+    per_token = counter.get_total_flops() / (2 * block_size)  # a batch of 2 sequences
+    assert per_token == scaling.flops_per_token(n_layer, n_embd, vocab_size, block_size)
 
 
 def test_params_are_the_models_weights_that_multiply():
     model = gpt.GPT(gpt.GPTConfig(vocab_size=50, block_size=32, n_layer=3, n_head=2, n_embd=64))
     linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    assert scaling.matmul_params(3, 64, 50) == sum(linear.values())  # the tied head counted once
+    assert scaling.matmul_params(3, 64, 50) == sum(linear.values())  # the head: the embedding matrix
 
 
 @settings(max_examples=200, deadline=None)
@@ -116,19 +117,14 @@ def test_a_sweep_trains_every_run_for_the_steps_its_budget_buys(finished):
         assert [e["budget"] for e in json.load(f)["budgets"]] == BUDGETS
 
 
-def test_a_rerun_trains_nothing(finished, monkeypatch, capsys):
+def test_a_rerun_trains_nothing(text, finished, monkeypatch, capsys):
     before = read_rows(finished)
     def no_training(argv):
         raise AssertionError(f"trained again: {argv}")
     monkeypatch.setattr(gpt, "main", no_training)
-    assert scaling.main(sweep_argv(finished_text(finished), finished)) == 0
+    assert scaling.main(sweep_argv(text, finished)) == 0
     assert read_rows(finished) == before
     assert "6 runs, 6 of them in" in capsys.readouterr().out
-
-
-def finished_text(out_dir):  # the text a sweep ran on, as settings.json keeps it
-    with open(os.path.join(out_dir, "settings.json"), encoding="utf-8") as f:
-        return json.load(f)["data_path"]
 
 
 def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_goes_on(text, tmp_path, monkeypatch):
@@ -153,10 +149,10 @@ def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_goes_on(text, tmp_p
     assert rows[:2] == kept and len(rows) == 6
 
 
-def test_without_matplotlib_the_table_and_fit_are_still_written(finished, monkeypatch, capsys):
+def test_without_matplotlib_the_table_and_fit_are_still_written(text, finished, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     os.remove(os.path.join(finished, "fit.json"))
-    assert scaling.main(sweep_argv(finished_text(finished), finished)) == 0
+    assert scaling.main(sweep_argv(text, finished)) == 0
     out = capsys.readouterr().out
     assert "no scaling.png: drawing needs matplotlib" in out and "optimal N" in out
     assert os.path.exists(os.path.join(finished, "fit.json"))
@@ -254,20 +250,21 @@ def test_an_unwritable_out_dir_is_refused(text, tmp_path, capsys):
     assert "--out_dir" in refused(capsys, sweep_argv(text, tmp_path / "a_file" / "scaling"))
 
 
-@pytest.mark.parametrize("flag", [["--max_iters", "5"], ["--n_head", "2"], ["--resume"], ["--eval_interval=3"]])
+@pytest.mark.parametrize("flag", [["--max_iters", "5"], ["--n_head", "2"], ["--resume"],
+                                  ["--eval_interval=3"]])
 def test_a_flag_scaling_sets_for_each_run_is_refused(text, tmp_path, capsys, flag):
     assert flag[0].split("=")[0] in refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, *flag))
 
 
-def test_rows_from_another_learning_rate_are_refused(finished, capsys):
+def test_rows_from_another_learning_rate_are_refused(text, finished, capsys):
     before = read_rows(finished)
-    err = refused(capsys, sweep_argv(finished_text(finished), finished, BUDGETS, SIZES, "--learning_rate", "1e-3"))
+    err = refused(capsys, sweep_argv(text, finished, BUDGETS, SIZES, "--learning_rate", "1e-3"))
     assert "learning_rate" in err and "another --out_dir" in err
     assert read_rows(finished) == before
 
 
-def test_rows_from_another_text_are_refused(finished, tmp_path, capsys):
+def test_rows_from_another_text_are_refused(text, finished, tmp_path, capsys):
     other = tmp_path / "other.txt"
-    other.write_text(open(finished_text(finished), encoding="utf-8").read()[::-1], encoding="utf-8")
+    other.write_text(open(text, encoding="utf-8").read()[::-1], encoding="utf-8")
     err = refused(capsys, sweep_argv(str(other), finished))
     assert "data" in err and "other.txt" in err

@@ -327,8 +327,15 @@ def draw(rows, result, path):
         right.legend()
     right.set(xscale="log", yscale="log", xlabel="compute C (training FLOPs)", ylabel="optimal N",
               title="the best size grows with the budget")
+    sizes = sorted({r["params"] for r in rows})  # ticks where the runs are, not at powers of 10
+    left.set_xticks(sizes, [f"{n / 1000:.0f}k" for n in sizes], minor=False)
+    right.set_xticks([e["budget"] for e in result["budgets"]],
+                     [f"{e['budget']:.2g}" for e in result["budgets"]], minor=False)
+    optima = [e["params"] for e in result["budgets"]]
+    right.set_yticks(optima, [f"{n / 1000:.0f}k" for n in optima], minor=False)
     for ax in (left, right):
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
+        ax.minorticks_off()
     fig.tight_layout()
     fig.savefig(path)
     print(f"wrote {path}")
