@@ -30,9 +30,10 @@ seconds: the run's wall time, evals included); settings.json, the data and recip
 folder per run (best.pt, log.csv, train.log). Then fit.json and a table: per budget, the optimal N
 and loss at the bottom of a parabola in log10(N) through the best run and its neighbours; across
 budgets, the power laws N_opt ~ C^a and L_opt ~ C^b; scaling.png (pip install -e ".[plot]").
-Ctrl-C keeps the finished runs; the same command again trains the others. On a GPU: bigger budgets
-and sizes and a text big enough not to be read many times over, say --budgets 1e15,3e15,1e16
---sizes 2x128,4x256,6x384,8x512 --batch_size 64.
+Ctrl-C keeps the finished runs; the same command again trains the others. On a GPU: bigger budgets,
+sizes, batches and contexts, and a text that is not read many times over (scripts/prepare.py), say
+--data DIR --budgets 1e15,3e15,1e16 --sizes 4x256,6x384,8x512,12x768 --head_dim 64 --block_size 256
+--batch_size 64 --learning_rate 1e-3 (not measured: no GPU here).
 """
 import argparse
 import contextlib
@@ -120,8 +121,8 @@ def parse(argv):
         usage_error(f"argument --head_dim: must be at least 1, got {args.head_dim}")
     given = {f.split("=")[0].removeprefix("--") for f in gpt_flags if f.startswith("--")}
     for name in sorted(given & set(PER_RUN)):
-        usage_error(f"--{name} is scaling.py's to set for each run (from --budgets, --sizes and "
-                    "--head_dim): drop it")
+        usage_error(f"--{name}: scaling.py decides it for each run (from --budgets, --sizes and "
+                    "--head_dim); drop it")
     recipe = [flag for k, v in RECIPE.items() if k not in given for flag in (f"--{k}", v)]
     cfg, _, _ = gpt.settings(gpt.parse_args(recipe + gpt_flags))  # a bad flag: gpt.py's one line
     args.warmup = "warmup_iters" not in given  # then 5% of each run's steps
@@ -256,8 +257,8 @@ def optimum(runs):
         return {**found, "note": f"the {end} size is best: the optimum is beyond, add sizes there"}
     near = runs[i - 1:i + 2]
     a, b, c = np.polyfit(np.log10([r["params"] for r in near]), [r["val_loss"] for r in near], 2)
-    if a <= 0:  # the best run ties a neighbour: no bottom
-        return {**found, "note": "the best run ties a neighbour: no bottom to read"}
+    if a <= 0:  # the three losses are equal: no bottom
+        return {**found, "note": "the best run and its neighbours tie: no bottom to read"}
     x = -b / (2 * a)  # between the neighbours, since the middle run is the lowest
     return {**found, "params": round(10**x), "val_loss": round(c - b * b / (4 * a), 4),
             "how": "parabola", "parabola": [a, b, c],
@@ -363,6 +364,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     if args.warmup:
         settings["warmup_iters"] = "5% of the steps"
+    _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
+    settings["dtype"] = str(dtype).removeprefix("torch.")
     settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
     check_settings(args.out_dir, settings)
     rows = read_results(args.out_dir)
