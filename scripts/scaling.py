@@ -2,9 +2,7 @@
 scaling.py: scaling laws on a laptop. For each compute budget, which model size learns best?
 
     python scripts/scaling.py                  # 15 runs on shakespeare.txt: minutes on 2 CPU cores
-    python scripts/scaling.py --data my.txt --out_dir scaling_my --budgets 2e12,4e12 \
-        --sizes 1x64,1x128,2x128
-    python scripts/plot_log.py scaling/1e12_1x32 scaling/1e12_1x192   # the loss curves of two runs
+    python scripts/scaling.py --data my.txt --out_dir mine --budgets 2e12,8e12 --sizes 1x64,2x96
 
 The IsoFLOP method of the Chinchilla paper (Hoffmann et al. 2022; nanochat's runs/scaling_laws.sh).
 A budget is a number of training FLOPs: a small model spends it on many tokens, a big one on few,
@@ -13,18 +11,17 @@ trains through gpt.py for the steps each budget (--budgets) buys:
 - FLOPs per token = 6 N + 12 n_layer n_embd block_size (nanochat's estimate_flops; PaLM, appendix
   B). N counts the weights that multiply, 2 FLOPs per token forward and 4 backward each: 12 n_embd^2
   per block (c_attn, c_proj, c_fc, c_proj) and the head, vocab_size x n_embd, which is the token
-  embedding too (tied). The position embedding (a lookup), biases and norms do not count: N is
-  below gpt.py's parameter count. The second term is attention's scores and weighted sum, the
-  masked half included. Only training counts, not evals.
+  embedding too (tied). The position embedding (a lookup), biases and norms do not count, so N is
+  below gpt.py's parameter count. The second term is attention's scores and weighted sum, masked
+  half included. Evals do not count.
 - steps = floor(budget / (FLOPs per token x batch_size x block_size)): within one step of the
   budget, never over it. A budget too small for one step of a size is refused.
 - heads: each --head_dim (32) wide, so n_head = n_embd / head_dim.
 - the recipe: gpt.py's tiny preset (batch 16, learning rate 5e-3 falling to 5e-4 at the last step,
   no dropout), block_size 64 (attention then costs 5-22% of the FLOPs, as in big models, not half),
-  warmup over 5% of the steps, the val loss on 20 batches. Any other gpt.py training flag
-  (--learning_rate, --block_size, --config small, --device, ...) applies to every run.
-- the default sizes have one layer, 14k to 454k weights: at budgets this small, one wide layer
-  learns more than two narrow ones (RESULTS.md).
+  warmup over 5% of the steps, the val loss on 20 batches. Any other gpt.py training flag applies
+  to every run. The default sizes have one layer: at budgets this small, one wide layer learns
+  more than two narrow ones (RESULTS.md).
 In --out_dir: results.csv, a row per run as it ends (val_loss: the last eval, at the final step;
 seconds: the run's wall time, evals included); settings.json, the data and recipe of those rows; a
 folder per run (best.pt, log.csv, train.log). Then fit.json and a table: per budget, the optimal N
