@@ -224,12 +224,15 @@ def train_one(gpt_flags, run, args, data_path):
         argv += ["--warmup_iters", str(run["steps"] // 20)]
     with open(os.path.join(folder, "train.log"), "w", encoding="utf-8") as log:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # gpt.py's lines
-            code = gpt.main(argv)
+            try:
+                code = gpt.main(argv)
+            except SystemExit as e:  # a usage error of gpt.py's: its line is in train.log
+                code = e.code
     if code in (130, 143):  # Ctrl-C or SIGTERM: gpt.py finished the step, saved, and stopped
         raise KeyboardInterrupt
     if code:
         with open(os.path.join(folder, "train.log"), encoding="utf-8") as f:
-            errors = [line.strip() for line in f if line.startswith("error")] or ["see train.log"]
+            errors = [line.strip() for line in f if "error:" in line] or ["see train.log"]
         raise ScalingError(f"the run in {folder} failed: {errors[-1]}")
     with open(os.path.join(folder, "log.csv"), encoding="utf-8") as f:
         last = list(csv.DictReader(f))[-1]  # the eval at the last step
