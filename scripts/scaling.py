@@ -1,0 +1,418 @@
+"""
+scaling.py: scaling laws on a laptop. For each compute budget, which model size learns best?
+
+    python scripts/scaling.py                  # 15 runs on shakespeare.txt: minutes on 2 CPU cores
+    python scripts/scaling.py --data my.txt --out_dir mine --budgets 2e12,8e12 --sizes 1x64,2x96
+
+The IsoFLOP method of the Chinchilla paper (Hoffmann et al. 2022; nanochat's runs/scaling_laws.sh).
+A budget is a number of training FLOPs: a small model spends it on many tokens, a big one on few,
+and between them lies the size that reaches the lowest loss. Each size (--sizes, n_layer x n_embd)
+trains through gpt.py for the steps each budget (--budgets) buys:
+- FLOPs per token = 6 N + 12 n_layer n_embd block_size (nanochat's estimate_flops; PaLM, appendix
+  B). N counts the weights that multiply, 2 FLOPs per token forward and 4 backward each: 12 n_embd^2
+  per block (c_attn, c_proj, c_fc, c_proj) and the head, vocab_size x n_embd, which is the token
+  embedding too (tied). The position embedding (a lookup), biases and norms do not count, so N is
+  below gpt.py's parameter count. The second term is attention's scores and weighted sum, masked
+  half included. Evals do not count.
+- steps = floor(budget / (FLOPs per token x batch_size x block_size)): within one step of the
+  budget, never over it. A budget too small for one step of a size is refused.
+- heads: each --head_dim (32) wide, so n_head = n_embd / head_dim.
+- the recipe: gpt.py's tiny preset (batch 16, learning rate 5e-3 falling to 5e-4 at the last step,
+  no dropout), block_size 64 (attention then costs 5-22% of the FLOPs, as in big models, not half),
+  warmup over 5% of the steps, the val loss on 20 batches. Any other gpt.py training flag applies
+  to every run. The default sizes have one layer: at budgets this small, one wide layer learns
+  more than two narrow ones (RESULTS.md).
+In --out_dir: results.csv, a row per run as it ends (val_loss: the last eval, at the final step;
+seconds: the run's wall time, evals included); settings.json, the data and recipe of those rows; a
+folder per run (best.pt, log.csv, train.log). Then fit.json and a table: per budget, the optimal N
+and loss at the bottom of a parabola in log10(N) through the best run and its neighbours; across
+budgets, the power laws N_opt ~ C^a and L_opt ~ C^b; scaling.png (pip install -e ".[plot]").
+Ctrl-C keeps the finished runs; the same command again trains the others. On a GPU: bigger budgets,
+sizes, batches and contexts, and a text that is not read many times over (scripts/prepare.py), say
+--data DIR --budgets 1e15,3e15,1e16 --sizes 4x256,6x384,8x512,12x768 --head_dim 64 --block_size 256
+--batch_size 64 --learning_rate 1e-3 (not measured: no GPU here).
+"""
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np  # the fits
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpt  # noqa: E402  trains every run
+
+BUDGETS, SIZES = "1e12,2e12,4e12", "1x32,1x64,1x96,1x128,1x192"
+RECIPE = dict(config="tiny", block_size="64", eval_iters="20")  # flags given override these
+SETTINGS = ("config", "block_size", "batch_size", "learning_rate", "min_lr", "warmup_iters",
+            "weight_decay", "grad_clip", "dropout", "seed", "eval_iters", "gelu")  # change a loss
+PER_RUN = ("n_layer", "n_embd", "n_head", "max_iters", "lr_decay_iters", "eval_interval", "resume",
+           "init_from", "overwrite", "sample")  # gpt.py flags that scaling.py sets, or refuses
+COLUMNS = ["budget", "n_layer", "n_embd", "params", "steps", "tokens", "flops", "val_loss",
+           "seconds"]
+
+
+class ScalingError(Exception):  # a problem the user can fix: one line, no traceback
+    pass
+
+
+# ------------------------------------------------------------ counting FLOPs
+def matmul_params(n_layer, n_embd, vocab_size):
+    """N: the weights that multiply a token's numbers; the head is the token embedding (tied)."""
+    return 12 * n_layer * n_embd**2 + vocab_size * n_embd
+
+
+def flops_per_token(n_layer, n_embd, vocab_size, block_size):
+    """6 per weight, forward and backward; then attention, per layer: q.k for block_size keys and
+    the weighted sum of as many values, 2 x 2 x block_size x n_embd forward, twice that backward."""
+    return 6 * matmul_params(n_layer, n_embd, vocab_size) + 12 * n_layer * n_embd * block_size
+
+
+# ------------------------------------------------------------ the command line
+def usage_error(message):  # one line and exit 2, as gpt.py's
+    print(f"scaling.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_budgets(text):
+    try:
+        budgets = {int(float(b)) for b in text.split(",")}  # whole FLOPs, as the CSV keeps them
+    except (ValueError, OverflowError):  # also nan and inf
+        usage_error(f"--budgets {text!r}: not a comma-separated list of FLOPs, like 2e12,6e12")
+    if min(budgets) < 1:
+        usage_error(f"--budgets {text!r}: a budget must be at least 1 FLOP")
+    return sorted(budgets)
+
+
+def parse_sizes(text, head_dim):
+    sizes = set()
+    for size in text.split(","):
+        n_layer, _, n_embd = size.strip().partition("x")
+        if not (n_layer.isdigit() and n_embd.isdigit() and int(n_layer) > 0 and int(n_embd) > 0):
+            usage_error(f"--sizes {text!r}: {size!r} is not n_layerxn_embd, like 2x64")
+        if int(n_embd) % head_dim:
+            usage_error(f"--sizes: {size} is {n_embd} wide, not a multiple of --head_dim "
+                        f"{head_dim}, so its heads cannot share it equally")
+        sizes.add((int(n_layer), int(n_embd)))
+    return sorted(sizes, key=lambda size: matmul_params(*size, 1))
+
+
+def parse(argv):
+    """scaling.py's own flags; the others are gpt.py's, for every run (gpt.py checks them)."""
+    p = argparse.ArgumentParser(prog="scaling.py", allow_abbrev=False,
+                                description="IsoFLOP scaling laws: the best model size for each "
+                                "compute budget. Any other gpt.py training flag applies to every "
+                                "run.")
+    p.error = usage_error  # one line, not argparse's usage
+    p.add_argument("--budgets", default=BUDGETS, help=f"training FLOPs, with commas ({BUDGETS})")
+    p.add_argument("--sizes", default=SIZES, help=f"n_layerxn_embd, with commas ({SIZES})")
+    p.add_argument("--head_dim", type=int, default=32, help="n_head = n_embd / head_dim (32)")
+    p.add_argument("--out_dir", default="scaling", help="results, fit, picture, runs (scaling)")
+    args, gpt_flags = p.parse_known_args(argv)
+    if args.head_dim < 1:
+        usage_error(f"argument --head_dim: must be at least 1, got {args.head_dim}")
+    given = {f.split("=")[0].removeprefix("--") for f in gpt_flags if f.startswith("--")}
+    for name in sorted(given & set(PER_RUN)):
+        usage_error(f"--{name}: scaling.py decides it for each run (from --budgets, --sizes and "
+                    "--head_dim); drop it")
+    recipe = [flag for k, v in RECIPE.items() if k not in given for flag in (f"--{k}", v)]
+    cfg, _, _ = gpt.settings(gpt.parse_args(recipe + gpt_flags))  # a bad flag: gpt.py's one line
+    args.warmup = "warmup_iters" not in given  # then 5% of each run's steps
+    budgets, sizes = parse_budgets(args.budgets), parse_sizes(args.sizes, args.head_dim)
+    return args, recipe + gpt_flags, cfg, budgets, sizes
+
+
+def plan_runs(budgets, sizes, vocab_size, block_size, batch_size):
+    """Every (budget, size), smallest budget first, with the steps the budget buys."""
+    tokens_per_step, plan = batch_size * block_size, []
+    for budget in budgets:
+        for n_layer, n_embd in sizes:
+            per_token = flops_per_token(n_layer, n_embd, vocab_size, block_size)
+            steps = budget // (per_token * tokens_per_step)
+            if steps < 1:
+                raise ScalingError(f"budget {budget:.3g} buys no step of size {n_layer}x{n_embd}: "
+                                   f"a step costs {per_token * tokens_per_step:.3g} FLOPs "
+                                   f"({tokens_per_step:,} tokens x {per_token:,}); raise the "
+                                   "budget or drop the size")
+            plan.append(dict(budget=budget, n_layer=n_layer, n_embd=n_embd,
+                             params=matmul_params(n_layer, n_embd, vocab_size), steps=steps,
+                             tokens=steps * tokens_per_step,
+                             flops=steps * tokens_per_step * per_token))
+    return plan
+
+
+# ------------------------------------------------------------ results.csv and its settings
+def write_atomic(path, text):  # killed mid-write, the previous file is still whole
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def fingerprint(path):  # of the text, or of a prepared folder's meta.json (tokenizer and counts)
+    if os.path.isdir(path):
+        path = os.path.join(path, "meta.json")
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def check_settings(out_dir, settings):
+    """The runs of one results.csv compare only if they share the data and the recipe."""
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(os.path.join(out_dir, "results.csv")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            raise ScalingError(f"{out_dir}/results.csv has no readable settings.json beside it: "
+                               "its runs' settings are unknown; use another --out_dir") from None
+        if saved.get("data") != settings["data"]:  # the same text in another place is the same
+            raise ScalingError(f"{out_dir}/results.csv holds runs on other data "
+                               f"({saved.get('data_path')}, not {settings['data_path']}): use "
+                               "another --out_dir")
+        for key, value in settings.items():
+            if key != "data_path" and saved.get(key) != value:
+                raise ScalingError(f"{out_dir}/results.csv holds runs with {key} {saved.get(key)}, "
+                                   f"not {value}: give the same settings, or use another --out_dir")
+    write_atomic(path, json.dumps(settings, indent=1) + "\n")
+
+
+def read_results(out_dir):
+    path = os.path.join(out_dir, "results.csv")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise ScalingError(f"{path} does not have scaling.py's columns; use another --out_dir")
+        for r in reader:
+            try:
+                rows.append({k: (float if k in ("val_loss", "seconds") else int)(r[k])
+                             for k in COLUMNS})
+            except (ValueError, TypeError):  # a number missing or garbled
+                raise ScalingError(f"{path}, line {reader.line_num}: not a row scaling.py wrote; "
+                                   "mend or delete it") from None
+    return rows
+
+
+def save_results(out_dir, rows):
+    lines = [",".join(COLUMNS)] + [",".join(str(r[k]) for k in COLUMNS) for r in rows]
+    write_atomic(os.path.join(out_dir, "results.csv"), "\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------ one run: gpt.py trains it
+def exactly(budget):  # 2000000000000 -> "2e12", 1500000000000 -> "1.5e12": short, never rounded
+    digits = str(budget).rstrip("0")
+    return f"{digits[0]}{'.' if digits[1:] else ''}{digits[1:]}e{len(str(budget)) - 1}"
+
+
+def train_one(gpt_flags, run, args, data_path):
+    """Train one size for its budget's steps, in a folder of its own; returns the final val loss."""
+    name = f"{exactly(run['budget'])}_{run['n_layer']}x{run['n_embd']}"  # 1e12_1x64
+    folder = os.path.join(args.out_dir, name)
+    os.makedirs(folder, exist_ok=True)
+    argv = [*gpt_flags, "--data", data_path, "--out_dir", folder, "--overwrite",  # cut short: anew
+            "--n_layer", str(run["n_layer"]), "--n_embd", str(run["n_embd"]),
+            "--n_head", str(run["n_embd"] // args.head_dim), "--max_iters", str(run["steps"]),
+            "--eval_interval", str(run["steps"])]  # one eval at the end, after gpt.py's at step 0
+    if args.warmup:
+        argv += ["--warmup_iters", str(run["steps"] // 20)]
+    with open(os.path.join(folder, "train.log"), "w", encoding="utf-8") as log:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # gpt.py's lines
+            try:
+                code = gpt.main(argv)
+            except SystemExit as e:  # a usage error of gpt.py's: its line is in train.log
+                code = e.code
+    if code in (130, 143):  # Ctrl-C or SIGTERM: gpt.py finished the step, saved, and stopped
+        raise KeyboardInterrupt
+    if code:
+        with open(os.path.join(folder, "train.log"), encoding="utf-8") as f:
+            errors = [line.strip() for line in f if "error:" in line] or ["see train.log"]
+        raise ScalingError(f"the run in {folder} failed: {errors[-1]}")
+    with open(os.path.join(folder, "log.csv"), encoding="utf-8") as f:
+        last = list(csv.DictReader(f))[-1]  # the eval at the last step
+    os.remove(os.path.join(folder, "ckpt.pt"))  # what --resume needs: the run is finished
+    return float(last["val_loss"])
+
+
+# ------------------------------------------------------------ the fit
+def optimum(runs):
+    """One budget's optimal N and loss: the bottom of the parabola in log10(N) through its best run
+    and the runs on either side (one through every run would be pulled by the ladder's far ends,
+    whose losses lie on no parabola). Where there is no such bottom, the best run and why not."""
+    runs = sorted(runs, key=lambda r: r["params"])
+    i = min(range(len(runs)), key=lambda i: runs[i]["val_loss"])
+    best = runs[i]
+    found = dict(budget=best["budget"], runs=len(runs), params=best["params"],
+                 val_loss=best["val_loss"], how=f"best run, {best['n_layer']}x{best['n_embd']}")
+    if len(runs) < 3:
+        return {**found, "note": f"only {len(runs)} size(s): a parabola needs 3"}
+    if i in (0, len(runs) - 1):
+        end = "smallest" if i == 0 else "largest"
+        return {**found, "note": f"the {end} size is best: the optimum is beyond, add sizes there"}
+    near = runs[i - 1:i + 2]
+    a, b, c = np.polyfit(np.log10([r["params"] for r in near]), [r["val_loss"] for r in near], 2)
+    if a <= 0:  # the three losses are equal: no bottom
+        return {**found, "note": "the best run and its neighbours tie: no bottom to read"}
+    x = -b / (2 * a)  # between the neighbours, since the middle run is the lowest
+    return {**found, "params": round(10**x), "val_loss": round(c - b * b / (4 * a), 4),
+            "how": "parabola", "parabola": [a, b, c],
+            "through": [f"{r['n_layer']}x{r['n_embd']}" for r in near]}
+
+
+def fit(rows):
+    """Each budget's optimum, then a line in log-log through them: log10 y = e log10 C + log10 k."""
+    budgets = sorted({r["budget"] for r in rows})
+    budgets = [optimum([r for r in rows if r["budget"] == budget]) for budget in budgets]
+    inside = [e for e in budgets if e["how"] == "parabola"]
+    if len(inside) < 2:
+        note = f"{len(inside)} budget(s) with an optimum inside the ladder: a power law needs 2"
+        return dict(budgets=budgets, laws=dict(note=note))
+    c, laws = [e["budget"] for e in inside], {}
+    for name in ("params", "val_loss"):
+        e, log_k = np.polyfit(np.log10(c), np.log10([b[name] for b in inside]), 1)
+        laws[name] = dict(exponent=round(e, 4), coefficient=10**log_k, budgets=c,
+                          formula=f"{name} = {10**log_k:.4g} x C^{e:.4f}")
+    return dict(budgets=budgets, laws=laws)
+
+
+def print_table(result):
+    print(f"\n{'budget':>8}  {'runs':>4}  {'optimal N':>10}  {'val loss':>8}  found by")
+    for e in result["budgets"]:
+        how = f"{e['how']}: {e['note']}" if "note" in e else f"parabola, {', '.join(e['through'])}"
+        print(f"{e['budget']:>8.3g}  {e['runs']:>4}  {e['params']:>10,}  {e['val_loss']:>8.4f}  "
+              + how)
+    laws = result["laws"]
+    if "note" in laws:
+        print(laws["note"])
+        return
+    a, b = laws["params"]["exponent"], laws["val_loss"]["exponent"]
+    print(f"optimal N ~ C^{a:.2f} (Chinchilla: 0.50): x{10**a:.2f} per 10x compute; optimal loss ~ "
+          f"C^{b:.3f}; through {len(laws['params']['budgets'])} budgets")
+
+
+def draw(rows, result, path):
+    try:
+        import matplotlib
+    except ImportError:
+        print('no scaling.png: drawing needs matplotlib (pip install -e ".[plot]")')
+        return
+    matplotlib.use("Agg")  # files only: no window, works on a server
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=80)
+    for i, e in enumerate(result["budgets"]):  # left: a curve per budget, its optimum a star
+        runs = sorted((r for r in rows if r["budget"] == e["budget"]), key=lambda r: r["params"])
+        left.plot([r["params"] for r in runs], [r["val_loss"] for r in runs], "o-", color=f"C{i}",
+                  alpha=0.5, label=f"{e['budget']:.3g} FLOPs")
+        if "parabola" in e:  # across the three runs it goes through
+            near = [r["params"] for r in runs if f"{r['n_layer']}x{r['n_embd']}" in e["through"]]
+            x = np.linspace(math.log10(min(near)), math.log10(max(near)), 50)
+            left.plot(10**x, np.polyval(e["parabola"], x), color=f"C{i}")
+            left.plot(e["params"], e["val_loss"], "*", color=f"C{i}", markersize=14)
+    left.set(xscale="log", xlabel="N (weights that multiply)", ylabel="val loss (nats per token)",
+             title="IsoFLOP curves: one compute budget each")
+    left.legend()
+    for e in result["budgets"]:  # right: the optima against compute; x: the best run, no optimum
+        right.plot(e["budget"], e["params"], "k*" if "parabola" in e else "kx", markersize=12)
+    if "params" in result["laws"]:
+        law = result["laws"]["params"]
+        c = np.geomspace(min(law["budgets"]), max(law["budgets"]), 50)
+        right.plot(c, law["coefficient"] * c ** law["exponent"], "k--",
+                   label=f"N_opt ~ C^{law['exponent']:.2f}")
+        right.legend()
+    right.set(xscale="log", yscale="log", xlabel="compute C (training FLOPs)", ylabel="optimal N",
+              title="the best size grows with the budget")
+    sizes = sorted({r["params"] for r in rows})  # ticks where the runs are, not at powers of 10
+    left.set_xticks(sizes, [f"{n / 1000:.0f}k" for n in sizes], minor=False)
+    right.set_xticks([e["budget"] for e in result["budgets"]],
+                     [f"{e['budget']:.2g}" for e in result["budgets"]], minor=False)
+    optima = [e["params"] for e in result["budgets"]]
+    right.set_yticks(optima, [f"{n / 1000:.0f}k" for n in optima], minor=False)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.minorticks_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+# ------------------------------------------------------------ the sweep
+def eta(todo, spent):
+    """Seconds the runs left should take: each size at its speed so far in this sweep (a small
+    model does fewer FLOPs a second), a size not trained yet at the average speed."""
+    average = sum(s for s, _ in spent.values()) / sum(f for _, f in spent.values())  # s per FLOP
+    total = 0.0
+    for run in todo:
+        seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (average, 1))
+        total += run["flops"] * seconds / flops
+    return f"{int(total // 60)}m{round(total % 60):02d}s"
+
+
+def sweep(args, gpt_flags, cfg, budgets, sizes):
+    data = gpt.load_data(cfg.data, cfg.block_size)  # a bad text or folder: named now, not mid-sweep
+    data_path = cfg.data  # not here, the default text is the one beside gpt.py (as gpt.py reads it)
+    if not os.path.exists(data_path):
+        data_path = os.path.join(os.path.dirname(os.path.abspath(gpt.__file__)), cfg.data)
+    plan = plan_runs(budgets, sizes, data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)
+    gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
+    settings = {k: getattr(cfg, k) for k in SETTINGS}
+    if args.warmup:
+        settings["warmup_iters"] = "5% of the steps"
+    _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
+    settings["dtype"] = str(dtype).removeprefix("torch.")
+    settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
+    check_settings(args.out_dir, settings)
+    rows = read_results(args.out_dir)
+    done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
+    todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
+    train_tokens = len(data.splits["train"])
+    print(f"{len(plan)} runs, {len(plan) - len(todo)} of them in {args.out_dir}/results.csv "
+          f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
+          f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {data_path}")
+    spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) of its runs in this sweep
+    for i, run in enumerate(todo, start=1):
+        print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
+              f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
+              "epochs ...", end="", flush=True)
+        started = time.perf_counter()
+        try:
+            run["val_loss"] = train_one(gpt_flags, run, args, data_path)
+        except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
+            print()
+            raise
+        run["seconds"] = round(time.perf_counter() - started, 1)
+        rows.append(run)
+        save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
+        seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
+        spent[run["n_layer"], run["n_embd"]] = (seconds + run["seconds"], flops + run["flops"])
+        print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
+              f"sweep eta {eta(todo[i:], spent)}")
+    result = fit(rows)
+    write_atomic(os.path.join(args.out_dir, "fit.json"), json.dumps(result, indent=1) + "\n")
+    print_table(result)
+    print(f"wrote {args.out_dir}/results.csv and fit.json")
+    draw(rows, result, os.path.join(args.out_dir, "scaling.png"))
+    return 0
+
+
+def main(argv=None):
+    args, gpt_flags, cfg, budgets, sizes = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        return sweep(args, gpt_flags, cfg, budgets, sizes)
+    except (ScalingError, gpt.GPTError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the finished runs are in results.csv already
+        print(f"interrupted: the same command goes on from the first run that "
+              f"{args.out_dir}/results.csv lacks", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

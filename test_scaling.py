@@ -1,0 +1,270 @@
+"""test_scaling.py: scripts/scaling.py, one behaviour per test, on a 20,000-character text and models
+of a few thousand weights, so that a whole sweep trains in seconds.
+
+    python -m pytest test_scaling.py
+"""
+import csv
+import json
+import math
+import os
+import signal
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+import gpt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import scaling  # noqa: E402  scripts/scaling.py
+
+BUDGETS, SIZES = [20_000_000, 60_000_000], ["1x16", "1x32", "2x32"]  # 6 runs of 3 to 114 steps
+TINY = ["--block_size", "16", "--batch_size", "4", "--eval_iters", "2", "--head_dim", "16",
+        "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # models this small: two threads only wait for each other (10x slower, busy CPU)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):  # the first 20,000 characters of shakespeare.txt
+    with open(os.path.join(HERE, "shakespeare.txt"), encoding="utf-8") as f:
+        start = f.read(20_000)
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(start, encoding="utf-8")
+    return str(path)
+
+
+def sweep_argv(text, out_dir, budgets=BUDGETS, sizes=SIZES, *extra):
+    return ["--data", text, "--out_dir", str(out_dir), "--budgets", ",".join(map(str, budgets)),
+            "--sizes", ",".join(sizes), *TINY, *extra]
+
+
+def read_rows(out_dir):
+    with open(os.path.join(out_dir, "results.csv"), encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(text, tmp_path_factory):
+    """A whole sweep, run once: its folder."""
+    out_dir = tmp_path_factory.mktemp("sweep")
+    assert scaling.main(sweep_argv(text, out_dir)) == 0
+    return out_dir
+
+
+# ------------------------------------------------------------ counting FLOPs
+@pytest.mark.parametrize("n_layer,n_embd,n_head,vocab_size,block_size",
+                         [(1, 32, 1, 63, 64), (2, 64, 2, 11, 16), (3, 48, 3, 20, 8)])
+def test_flops_per_token_is_what_torch_counts_in_a_training_step(n_layer, n_embd, n_head, vocab_size,
+                                                                 block_size):
+    model = gpt.GPT(gpt.GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0))
+    for block in model.transformer.h:  # the formula's matmuls: torch's counter does not see SDPA's on a CPU
+        block.attn.by_hand = True
+    x, y = torch.randint(vocab_size, (2, 2, block_size))
+    with FlopCounterMode(display=False) as counter:
+        gpt.next_token_loss(model(x), y).backward()
+    per_token = counter.get_total_flops() / (2 * block_size)  # a batch of 2 sequences
+    assert per_token == scaling.flops_per_token(n_layer, n_embd, vocab_size, block_size)
+
+
+def test_params_are_the_models_weights_that_multiply():
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=50, block_size=32, n_layer=3, n_head=2, n_embd=64))
+    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert scaling.matmul_params(3, 64, 50) == sum(linear.values())  # the head: the embedding matrix
+
+
+@settings(max_examples=200, deadline=None)
+@given(budget=st.integers(1, 10**19), n_layer=st.integers(1, 48), heads=st.integers(1, 32),
+       vocab_size=st.integers(2, 100_000), block_size=st.integers(1, 4096), batch_size=st.integers(1, 512))
+def test_a_run_spends_its_budget_to_within_one_step_and_never_more(budget, n_layer, heads, vocab_size,
+                                                                    block_size, batch_size):
+    n_embd = 32 * heads
+    step = scaling.flops_per_token(n_layer, n_embd, vocab_size, block_size) * batch_size * block_size
+    if budget < step:
+        with pytest.raises(scaling.ScalingError, match="buys no step"):
+            scaling.plan_runs([budget], [(n_layer, n_embd)], vocab_size, block_size, batch_size)
+        return
+    [run] = scaling.plan_runs([budget], [(n_layer, n_embd)], vocab_size, block_size, batch_size)
+    assert run["flops"] == run["steps"] * step and run["tokens"] == run["steps"] * batch_size * block_size
+    assert run["flops"] <= budget < run["flops"] + step
+
+
+# ------------------------------------------------------------ a sweep
+def test_a_sweep_trains_every_run_for_the_steps_its_budget_buys(finished):
+    rows = read_rows(finished)
+    assert list(rows[0].keys()) == scaling.COLUMNS
+    assert {(int(r["budget"]), f"{r['n_layer']}x{r['n_embd']}") for r in rows} == \
+        {(b, s) for b in BUDGETS for s in SIZES}
+    for r in rows:
+        budget, steps, flops = int(r["budget"]), int(r["steps"]), int(r["flops"])
+        assert flops <= budget < flops + flops // steps
+        folder = os.path.join(finished, f"{scaling.exactly(budget)}_{r['n_layer']}x{r['n_embd']}")
+        with open(os.path.join(folder, "log.csv"), encoding="utf-8") as f:
+            last = list(csv.DictReader(f))[-1]
+        assert int(last["iter"]) == steps and float(last["val_loss"]) == float(r["val_loss"])
+        assert math.isfinite(float(r["val_loss"])) and float(r["seconds"]) > 0
+        assert not os.path.exists(os.path.join(folder, "ckpt.pt"))  # finished: no --resume state kept
+    with open(os.path.join(finished, "fit.json"), encoding="utf-8") as f:
+        assert [e["budget"] for e in json.load(f)["budgets"]] == BUDGETS
+
+
+def test_a_rerun_trains_nothing(text, finished, monkeypatch, capsys):
+    before = read_rows(finished)
+    def no_training(argv):
+        raise AssertionError(f"trained again: {argv}")
+    monkeypatch.setattr(gpt, "main", no_training)
+    assert scaling.main(sweep_argv(text, finished)) == 0
+    assert read_rows(finished) == before
+    assert "6 runs, 6 of them in" in capsys.readouterr().out
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_goes_on(text, tmp_path, monkeypatch):
+    calls, real_main, real_step = [], gpt.main, gpt.train_step
+    def ctrl_c_in_the_third_run(*args):  # the user presses Ctrl-C during the third run's training
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+    def counted(argv):
+        calls.append(argv)
+        return real_main(argv)
+    monkeypatch.setattr(gpt, "main", counted)
+    monkeypatch.setattr(gpt, "train_step", ctrl_c_in_the_third_run)
+    assert scaling.main(sweep_argv(text, tmp_path)) == 130
+    kept = read_rows(tmp_path)
+    assert len(kept) == 2 and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(gpt, "train_step", real_step)
+    assert scaling.main(sweep_argv(text, tmp_path)) == 0
+    assert len(calls) == 4  # the runs results.csv lacked, the interrupted one again from its start
+    rows = read_rows(tmp_path)
+    assert rows[:2] == kept and len(rows) == 6
+
+
+def test_without_matplotlib_the_table_and_fit_are_still_written(text, finished, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    os.remove(os.path.join(finished, "fit.json"))
+    assert scaling.main(sweep_argv(text, finished)) == 0
+    out = capsys.readouterr().out
+    assert "no scaling.png: drawing needs matplotlib" in out and "optimal N" in out
+    assert os.path.exists(os.path.join(finished, "fit.json"))
+
+
+# ------------------------------------------------------------ the fit
+def isoflop_rows(budgets, exponent, offsets=(-0.6, -0.3, 0.1, 0.4)):
+    """Losses on exact parabolas in log10(N), bottoming out at N_opt = 50 C^exponent, L = 10 C^-0.05."""
+    rows = []
+    for c in budgets:
+        best_n, best_loss = 50 * c**exponent, 10 * c**-0.05
+        for d in offsets:
+            rows.append(dict(budget=c, params=best_n * 10**d, val_loss=best_loss + 0.25 * d * d,
+                             n_layer=1, n_embd=32))
+    return rows
+
+
+@pytest.mark.parametrize("exponent", [0.3, 0.5, 0.7])
+def test_the_fit_recovers_a_known_parabola_and_power_law(exponent):
+    budgets = [1e10, 1e11, 1e12]
+    result = scaling.fit(isoflop_rows(budgets, exponent))
+    for e, c in zip(result["budgets"], budgets):
+        assert e["how"] == "parabola"
+        assert e["params"] == pytest.approx(50 * c**exponent, rel=1e-4)
+        assert e["val_loss"] == pytest.approx(10 * c**-0.05, abs=1e-4)
+    assert result["laws"]["params"]["exponent"] == pytest.approx(exponent, abs=1e-3)
+    assert result["laws"]["val_loss"]["exponent"] == pytest.approx(-0.05, abs=1e-3)
+
+
+def test_runs_far_from_the_optimum_do_not_pull_it():
+    rows = isoflop_rows([1e10, 1e11], 0.5, offsets=(-1.2, -0.6, -0.3, 0.1, 0.4, 1.0))
+    for r in rows:  # the ladder's ends off the parabola, as real losses are (steeper on the big side)
+        if abs(math.log10(r["params"] / (50 * r["budget"]**0.5))) > 0.5:
+            r["val_loss"] += 0.5
+    for e in scaling.fit(rows)["budgets"]:
+        assert e["params"] == pytest.approx(50 * e["budget"]**0.5, rel=1e-4)
+
+
+def test_the_fit_says_when_the_best_size_is_at_an_end_of_the_ladder():
+    rows = isoflop_rows([1e10, 1e11], 0.5, offsets=(0.2, 0.5, 0.8))  # every size too big
+    result = scaling.fit(rows)
+    for e in result["budgets"]:
+        assert e["how"].startswith("best run") and "smallest size is best" in e["note"]
+        assert e["params"] == min(r["params"] for r in rows if r["budget"] == e["budget"])
+    assert "params" not in result["laws"] and "a power law needs 2" in result["laws"]["note"]
+
+
+def test_the_fit_needs_three_sizes_for_a_parabola_and_two_budgets_for_a_law(capsys):
+    two_sizes = scaling.fit(isoflop_rows([1e10, 1e11], 0.5, offsets=(-0.3, 0.3)))
+    assert all("only 2 size(s)" in e["note"] for e in two_sizes["budgets"])
+    one_budget = scaling.fit(isoflop_rows([1e10], 0.5))
+    assert one_budget["budgets"][0]["how"] == "parabola" and "params" not in one_budget["laws"]
+    scaling.print_table(one_budget)
+    assert "1 budget(s) with an optimum inside the ladder" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ bad input: one line, a non-zero exit
+def refused(capsys, argv):
+    try:
+        code = scaling.main(argv)
+    except SystemExit as e:  # usage errors, as argparse's
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("budgets", ["2e12,abc", "", "-5", "0", "nan", "inf", "1e12;2e12"])
+def test_a_malformed_budget_list_is_refused(text, tmp_path, capsys, budgets):
+    argv = sweep_argv(text, tmp_path)
+    argv[argv.index("--budgets") + 1] = budgets
+    assert "--budgets" in refused(capsys, argv)
+
+
+@pytest.mark.parametrize("sizes", ["2x", "x64", "2*64", "0x32", "2x64x3", "", "2x-32"])
+def test_a_malformed_size_list_is_refused(text, tmp_path, capsys, sizes):
+    argv = sweep_argv(text, tmp_path)
+    argv[argv.index("--sizes") + 1] = sizes
+    assert "--sizes" in refused(capsys, argv)
+
+
+def test_a_width_the_heads_cannot_share_is_refused(text, tmp_path, capsys):
+    err = refused(capsys, sweep_argv(text, tmp_path, BUDGETS, ["1x16", "1x24"]))
+    assert "24" in err and "--head_dim 16" in err
+
+
+def test_a_budget_too_small_for_one_step_is_refused_before_any_training(text, tmp_path, capsys):
+    err = refused(capsys, sweep_argv(text, tmp_path, [10**6, *BUDGETS]))
+    assert "budget 1e+06 buys no step of size 1x16" in err
+    assert not os.path.exists(os.path.join(tmp_path, "results.csv"))
+
+
+def test_an_unwritable_out_dir_is_refused(text, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
+    assert "--out_dir" in refused(capsys, sweep_argv(text, tmp_path / "a_file" / "scaling"))
+
+
+@pytest.mark.parametrize("flag", [["--max_iters", "5"], ["--n_head", "2"], ["--resume"],
+                                  ["--eval_interval=3"]])
+def test_a_flag_scaling_sets_for_each_run_is_refused(text, tmp_path, capsys, flag):
+    assert flag[0].split("=")[0] in refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, *flag))
+
+
+def test_rows_from_another_learning_rate_are_refused(text, finished, capsys):
+    before = read_rows(finished)
+    err = refused(capsys, sweep_argv(text, finished, BUDGETS, SIZES, "--learning_rate", "1e-3"))
+    assert "learning_rate" in err and "another --out_dir" in err
+    assert read_rows(finished) == before
+
+
+def test_rows_from_another_text_are_refused(text, finished, tmp_path, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text(open(text, encoding="utf-8").read()[::-1], encoding="utf-8")
+    err = refused(capsys, sweep_argv(str(other), finished))
+    assert "data" in err and "other.txt" in err
