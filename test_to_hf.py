@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+from safetensors import SafetensorError
 
 import gpt
 
@@ -593,8 +594,8 @@ def test_a_read_only_folder_is_refused_in_one_line(runs, tmp_path):
 
 
 def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, monkeypatch):
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def full_disk(*args, **kwargs):  # what safetensors raises on a full disk: its own error, not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr("safetensors.torch.save_file", full_disk)
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "new" / "hf")
     assert refused(code, err, "No space left on device"), err
@@ -603,3 +604,30 @@ def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, 
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
     assert refused(code, err, "No space left on device"), err
     assert snapshot(tmp_path / "mine") == before  # the files aside were never moved in
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no file-size limit (ulimit -f) on Windows")
+def test_a_file_too_large_for_the_disk_is_one_line_whichever_file_it_is(runs, tmp_path):
+    """A file-size limit (ulimit -f) fails the real writers as a full disk does: transformers' (config.json),
+    this script's (tokenizer.json, README.md), safetensors' (model.safetensors). Each file of an export in turn
+    is made one byte too big: every time one line naming --out, exit 1, and no folder left."""
+    hf, out = runs["bpe"][1], tmp_path / "new" / "hf"
+    limits = sorted({os.path.getsize(hf / name) - 1 for name in to_hf.FILES})
+    driver = ("import contextlib, io, json, resource, sys\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "import to_hf\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+              "for limit in map(int, sys.argv[4:]):\n"
+              "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))\n"
+              "    err = io.StringIO()\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+              "        code = to_hf.main([sys.argv[2], '--out', sys.argv[3]])\n"
+              "    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+              "    print(json.dumps([limit, code, err.getvalue()]), flush=True)\n")
+    script = subprocess.run([sys.executable, "-c", driver, os.path.join(HERE, "scripts"), str(runs["bpe"][0] / "best.pt"),
+                             str(out), *map(str, limits)], capture_output=True, text=True, timeout=300)
+    results = [json.loads(line) for line in script.stdout.splitlines()]
+    assert [limit for limit, _, _ in results] == limits, script.stderr[-2000:]
+    for limit, code, err in results:
+        assert (code, err) == (1, f"error: --out {out}: File too large\n"), (limit, err)
+    assert os.listdir(tmp_path) == []

@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -264,6 +265,7 @@ def model_card(ckpt, ckpt_path, out, stops):
 
 def export(ckpt, ckpt_path, out, stage):
     """Write the files of the folder out into stage, an empty folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     from transformers import GenerationConfig, GPT2Config
     c, spec, chat = ckpt["config"], ckpt.get("tokenizer"), ckpt.get("chat")
@@ -276,10 +278,6 @@ def export(ckpt, ckpt_path, out, stage):
                tie_word_embeddings=True, embd_pdrop=dropout, resid_pdrop=dropout, attn_pdrop=0.0,
                bos_token_id=eot, eos_token_id=eot, architectures=["GPT2LMHeadModel"],
                ).save_pretrained(stage)
-    # lm_head.weight is wte's tensor: tied, it is stored once (safetensors refuses shared tensors)
-    weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
-               for k, t in ckpt["model"].items() if k != "lm_head.weight"}
-    save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
     # Where generation stops by itself: at the end-of-text token, and at a chat's end marker if it
     # is one token. A longer marker is a stop string, which transformers can match only with the
     # tokenizer at hand: the card passes it at call time
@@ -308,7 +306,8 @@ def export(ckpt, ckpt_path, out, stage):
             files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
     else:
         tokenizer = char_tokenizer(ckpt["vocab"])
-    tokenizer.save(os.path.join(stage, "tokenizer.json"))
+    # written below with the others: tokenizers' own save reports a full disk as a bare Exception
+    files["tokenizer.json"] = tokenizer.to_str(pretty=True)
     if chat:
         settings["chat_template"] = chat_template(chat)
     # gpt.py's own words for the tokenizer and the template, which from_gpt2.py reads back
@@ -318,6 +317,16 @@ def export(ckpt, ckpt_path, out, stage):
     for name, text in files.items():
         with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
             f.write(text)
+    # lm_head.weight is wte's tensor: tied, it is stored once (safetensors refuses shared tensors)
+    weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
+               for k, t in ckpt["model"].items() if k != "lm_head.weight"}
+    try:
+        save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk is its own error, not an OSError: made one here
+        errno = re.search(r"os error (\d+)", str(e))
+        if errno is None:
+            raise
+        raise OSError(int(errno[1]), os.strerror(int(errno[1]))) from None
 
 
 def check_out(out, overwrite):
