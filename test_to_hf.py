@@ -11,12 +11,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+import safetensors.torch
 from safetensors import SafetensorError
 
 import gpt
@@ -631,3 +634,43 @@ def test_a_file_too_large_for_the_disk_is_one_line_whichever_file_it_is(runs, tm
     for limit, code, err in results:
         assert (code, err) == (1, f"error: --out {out}: File too large\n"), (limit, err)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_export_s_files_aside_neither_block_the_next_nor_survive_it(runs, tmp_path):
+    """kill -9 leaves the hidden folder where an export writes its files first, a weights file half-written
+    in it. The next export into that folder is not refused (the folder looks empty, and is, to the user),
+    with or without --overwrite, and it removes the stale folder."""
+    for folder, flags in ((tmp_path / "killed", ()), (tmp_path / "earlier", ("--overwrite",))):
+        if flags:
+            shutil.copytree(runs["char"][1], folder)
+        folder.mkdir(exist_ok=True)
+        stale = tempfile.mkdtemp(prefix=".to_hf-", dir=folder)  # as to_hf.py names it
+        with open(os.path.join(stale, "model.safetensors"), "wb") as f:
+            f.write(b"half a model")
+        code, _, err = export(runs["char"][0] / "best.pt", folder, *flags)
+        assert code == 0 and not err, err
+        assert sorted(os.listdir(folder)) == sorted(to_hf.FILES)
+
+
+@pytest.mark.parametrize("name", ("SIGTERM", "SIGHUP"))
+def test_sigterm_and_sighup_stop_it_as_ctrl_c_does_and_leave_nothing(runs, tmp_path, monkeypatch, name):
+    """A signal while the files are written aside: exit 128 + the signal, as a shell reports it, and no
+    new folder, no folder aside, nothing moved in."""
+    signum = getattr(signal, name, None)
+    if signum is None:
+        pytest.skip(f"no {name} here")
+    real = safetensors.torch.save_file
+    def save_then_signal(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+    monkeypatch.setattr("safetensors.torch.save_file", save_then_signal)
+    unhandled = []  # without to_hf.py's own handler the signal lands here, not on pytest
+    before = signal.signal(signum, lambda *args: unhandled.append(args))
+    try:
+        (tmp_path / "empty").mkdir()
+        for folder in (tmp_path / "new" / "hf", tmp_path / "empty"):
+            code, out, err = export(runs["char"][0] / "best.pt", folder)
+            assert (code, out, err, unhandled) == (128 + signum, "", f"\ninterrupted ({name})\n", [])
+        assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(tmp_path / "empty") == []
+    finally:
+        signal.signal(signum, before)

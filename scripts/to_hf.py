@@ -25,15 +25,20 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
 --overwrite is given (a folder of an earlier export too: that is a model, replaced only when asked).
 --overwrite replaces the files above and keeps everything else there; it names those transformers
 would read too (an earlier GPT-2 export's vocab.json, say), which the user may want to remove.
+The files are written aside in --out (a hidden .to_hf-* folder) and moved in when all are there. An
+export stopped (Ctrl-C, SIGTERM, SIGHUP, a full disk) removes what it made; one killed outright
+(kill -9) leaves its folder aside, which the next export into --out removes.
 Needs: pip install -e ".[gpt2]".
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -42,6 +47,7 @@ import gpt  # noqa: E402  the checkpoint format this reads
 from from_gpt2 import CONV1D, FINE_TUNING, byte_of_character  # noqa: E402  its mapping, reversed
 
 EOT = "<|endoftext|>"
+STAGE = ".to_hf-"  # the start of the name of the folder in --out where the files are written first
 # What this writes; a GPT-2 checkpoint's folder also GPT-2's own vocab.json and merges.txt
 FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
          "README.md", "config.json")
@@ -331,7 +337,8 @@ def export(ckpt, ckpt_path, out, stage):
 
 def check_out(out, overwrite):
     """Refuse, before anything is written, a --out that is not a new or empty folder, unless
-    --overwrite; even then nothing this does not write is touched, a folder of that name neither."""
+    --overwrite; even then nothing this does not write is touched, a folder of that name neither.
+    A folder aside that a killed export left (STAGE) is to_hf.py's own: it counts for nothing."""
     if os.path.lexists(out) and not os.path.isdir(out):
         what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
         raise gpt.GPTError(f"--out {out} is {what}: give a new or empty folder")
@@ -339,6 +346,7 @@ def check_out(out, overwrite):
         held = sorted(os.listdir(out)) if os.path.isdir(out) else []
     except OSError as e:
         raise gpt.GPTError(f"--out {out} cannot be read ({e.strerror})") from None
+    held = [name for name in held if not name.startswith(STAGE)]  # a killed export's: write() removes it
     ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
     if held and not overwrite:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
@@ -360,12 +368,16 @@ def write(ckpt, ckpt_path, out):
     made, path = None, os.path.abspath(out)  # made: the outermost folder this makes, if any
     while not os.path.lexists(path):
         made, path = path, os.path.dirname(path)
+    stage = None
     try:
-        os.makedirs(out, exist_ok=True)
-        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=out)
-    except OSError as e:
-        raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
-    try:
+        try:
+            os.makedirs(out, exist_ok=True)
+            for name in os.listdir(out):  # an export killed there (SIGKILL) left its files aside
+                if name.startswith(STAGE):
+                    shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+            stage = tempfile.mkdtemp(prefix=STAGE, dir=out)
+        except OSError as e:
+            raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
         export(ckpt, ckpt_path, out, stage)
         if os.path.lexists(os.path.join(out, "config.json")):  # an old model's: gone first, so
             os.remove(os.path.join(out, "config.json"))  # a folder cut short never looks complete
@@ -377,8 +389,27 @@ def write(ckpt, ckpt_path, out):
             shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
     return written
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM (kill, a job's end) and SIGHUP (a closed terminal) stop the export as Ctrl-C does:
+    a KeyboardInterrupt holding the signal, so write() removes what it made. One the shell has
+    this process ignore (nohup) stays ignored."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+    old = {}
+    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # Windows has no SIGHUP
+        if s is not None and signal.getsignal(s) not in (signal.SIG_IGN, None):
+            old[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def main(argv=None):
@@ -389,24 +420,26 @@ def main(argv=None):
                    "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
     try:
-        try:
-            import safetensors  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
-                               "(or pip install transformers safetensors)") from None
-        ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
-        check_out(args.out, args.overwrite)
-        written = write(ckpt, args.checkpoint, args.out)
+        with stop_signals():
+            try:
+                import safetensors  # noqa: F401
+                import transformers  # noqa: F401
+            except ImportError:
+                raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
+                                   "(or pip install transformers safetensors)") from None
+            ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
+            check_out(args.out, args.overwrite)
+            written = write(ckpt, args.checkpoint, args.out)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a full disk, a file that cannot be replaced
         print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal stop_signals turned into one
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum  # the shell's way: 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
     c, spec = ckpt["config"], ckpt.get("tokenizer")
     tokens = f"{spec['name']} tokens" if spec else "characters"
     chat = ", a chat model" if ckpt.get("chat") else ""
