@@ -505,10 +505,14 @@ def refused(code, err, *words):
     return code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1 and all(w in err for w in words)
 
 
-def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path):
+@pytest.mark.parametrize("kind", ("char", "gpt2"))
+def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path, kind):
     before = a_folder_of_files(tmp_path / "mine")
-    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine")
-    assert refused(code, err, "is not empty", "--overwrite", "README.md") and not out, err
+    code, out, err = export(runs[kind][0] / "best.pt", tmp_path / "mine")
+    assert refused(code, err, "is not empty", "--overwrite") and not out, err
+    # what --overwrite would replace: GPT-2's vocab.json and merges.txt only where it writes them
+    replaced = {"char": "README.md", "gpt2": "README.md, vocab.json, merges.txt"}[kind]
+    assert err.endswith(f"keep the rest, replacing {replaced}\n"), err
     assert snapshot(tmp_path / "mine") == before
 
 

@@ -335,9 +335,9 @@ def export(ckpt, ckpt_path, out, stage):
         raise OSError(int(errno[1]), os.strerror(int(errno[1]))) from None
 
 
-def check_out(out, overwrite):
+def check_out(out, overwrite, names):
     """Refuse, before anything is written, a --out that is not a new or empty folder, unless
-    --overwrite; even then nothing this does not write is touched, a folder of that name neither.
+    --overwrite; even then nothing this does not write (names) is touched, a folder of that name neither.
     A folder aside that a killed export left (STAGE) is to_hf.py's own: it counts for nothing."""
     if os.path.lexists(out) and not os.path.isdir(out):
         what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
@@ -347,7 +347,7 @@ def check_out(out, overwrite):
     except OSError as e:
         raise gpt.GPTError(f"--out {out} cannot be read ({e.strerror})") from None
     held = [name for name in held if not name.startswith(STAGE)]  # a killed export's: write() removes it
-    ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
+    ours = [name for name in names if name in held]
     if held and not overwrite:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         if "config.json" in held:  # an earlier export, or another model
@@ -428,7 +428,9 @@ def main(argv=None):
                 raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
                                    "(or pip install transformers safetensors)") from None
             ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
-            check_out(args.out, args.overwrite)
+            spec = ckpt.get("tokenizer")
+            names = (*FILES, *GPT2_FILES) if spec and spec["name"] == "gpt2" else FILES
+            check_out(args.out, args.overwrite, names)
             written = write(ckpt, args.checkpoint, args.out)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -440,7 +442,7 @@ def main(argv=None):
         signum = e.args[0] if e.args else signal.SIGINT
         print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum  # the shell's way: 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
-    c, spec = ckpt["config"], ckpt.get("tokenizer")
+    c = ckpt["config"]
     tokens = f"{spec['name']} tokens" if spec else "characters"
     chat = ", a chat model" if ckpt.get("chat") else ""
     print(f"wrote {args.out}: a GPT-2 of {c['n_layer']} layers, {c['n_embd']} wide, "
