@@ -678,3 +678,17 @@ def test_sigterm_and_sighup_stop_it_as_ctrl_c_does_and_leave_nothing(runs, tmp_p
         assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(tmp_path / "empty") == []
     finally:
         signal.signal(signum, before)
+
+
+def test_out_through_a_missing_folder_makes_no_folder_on_the_way(runs, tmp_path, monkeypatch):
+    """--out missing/../hf is hf, as the shell has it: no empty missing/ left behind. A folder of files reached
+    that way is refused and kept as it is, as by its own name (the OS could not look into it before)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = export(runs["char"][0] / "best.pt", os.path.join("missing", "..", "hf"))
+    assert code == 0, err
+    assert os.listdir(tmp_path) == ["hf"] and sorted(os.listdir(tmp_path / "hf")) == sorted(to_hf.FILES)
+    assert out.startswith("wrote hf:")
+    before = a_folder_of_files(tmp_path / "mine")
+    code, _, err = export(runs["char"][0] / "best.pt", os.path.join("also_missing", "..", "mine"))
+    assert snapshot(tmp_path / "mine") == before and sorted(os.listdir(tmp_path)) == ["hf", "mine"]
+    assert refused(code, err, "--out mine is not empty"), err

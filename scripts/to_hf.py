@@ -419,6 +419,8 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds files "
                    "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
+    if args.out:  # new/../hf is hf, as the shell has it: the OS would make new on the way, then look
+        args.out = os.path.normpath(args.out)  # for hf there (so a full hf was not even seen)
     try:
         with stop_signals():
             try:
