@@ -692,3 +692,12 @@ def test_out_through_a_missing_folder_makes_no_folder_on_the_way(runs, tmp_path,
     code, _, err = export(runs["char"][0] / "best.pt", os.path.join("also_missing", "..", "mine"))
     assert snapshot(tmp_path / "mine") == before and sorted(os.listdir(tmp_path)) == ["hf", "mine"]
     assert refused(code, err, "--out mine is not empty"), err
+
+
+def test_from_gpt2_gives_a_small_model_s_size_as_gpt_py_does(runs, tmp_path):
+    _, hf, ckpt = runs["char"]
+    n = sum(p.numel() for p in gpt.model_from(ckpt, torch.device("cpu")).parameters())  # tied: counted once
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
+    assert n < 50_000 and f"GPT-2 with {n / 1e6:.2f}M parameters" in out.getvalue(), out.getvalue()  # not 0.0M
