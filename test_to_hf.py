@@ -345,6 +345,31 @@ def test_generate_stops_at_the_end_marker_given_as_the_card_shows(tmp_path, chat
             tokenizer("1+b")
 
 
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_a_pipeline_reply_appended_to_the_conversation_renders_as_chat_py_renders_it(tmp_path, chat_models, kind):
+    """The pipeline returns an answer with the end marker it stopped at, and a conversation goes on with it:
+    apply_chat_template renders that turn with one marker, the text and ids scripts/chat.py's next prompt has."""
+    ckpt = chat_models[kind][0]
+    prompt = [dict(role="user", content="Hi")]
+    end, _ = end_marker_it_writes(ckpt, prompt)
+    chat = {**TEMPLATE, "end": end}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    conversation = pipe(prompt, stop_strings=[end], tokenizer=pipe.tokenizer, do_sample=False,
+                        max_new_tokens=16)[0]["generated_text"]
+    question = next(q for q in ("And then?", "Why?", "Go on.") if end not in q)
+    conversation.append(dict(role="user", content=question))
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))  # without the marker
+    assert conversation[1] == dict(role="assistant", content=reply + end)
+    said = [*prompt, dict(role="assistant", content=reply), dict(role="user", content=question)]
+    text = "".join(piece for message in said for piece in chat_py.chat_turn(message, chat)) + chat["assistant"]
+    assert pipe.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) == text
+    ids = pipe.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == chat_py.prompt_ids(ours, chat, said, 10**6)
+
+
 def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_models):
     ckpt = chat_models["bpe"][0]
     prompt = [dict(role="user", content="Hi")]

@@ -123,15 +123,22 @@ def bpe_tokenizer(spec, chat=None):
 
 def chat_template(chat):
     """scripts/chat.py's chat_turn in Jinja: each turn is its role's prefix, the content, for the
-    assistant the end marker, and a newline; the generation prompt is the assistant's prefix."""
+    assistant the end marker, and a newline; the generation prompt is the assistant's prefix.
+    transformers' pipeline returns an answer with the end marker it stopped at: appended to the
+    conversation, that marker is dropped, so the turn is rendered once, as chat.py renders it
+    (an answer never holds the marker in training: prepare.py refuses one that does)."""
     roles = {role: chat[role] for role in ("system", "user", "assistant")}
     prefix = json.dumps(roles, ensure_ascii=False)  # JSON strings are Jinja string literals too
     end = json.dumps(chat["end"], ensure_ascii=False)
-    return ("{% set prefix = " + prefix + " %}{% for message in messages %}"
+    return ("{% set prefix = " + prefix + " %}{% set end = " + end + " %}"
+            "{% for message in messages %}"
             "{% if message['role'] not in prefix %}"
             "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-            "{{ prefix[message['role']] + message['content'] }}"
-            "{% if message['role'] == 'assistant' %}{{ " + end + " }}{% endif %}"
+            "{% set content = message['content'] %}"
+            "{% if message['role'] == 'assistant' and content.endswith(end) %}"
+            "{% set content = content[:content|length - end|length] %}{% endif %}"
+            "{{ prefix[message['role']] + content }}"
+            "{% if message['role'] == 'assistant' %}{{ end }}{% endif %}"
             "{{ '\\n' }}{% endfor %}"
             "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
 
