@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -726,3 +727,30 @@ def test_from_gpt2_gives_a_small_model_s_size_as_gpt_py_does(runs, tmp_path):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
     assert n < 50_000 and f"GPT-2 with {n / 1e6:.2f}M parameters" in out.getvalue(), out.getvalue()  # not 0.0M
+
+
+def test_the_card_s_command_makes_the_same_run_again(tmp_path):
+    """README.md's "Made by" command, run again, trains the same model: the same config and the same weights.
+    A run from a preset with settings of its own (the tanh GELU, dropout, eval_iters), and a run --init_from it
+    for --max_iters 0, whose config names the default preset (medium) that it never used."""
+    (tmp_path / "text.txt").write_text(TEXT[:4000], encoding="utf-8")
+    def train(*flags):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert gpt.main([*flags, "--device", "cpu"]) == 0
+    def settings(config):  # a run's own: not where it ran, nor the size of the vocabulary its data brings
+        return {k: v for k, v in config.items() if k not in ("out_dir", "device", "vocab_size")}
+    train("--config", "tiny", "--data", str(tmp_path / "text.txt"), "--out_dir", str(tmp_path / "base"), "--n_layer",
+          "1", "--n_embd", "16", "--block_size", "16", "--batch_size", "4", "--max_iters", "3", "--eval_iters", "2",
+          "--gelu", "tanh", "--dropout", "0.1")
+    train("--init_from", str(tmp_path / "base" / "best.pt"), "--data", str(tmp_path / "text.txt"), "--out_dir",
+          str(tmp_path / "tuned"), "--max_iters", "0", "--learning_rate", "0.001")
+    for run in ("base", "tuned"):
+        before = torch.load(tmp_path / run / "best.pt", weights_only=True)
+        made = re.search(r"- Made by: `python gpt.py (.*?)`", card_of(tmp_path, before))[1]
+        again = [*shlex.split(made), "--out_dir", str(tmp_path / f"{run}_again"), "--device", "cpu"]
+        cfg = gpt.settings(gpt.parse_args(again))[0]  # first without training (medium's would be 5000 steps)
+        assert settings(vars(cfg)) == settings(before["config"]), made
+        train(*again)
+        after = torch.load(tmp_path / f"{run}_again" / "best.pt", weights_only=True)
+        assert settings(after["config"]) == settings(before["config"]), made
+        assert all(torch.equal(after["model"][k], t) for k, t in before["model"].items()), made

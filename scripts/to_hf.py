@@ -57,8 +57,13 @@ GPT2_FILES = ("vocab.json", "merges.txt")
 READ_BESIDE = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                "chat_template.jinja", "chat_template.json", "tokenizer.model", "pytorch_model.bin",
                "model.safetensors.index.json", "pytorch_model.bin.index.json")
-CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
-              "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
+# A gpt.py run's settings, as flags: what made its model and how it trained, not where it ran
+# (device, dtype, compile, out_dir) nor how it samples. README.md's command names the main ones
+RUN_FLAGS = ("data", "init_from", "n_layer", "n_head", "n_embd", "block_size", "gelu", "dropout",
+             "batch_size", "max_iters", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+             "eval_interval", "eval_iters", "weight_decay", "grad_clip", "grad_accum", "seed")
+MAIN_FLAGS = ("data", "n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size",
+              "max_iters", "learning_rate")
 # transformers sets up stop strings by encoding this text (StopStringCriteria.clean_tokenizer_vocab)
 STOP_STRING_PROBE = "abcdef"
 
@@ -155,6 +160,24 @@ def command(script, args):
     return " ".join(words)
 
 
+def gpt_command(c):
+    """The gpt.py command that makes the run of config c again: its preset, its main settings, and
+    each other one that the preset and gpt.py's defaults would not give. A run --init_from takes
+    what a preset sets from the checkpoint it starts from, not from a preset (its config names the
+    default one, medium, which it never used): no --config then, and every setting a preset holds."""
+    init = c.get("init_from")
+    preset = {} if init else gpt.PRESETS.get(c.get("config"), {})
+    given = {**gpt.DEFAULTS, **preset}  # what the command gives a setting it does not name
+    words = ["python gpt.py"]
+    if not init and c.get("config") is not None:
+        words += ["--config", c["config"]]
+    for k in RUN_FLAGS:
+        named = k in MAIN_FLAGS or (init and k in gpt.PRESETS["tiny"]) or c.get(k) != given.get(k)
+        if named and c.get(k) is not None:  # None: the default (no lr_decay_iters: max_iters)
+            words += [f"--{k}", shlex.quote(str(c[k]))]
+    return " ".join(words)
+
+
 def from_gpt2_made(ckpt):
     """Whether from_gpt2.py wrote this checkpoint: step 0, no loss measured, and its settings for
     fine-tuning, under no preset."""
@@ -184,8 +207,7 @@ def provenance(ckpt, exported):
                 f"`{exported}`")
     if steps == 0 and math.isnan(ckpt["best_val_loss"]):  # no run recorded anything
         return "not recorded (step 0, no loss measured)", f"`{exported}`"
-    flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k)]
-    made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
+    made = f"`{gpt_command(c)}`, then `{exported}`"
     if steps:
         return f"`{c.get('data')}`, {steps:,} steps", made
     start = f"the weights of `{c['init_from']}`" if c.get("init_from") else "its random initial weights"
