@@ -478,6 +478,26 @@ def test_the_card_of_an_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
     assert "Val loss: not measured" in card
 
 
+def test_the_card_of_an_older_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
+    """rl.py from before "made_by" wrote its flags over the config, and "accuracy" beside it: still rl.py's run,
+    not a gpt.py command with rl.py's flags."""
+    flags = dict(init_from="out_chat/best.pt", data="chats_rl/train.jsonl", out_dir="out_rl",
+                 eval_data="chats_rl/test.jsonl", max_iters=600, batch_size=64, samples=8, temperature=2.0,
+                 learning_rate=2e-4, sft_data=None, sft_weight=0.0, grad_clip=1.0, max_new_tokens=32, eval_interval=50,
+                 seed=1337, device="auto", overwrite=False)  # all its flags, as vars(args) gave them
+    ckpt = {**runs["char"][2], "chat": TEMPLATE}
+    card = card_of(tmp_path, ckpt, "rl.pt", config={**ckpt["config"], **flags}, iter=600, accuracy=84.625,
+                   best_val_loss=float("nan"))
+    assert ("- Made by: `python scripts/rl.py --init_from out_chat/best.pt --data chats_rl/train.jsonl --out_dir "
+            "out_rl --eval_data chats_rl/test.jsonl --max_iters 600 --batch_size 64 --samples 8 --temperature 2.0 "
+            "--learning_rate 0.0002 --sft_weight 0.0 --grad_clip 1.0 --max_new_tokens 32 --eval_interval 50 "
+            "--seed 1337`, then") in card and "python gpt.py" not in card
+    assert "Accuracy: 84.6% (mean greedy exact match over the skills of `chats_rl/test.jsonl`)" in card
+    card = card_of(tmp_path, ckpt, "rl.pt", config={**ckpt["config"], **flags, "eval_data": None}, iter=0,
+                   accuracy=None, best_val_loss=float("nan"))  # no held-out data: no accuracy, no step kept
+    assert "no step of scripts/rl.py (step 0: the weights of `out_chat/best.pt`, unchanged)" in card
+
+
 # ----------------------------------------------------------------------------- bad input: one line each
 def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint", encoding="utf-8")

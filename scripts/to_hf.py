@@ -64,6 +64,10 @@ RUN_FLAGS = ("data", "init_from", "n_layer", "n_head", "n_embd", "block_size", "
              "eval_interval", "eval_iters", "weight_decay", "grad_clip", "grad_accum", "seed")
 MAIN_FLAGS = ("data", "n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size",
               "max_iters", "learning_rate")
+# The flags of scripts/rl.py from before its checkpoints said "made_by": they are in config
+OLD_RL_FLAGS = ("init_from", "data", "out_dir", "eval_data", "max_iters", "batch_size", "samples",
+                "temperature", "learning_rate", "sft_data", "sft_weight", "grad_clip", "max_new_tokens",
+                "eval_interval", "seed")
 # transformers sets up stop strings by encoding this text (StopStringCriteria.clean_tokenizer_vocab)
 STOP_STRING_PROBE = "abcdef"
 
@@ -187,14 +191,25 @@ def from_gpt2_made(ckpt):
             and all(c.get(k) == v for k, v in settings.items()))
 
 
-def provenance(ckpt, exported):
-    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far. A
-    checkpoint from a tool beside gpt.py (scripts/rl.py) names it and its flags in "made_by";
-    config then describes the model in gpt.py's terms, not that tool's run."""
-    c, steps, maker = ckpt["config"], ckpt["iter"], ckpt.get("made_by")
+def made_by(ckpt):
+    """The tool beside gpt.py that made a checkpoint, and its flags: (script, {flag: value}), or
+    None for gpt.py's own. scripts/rl.py names itself in "made_by", and its config then describes
+    the model in gpt.py's terms; an rl.py from before that wrote its flags over the config, and
+    "accuracy" beside it, so its flags are read back from there."""
+    maker, c = ckpt.get("made_by"), ckpt["config"]
     if isinstance(maker, dict):
-        script, args = str(maker.get("script")), maker.get("args")
-        args = args if isinstance(args, dict) else {}
+        args = maker.get("args")
+        return str(maker.get("script")), args if isinstance(args, dict) else {}
+    if "accuracy" in ckpt or {"samples", "eval_data"} & c.keys():  # an older rl.py's
+        return "scripts/rl.py", {k: c.get(k) for k in OLD_RL_FLAGS}
+    return None
+
+
+def provenance(ckpt, exported):
+    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far."""
+    c, steps, maker = ckpt["config"], ckpt["iter"], made_by(ckpt)
+    if maker:
+        script, args = maker
         start = f"`{args['init_from']}`" if args.get("init_from") else "the model it started from"
         if steps:
             data = f"`{args['data']}`, " if args.get("data") else ""
@@ -280,10 +295,9 @@ def model_card(ckpt, ckpt_path, out, stops):
              f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
              f"- Trained on: {trained}",
              f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}"]
-    accuracy, maker = ckpt.get("accuracy"), ckpt.get("made_by")
+    accuracy, maker = ckpt.get("accuracy"), made_by(ckpt)
     if isinstance(accuracy, (int, float)) and not math.isnan(accuracy):  # scripts/rl.py measures it
-        args = maker.get("args") if isinstance(maker, dict) else None
-        held_out = args.get("eval_data") if isinstance(args, dict) else None
+        held_out = maker[1].get("eval_data") if maker else None
         lines.append(f"- Accuracy: {accuracy:.1f}% (mean greedy exact match over the skills"
                      + (f" of `{held_out}`)" if held_out else ")"))
     lines.append(f"- Made by: {made}")
