@@ -371,6 +371,24 @@ def test_a_pipeline_reply_appended_to_the_conversation_renders_as_chat_py_render
     assert ids == chat_py.prompt_ids(ours, chat, said, 10**6)
 
 
+def test_a_char_model_lacking_a_letter_of_abcdef_has_a_token_more_for_that_word_alone_and_says_so(chat_models):
+    """transformers encodes "abcdef" to set up stop strings, so a model of sums gets it as a token more, at id
+    vocab_size, which the model cannot read. Only that word gives it: its letters within a text are refused,
+    as gpt.py refuses them. The model card says it; a model whose characters hold a-f has no token more."""
+    ckpt, tokenizer, run = chat_models["sums"]
+    size = ckpt["config"]["vocab_size"]
+    assert tokenizer("abcdef").input_ids == [size] and len(tokenizer) == size + 1
+    for text in ("12abcdef3", "abcdefg", "1 abcdefabcdef"):
+        with pytest.raises(Exception, match="UNK"):
+            tokenizer(text)
+    card = (run / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"- Tokenizer: one token more than the model's, 'abcdef' (id {size}), which transformers' stop strings " \
+        "need; the model never writes it and cannot read it: a text with the word 'abcdef' fails in `generate`" in card
+    _, char_tokenizer, char_run = chat_models["char"]
+    assert len(char_tokenizer) == len(VOCAB) and "- Tokenizer:" not in (char_run / "hf" / "README.md").read_text(
+        encoding="utf-8")
+
+
 def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_models):
     ckpt = chat_models["bpe"][0]
     prompt = [dict(role="user", content="Hi")]

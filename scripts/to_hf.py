@@ -12,6 +12,9 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   them in Conv1D layers, (in, out));
 - tokenizer.json and tokenizer_config.json, giving gpt.py's ids: a char model's characters one by
   one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
+  A char model lacking any of a-f gets one token more, "abcdef" at id vocab_size, without which
+  transformers' stop strings fail (see char_tokenizer): the word "abcdef" in a text gives that id,
+  which the model cannot read (the card says so; gpt.py refuses such a text, for its letters).
   tokenizer_config.json's "gpt_py" entry keeps the tokenizer's name and the chat template as gpt.py
   has them, for from_gpt2.py. A GPT-2 checkpoint also gets GPT-2's vocab.json and merges.txt;
 - a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
@@ -72,6 +75,10 @@ OLD_RL_FLAGS = ("init_from", "data", "out_dir", "eval_data", "max_iters", "batch
 STOP_STRING_PROBE = "abcdef"
 
 
+def lacks_probe(vocab):  # a char model without one of a-f: its tokenizer has a token more
+    return not set(STOP_STRING_PROBE) <= set(vocab)
+
+
 def char_tokenizer(vocab):
     """Each character its own token, with gpt.py's id; decoding joins them with nothing between."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -81,12 +88,16 @@ def char_tokenizer(vocab):
     # [\s\S]: any one character, newlines too
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    if not set(STOP_STRING_PROBE) <= ids.keys():
+    if lacks_probe(vocab):
         # transformers encodes "abcdef" to set up stop strings, and finds it again in a decoding:
         # a model of sums (digits, no letters) could not stop at its end marker. So the text
-        # "abcdef" is one more token, id vocab_size: one the model never writes, and which no text
-        # gpt.py encodes holds, since the model lacks one of its letters.
-        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False)])
+        # "abcdef" is one more token, id vocab_size, one the model never writes. No way was found
+        # to keep a user's text from it (transformers' probe is a text like any other), nor one
+        # without it: a text holding the word "abcdef" gets that id, which the model cannot read
+        # (generate fails), where gpt.py refuses it. single_word: only as a word, so that
+        # "12abcdef3" is refused, as gpt.py refuses it, and not given that id.
+        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False,
+                                         single_word=True)])
     return tokenizer
 
 
@@ -301,6 +312,11 @@ def model_card(ckpt, ckpt_path, out, stops):
         lines.append(f"- Accuracy: {accuracy:.1f}% (mean greedy exact match over the skills"
                      + (f" of `{held_out}`)" if held_out else ")"))
     lines.append(f"- Made by: {made}")
+    if not spec and lacks_probe(ckpt["vocab"]):
+        lines.append(f"- Tokenizer: one token more than the model's, {STOP_STRING_PROBE!r} (id "
+                     f"{c['vocab_size']}), which transformers' stop strings need; the model never "
+                     f"writes it and cannot read it: a text with the word {STOP_STRING_PROBE!r} "
+                     "fails in `generate`")
     if ckpt.get("chat"):
         end = ckpt["chat"]["end"]
         how = (f"`generate` needs it as a stop string, with the tokenizer: `stop_strings={stops!r}, "
