@@ -276,6 +276,20 @@ def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models
     assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
 
 
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_the_card_says_where_a_bpe_template_s_ids_differ_from_chat_py_s(chat_models, kind):
+    """A BPE chat tokenizer cuts the text where the pieces of a turn meet, and so within a message holding a
+    role's prefix: its ids then differ from scripts/chat.py's, which encodes the message whole. The card says
+    so for BPE models; a char model's ids are the same."""
+    ckpt, tokenizer, run = chat_models[kind]
+    messages = [dict(role="user", content="Tell the User: yes")]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    differ = ids != chat_py.prompt_ids(gpt.tokenizer_of(ckpt), TEMPLATE, messages, 10**6)
+    said = "A message holding a role's prefix or the end marker ('User: ') is cut there too, so its ids may " \
+        "differ from scripts/chat.py's" in (run / "hf" / "README.md").read_text(encoding="utf-8")
+    assert differ == said == (kind == "bpe")
+
+
 @pytest.mark.parametrize("kind", EVERY)
 def test_generate_works_on_every_model_without_its_tokenizer_and_with_it(every_model, kind):
     _, hf, ckpt = every_model[kind]
@@ -695,8 +709,9 @@ def test_a_file_too_large_for_the_disk_is_one_line_whichever_file_it_is(runs, tm
               "        code = to_hf.main([sys.argv[2], '--out', sys.argv[3]])\n"
               "    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
               "    print(json.dumps([limit, code, err.getvalue()]), flush=True)\n")
-    script = subprocess.run([sys.executable, "-c", driver, os.path.join(HERE, "scripts"), str(runs["bpe"][0] / "best.pt"),
-                             str(out), *map(str, limits)], capture_output=True, text=True, timeout=300)
+    script = subprocess.run([sys.executable, "-c", driver, os.path.join(HERE, "scripts"),
+                             str(runs["bpe"][0] / "best.pt"), str(out), *map(str, limits)],
+                            capture_output=True, text=True, timeout=300)
     results = [json.loads(line) for line in script.stdout.splitlines()]
     assert [limit for limit, _, _ in results] == limits, script.stderr[-2000:]
     for limit, code, err in results:

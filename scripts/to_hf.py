@@ -323,6 +323,10 @@ def model_card(ckpt, ckpt_path, out, stops):
                "tokenizer=tokenizer`" if stops else "one token, `eos_token_id`: generation stops there")
         lines.append(f"- Chat: `apply_chat_template` renders its template; an answer ends with "
                      f"{end!r} ({how})")
+        if spec:  # the tokenizer cuts where turns meet, in a message too (bpe_tokenizer)
+            lines[-1] += (". A message holding a role's prefix or the end marker "
+                          f"({ckpt['chat']['user']!r}) is cut there too, so its ids may differ from "
+                          "scripts/chat.py's")
     for code in snippets(ckpt, gpt.tokenizer_of(ckpt), out, stops):
         lines += ["", "```python", *code, "```"]
     return "\n".join(lines) + "\n"
