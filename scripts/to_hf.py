@@ -400,8 +400,8 @@ def export(ckpt, ckpt_path, out, stage):
 
 def check_out(out, overwrite, names):
     """Refuse, before anything is written, a --out that is not a new or empty folder, unless
-    --overwrite; even then nothing this does not write (names) is touched, a folder of that name neither.
-    A folder aside that a killed export left (STAGE) is to_hf.py's own: it counts for nothing."""
+    --overwrite; even then nothing but the files this writes (names) is touched, a folder of such a
+    name neither. A folder aside that a killed export left (STAGE) is to_hf.py's: it counts for nothing."""
     if os.path.lexists(out) and not os.path.isdir(out):
         what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
         raise gpt.GPTError(f"--out {out} is {what}: give a new or empty folder")
@@ -482,8 +482,10 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds files "
                    "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
-    if args.out:  # new/../hf is hf, as the shell has it: the OS would make new on the way, then look
-        args.out = os.path.normpath(args.out)  # for hf there (so a full hf was not even seen)
+    # missing/../hf means hf, as the shell's cd has it. As given, makedirs would make missing on the
+    # way, and a folder hf of files would pass as new (it cannot be looked into through missing)
+    if args.out:
+        args.out = os.path.normpath(args.out)
     try:
         with stop_signals():
             try:
