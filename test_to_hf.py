@@ -10,13 +10,18 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+import safetensors.torch
+from safetensors import SafetensorError
 
 import gpt
 
@@ -271,6 +276,20 @@ def test_the_chat_template_renders_the_text_and_the_ids_training_saw(chat_models
     assert ids == [i for piece in [*pieces, "Assistant: "] for i in ours.encode(piece)]
 
 
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_the_card_says_where_a_bpe_template_s_ids_differ_from_chat_py_s(chat_models, kind):
+    """A BPE chat tokenizer cuts the text where the pieces of a turn meet, and so within a message holding a
+    role's prefix: its ids then differ from scripts/chat.py's, which encodes the message whole. The card says
+    so for BPE models; a char model's ids are the same."""
+    ckpt, tokenizer, run = chat_models[kind]
+    messages = [dict(role="user", content="Tell the User: yes")]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    differ = ids != chat_py.prompt_ids(gpt.tokenizer_of(ckpt), TEMPLATE, messages, 10**6)
+    said = "A message holding a role's prefix or the end marker ('User: ') is cut there too, so its ids may " \
+        "differ from scripts/chat.py's" in (run / "hf" / "README.md").read_text(encoding="utf-8")
+    assert differ == said == (kind == "bpe")
+
+
 @pytest.mark.parametrize("kind", EVERY)
 def test_generate_works_on_every_model_without_its_tokenizer_and_with_it(every_model, kind):
     _, hf, ckpt = every_model[kind]
@@ -339,6 +358,49 @@ def test_generate_stops_at_the_end_marker_given_as_the_card_shows(tmp_path, chat
     if kind == "sums":  # the one token more for transformers' stop strings is no character to the model
         with pytest.raises(Exception, match="UNK"):
             tokenizer("1+b")
+
+
+@pytest.mark.parametrize("kind", ("char", "bpe"))
+def test_a_pipeline_reply_appended_to_the_conversation_renders_as_chat_py_renders_it(tmp_path, chat_models, kind):
+    """The pipeline returns an answer with the end marker it stopped at, and a conversation goes on with it:
+    apply_chat_template renders that turn with one marker, the text and ids scripts/chat.py's next prompt has."""
+    ckpt = chat_models[kind][0]
+    prompt = [dict(role="user", content="Hi")]
+    end, _ = end_marker_it_writes(ckpt, prompt)
+    chat = {**TEMPLATE, "end": end}
+    torch.save({**ckpt, "chat": chat}, tmp_path / "best.pt")
+    assert export(tmp_path / "best.pt", tmp_path / "hf")[0] == 0
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    conversation = pipe(prompt, stop_strings=[end], tokenizer=pipe.tokenizer, do_sample=False,
+                        max_new_tokens=16)[0]["generated_text"]
+    question = next(q for q in ("And then?", "Why?", "Go on.") if end not in q)
+    conversation.append(dict(role="user", content=question))
+    model, ours = gpt.model_from(ckpt, torch.device("cpu")), gpt.tokenizer_of(ckpt)
+    reply = "".join(chat_py.chat_reply(model, ours, chat, prompt, 16, 0, None, None))  # without the marker
+    assert conversation[1] == dict(role="assistant", content=reply + end)
+    said = [*prompt, dict(role="assistant", content=reply), dict(role="user", content=question)]
+    text = "".join(piece for message in said for piece in chat_py.chat_turn(message, chat)) + chat["assistant"]
+    assert pipe.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) == text
+    ids = pipe.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == chat_py.prompt_ids(ours, chat, said, 10**6)
+
+
+def test_a_char_model_lacking_a_letter_of_abcdef_has_a_token_more_for_that_word_alone_and_says_so(chat_models):
+    """transformers encodes "abcdef" to set up stop strings, so a model of sums gets it as a token more, at id
+    vocab_size, which the model cannot read. Only that word gives it: its letters within a text are refused,
+    as gpt.py refuses them. The model card says it; a model whose characters hold a-f has no token more."""
+    ckpt, tokenizer, run = chat_models["sums"]
+    size = ckpt["config"]["vocab_size"]
+    assert tokenizer("abcdef").input_ids == [size] and len(tokenizer) == size + 1
+    for text in ("12abcdef3", "abcdefg", "1 abcdefabcdef"):
+        with pytest.raises(Exception, match="UNK"):
+            tokenizer(text)
+    card = (run / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"- Tokenizer: one token more than the model's, 'abcdef' (id {size}), which transformers' stop strings " \
+        "need; the model never writes it and cannot read it: a text with the word 'abcdef' fails in `generate`" in card
+    _, char_tokenizer, char_run = chat_models["char"]
+    assert len(char_tokenizer) == len(VOCAB) and "- Tokenizer:" not in (char_run / "hf" / "README.md").read_text(
+        encoding="utf-8")
 
 
 def test_an_end_marker_of_one_token_stops_generate_by_itself(tmp_path, chat_models):
@@ -448,6 +510,26 @@ def test_the_card_of_an_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
     assert "Val loss: not measured" in card
 
 
+def test_the_card_of_an_older_rl_py_checkpoint_gives_rl_py_s_command(runs, tmp_path):
+    """rl.py from before "made_by" wrote its flags over the config, and "accuracy" beside it: still rl.py's run,
+    not a gpt.py command with rl.py's flags."""
+    flags = dict(init_from="out_chat/best.pt", data="chats_rl/train.jsonl", out_dir="out_rl",
+                 eval_data="chats_rl/test.jsonl", max_iters=600, batch_size=64, samples=8, temperature=2.0,
+                 learning_rate=2e-4, sft_data=None, sft_weight=0.0, grad_clip=1.0, max_new_tokens=32, eval_interval=50,
+                 seed=1337, device="auto", overwrite=False)  # all its flags, as vars(args) gave them
+    ckpt = {**runs["char"][2], "chat": TEMPLATE}
+    card = card_of(tmp_path, ckpt, "rl.pt", config={**ckpt["config"], **flags}, iter=600, accuracy=84.625,
+                   best_val_loss=float("nan"))
+    assert ("- Made by: `python scripts/rl.py --init_from out_chat/best.pt --data chats_rl/train.jsonl --out_dir "
+            "out_rl --eval_data chats_rl/test.jsonl --max_iters 600 --batch_size 64 --samples 8 --temperature 2.0 "
+            "--learning_rate 0.0002 --sft_weight 0.0 --grad_clip 1.0 --max_new_tokens 32 --eval_interval 50 "
+            "--seed 1337`, then") in card and "python gpt.py" not in card
+    assert "Accuracy: 84.6% (mean greedy exact match over the skills of `chats_rl/test.jsonl`)" in card
+    card = card_of(tmp_path, ckpt, "rl.pt", config={**ckpt["config"], **flags, "eval_data": None}, iter=0,
+                   accuracy=None, best_val_loss=float("nan"))  # no held-out data: no accuracy, no step kept
+    assert "no step of scripts/rl.py (step 0: the weights of `out_chat/best.pt`, unchanged)" in card
+
+
 # ----------------------------------------------------------------------------- bad input: one line each
 def test_a_file_that_is_not_a_gpt_py_checkpoint_is_refused_in_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint", encoding="utf-8")
@@ -501,10 +583,14 @@ def refused(code, err, *words):
     return code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1 and all(w in err for w in words)
 
 
-def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path):
+@pytest.mark.parametrize("kind", ("char", "gpt2"))
+def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(runs, tmp_path, kind):
     before = a_folder_of_files(tmp_path / "mine")
-    code, out, err = export(runs["char"][0] / "best.pt", tmp_path / "mine")
-    assert refused(code, err, "is not empty", "--overwrite", "README.md") and not out, err
+    code, out, err = export(runs[kind][0] / "best.pt", tmp_path / "mine")
+    assert refused(code, err, "is not empty", "--overwrite") and not out, err
+    # what --overwrite would replace: GPT-2's vocab.json and merges.txt only where it writes them
+    replaced = {"char": "README.md", "gpt2": "README.md, vocab.json, merges.txt"}[kind]
+    assert err.endswith(f"keep the rest, replacing {replaced}\n"), err
     assert snapshot(tmp_path / "mine") == before
 
 
@@ -593,8 +679,8 @@ def test_a_read_only_folder_is_refused_in_one_line(runs, tmp_path):
 
 
 def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, monkeypatch):
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def full_disk(*args, **kwargs):  # what safetensors raises on a full disk: its own error, not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr("safetensors.torch.save_file", full_disk)
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "new" / "hf")
     assert refused(code, err, "No space left on device"), err
@@ -603,3 +689,121 @@ def test_an_export_that_fails_leaves_no_new_folder_and_no_files(runs, tmp_path, 
     code, _, err = export(runs["char"][0] / "best.pt", tmp_path / "mine", "--overwrite")
     assert refused(code, err, "No space left on device"), err
     assert snapshot(tmp_path / "mine") == before  # the files aside were never moved in
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no file-size limit (ulimit -f) on Windows")
+def test_a_file_too_large_for_the_disk_is_one_line_whichever_file_it_is(runs, tmp_path):
+    """A file-size limit (ulimit -f) fails the real writers as a full disk does: transformers' (config.json),
+    this script's (tokenizer.json, README.md), safetensors' (model.safetensors). Each file of an export in turn
+    is made one byte too big: every time one line naming --out, exit 1, and no folder left."""
+    hf, out = runs["bpe"][1], tmp_path / "new" / "hf"
+    limits = sorted({os.path.getsize(hf / name) - 1 for name in to_hf.FILES})
+    driver = ("import contextlib, io, json, resource, sys\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "import to_hf\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+              "for limit in map(int, sys.argv[4:]):\n"
+              "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))\n"
+              "    err = io.StringIO()\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+              "        code = to_hf.main([sys.argv[2], '--out', sys.argv[3]])\n"
+              "    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+              "    print(json.dumps([limit, code, err.getvalue()]), flush=True)\n")
+    script = subprocess.run([sys.executable, "-c", driver, os.path.join(HERE, "scripts"),
+                             str(runs["bpe"][0] / "best.pt"), str(out), *map(str, limits)],
+                            capture_output=True, text=True, timeout=300)
+    results = [json.loads(line) for line in script.stdout.splitlines()]
+    assert [limit for limit, _, _ in results] == limits, script.stderr[-2000:]
+    for limit, code, err in results:
+        assert (code, err) == (1, f"error: --out {out}: File too large\n"), (limit, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_export_s_files_aside_neither_block_the_next_nor_survive_it(runs, tmp_path):
+    """kill -9 leaves the hidden folder where an export writes its files first, a weights file half-written
+    in it. The next export into that folder is not refused (the folder looks empty, and is, to the user),
+    with or without --overwrite, and it removes the stale folder."""
+    for folder, flags in ((tmp_path / "killed", ()), (tmp_path / "earlier", ("--overwrite",))):
+        if flags:
+            shutil.copytree(runs["char"][1], folder)
+        folder.mkdir(exist_ok=True)
+        stale = tempfile.mkdtemp(prefix=".to_hf-", dir=folder)  # as to_hf.py names it
+        with open(os.path.join(stale, "model.safetensors"), "wb") as f:
+            f.write(b"half a model")
+        code, _, err = export(runs["char"][0] / "best.pt", folder, *flags)
+        assert code == 0 and not err, err
+        assert sorted(os.listdir(folder)) == sorted(to_hf.FILES)
+
+
+@pytest.mark.parametrize("name", ("SIGTERM", "SIGHUP"))
+def test_sigterm_and_sighup_stop_it_as_ctrl_c_does_and_leave_nothing(runs, tmp_path, monkeypatch, name):
+    """A signal while the files are written aside: exit 128 + the signal, as a shell reports it, and no
+    new folder, no folder aside, nothing moved in."""
+    signum = getattr(signal, name, None)
+    if signum is None:
+        pytest.skip(f"no {name} here")
+    real = safetensors.torch.save_file
+    def save_then_signal(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+    monkeypatch.setattr("safetensors.torch.save_file", save_then_signal)
+    unhandled = []  # without to_hf.py's own handler the signal lands here, not on pytest
+    before = signal.signal(signum, lambda *args: unhandled.append(args))
+    try:
+        (tmp_path / "empty").mkdir()
+        for folder in (tmp_path / "new" / "hf", tmp_path / "empty"):
+            code, out, err = export(runs["char"][0] / "best.pt", folder)
+            assert (code, out, err, unhandled) == (128 + signum, "", f"\ninterrupted ({name})\n", [])
+        assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(tmp_path / "empty") == []
+    finally:
+        signal.signal(signum, before)
+
+
+def test_out_through_a_missing_folder_makes_no_folder_on_the_way(runs, tmp_path, monkeypatch):
+    """--out missing/../hf is hf, as the shell has it: no empty missing/ left behind. A folder of files reached
+    that way is refused and kept as it is, as by its own name (the OS could not look into it before)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = export(runs["char"][0] / "best.pt", os.path.join("missing", "..", "hf"))
+    assert code == 0, err
+    assert os.listdir(tmp_path) == ["hf"] and sorted(os.listdir(tmp_path / "hf")) == sorted(to_hf.FILES)
+    assert out.startswith("wrote hf:")
+    before = a_folder_of_files(tmp_path / "mine")
+    code, _, err = export(runs["char"][0] / "best.pt", os.path.join("also_missing", "..", "mine"))
+    assert snapshot(tmp_path / "mine") == before and sorted(os.listdir(tmp_path)) == ["hf", "mine"]
+    assert refused(code, err, "--out mine is not empty"), err
+
+
+def test_from_gpt2_gives_a_small_model_s_size_as_gpt_py_does(runs, tmp_path):
+    _, hf, ckpt = runs["char"]
+    n = sum(p.numel() for p in gpt.model_from(ckpt, torch.device("cpu")).parameters())  # tied: counted once
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert from_gpt2.main([str(hf), "--out_dir", str(tmp_path)]) == 0
+    assert n < 50_000 and f"GPT-2 with {n / 1e6:.2f}M parameters" in out.getvalue(), out.getvalue()  # not 0.0M
+
+
+def test_the_card_s_command_makes_the_same_run_again(tmp_path):
+    """README.md's "Made by" command, run again, trains the same model: the same config and the same weights.
+    A run from a preset with settings of its own (the tanh GELU, dropout, eval_iters), and a run --init_from it
+    for --max_iters 0, whose config names the default preset (medium) that it never used."""
+    (tmp_path / "text.txt").write_text(TEXT[:4000], encoding="utf-8")
+    def train(*flags):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert gpt.main([*flags, "--device", "cpu"]) == 0
+    def settings(config):  # a run's own: not where it ran, nor the size of the vocabulary its data brings
+        return {k: v for k, v in config.items() if k not in ("out_dir", "device", "vocab_size")}
+    train("--config", "tiny", "--data", str(tmp_path / "text.txt"), "--out_dir", str(tmp_path / "base"), "--n_layer",
+          "1", "--n_embd", "16", "--block_size", "16", "--batch_size", "4", "--max_iters", "3", "--eval_iters", "2",
+          "--gelu", "tanh", "--dropout", "0.1")
+    train("--init_from", str(tmp_path / "base" / "best.pt"), "--data", str(tmp_path / "text.txt"), "--out_dir",
+          str(tmp_path / "tuned"), "--max_iters", "0", "--learning_rate", "0.001")
+    for run in ("base", "tuned"):
+        before = torch.load(tmp_path / run / "best.pt", weights_only=True)
+        made = re.search(r"- Made by: `python gpt.py (.*?)`", card_of(tmp_path, before))[1]
+        again = [*shlex.split(made), "--out_dir", str(tmp_path / f"{run}_again"), "--device", "cpu"]
+        cfg = gpt.settings(gpt.parse_args(again))[0]  # first without training (medium's would be 5000 steps)
+        assert settings(vars(cfg)) == settings(before["config"]), made
+        train(*again)
+        after = torch.load(tmp_path / f"{run}_again" / "best.pt", weights_only=True)
+        assert settings(after["config"]) == settings(before["config"]), made
+        assert all(torch.equal(after["model"][k], t) for k, t in before["model"].items()), made

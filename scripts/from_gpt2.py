@@ -213,7 +213,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     n = sum(t.numel() for t in model.parameters())
-    print(f"wrote {path}: GPT-2 with {n / 1e6:,.1f}M parameters ({config['n_layer']} layers, {config['n_head']} "
+    print(f"wrote {path}: GPT-2 with {n / 1e6:,.2f}M parameters ({config['n_layer']} layers, {config['n_head']} "
           f"heads, {config['n_embd']} wide). Try: python gpt.py --sample --out_dir {args.out_dir}")
     return 0
 

@@ -12,6 +12,9 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
   them in Conv1D layers, (in, out));
 - tokenizer.json and tokenizer_config.json, giving gpt.py's ids: a char model's characters one by
   one, a BPE or GPT-2 model's byte-level BPE (its split pattern, its tokens, <|endoftext|> last).
+  A char model lacking any of a-f gets one token more, "abcdef" at id vocab_size, without which
+  transformers' stop strings fail (see char_tokenizer): the word "abcdef" in a text gives that id,
+  which the model cannot read (the card says so; gpt.py refuses such a text, for its letters).
   tokenizer_config.json's "gpt_py" entry keeps the tokenizer's name and the chat template as gpt.py
   has them, for from_gpt2.py. A GPT-2 checkpoint also gets GPT-2's vocab.json and merges.txt;
 - a chat model's template as the tokenizer's chat_template (a conversation gets the ids training
@@ -25,14 +28,20 @@ gpt.py's model is GPT-2's network under GPT-2's names, so the folder is a GPT-2 
 --overwrite is given (a folder of an earlier export too: that is a model, replaced only when asked).
 --overwrite replaces the files above and keeps everything else there; it names those transformers
 would read too (an earlier GPT-2 export's vocab.json, say), which the user may want to remove.
+The files are written aside in --out (a hidden .to_hf-* folder) and moved in when all are there. An
+export stopped (Ctrl-C, SIGTERM, SIGHUP, a full disk) removes what it made; one killed outright
+(kill -9) leaves its folder aside, which the next export into --out removes.
 Needs: pip install -e ".[gpt2]".
 """
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -41,6 +50,7 @@ import gpt  # noqa: E402  the checkpoint format this reads
 from from_gpt2 import CONV1D, FINE_TUNING, byte_of_character  # noqa: E402  its mapping, reversed
 
 EOT = "<|endoftext|>"
+STAGE = ".to_hf-"  # the start of the name of the folder in --out where the files are written first
 # What this writes; a GPT-2 checkpoint's folder also GPT-2's own vocab.json and merges.txt
 FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
          "README.md", "config.json")
@@ -50,10 +60,23 @@ GPT2_FILES = ("vocab.json", "merges.txt")
 READ_BESIDE = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                "chat_template.jinja", "chat_template.json", "tokenizer.model", "pytorch_model.bin",
                "model.safetensors.index.json", "pytorch_model.bin.index.json")
-CARD_FLAGS = ("config", "data", "init_from", "n_layer", "n_head", "n_embd", "block_size",
-              "batch_size", "max_iters", "learning_rate")  # a run's main settings, for README.md
+# A gpt.py run's settings, as flags: what made its model and how it trained, not where it ran
+# (device, dtype, compile, out_dir) nor how it samples. README.md's command names the main ones
+RUN_FLAGS = ("data", "init_from", "n_layer", "n_head", "n_embd", "block_size", "gelu", "dropout",
+             "batch_size", "max_iters", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+             "eval_interval", "eval_iters", "weight_decay", "grad_clip", "grad_accum", "seed")
+MAIN_FLAGS = ("data", "n_layer", "n_head", "n_embd", "block_size", "dropout", "batch_size",
+              "max_iters", "learning_rate")
+# The flags of scripts/rl.py from before its checkpoints said "made_by": they are in config
+OLD_RL_FLAGS = ("init_from", "data", "out_dir", "eval_data", "max_iters", "batch_size", "samples",
+                "temperature", "learning_rate", "sft_data", "sft_weight", "grad_clip", "max_new_tokens",
+                "eval_interval", "seed")
 # transformers sets up stop strings by encoding this text (StopStringCriteria.clean_tokenizer_vocab)
 STOP_STRING_PROBE = "abcdef"
+
+
+def lacks_probe(vocab):  # a char model without one of a-f: its tokenizer has a token more
+    return not set(STOP_STRING_PROBE) <= set(vocab)
 
 
 def char_tokenizer(vocab):
@@ -65,12 +88,16 @@ def char_tokenizer(vocab):
     # [\s\S]: any one character, newlines too
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    if not set(STOP_STRING_PROBE) <= ids.keys():
+    if lacks_probe(vocab):
         # transformers encodes "abcdef" to set up stop strings, and finds it again in a decoding:
         # a model of sums (digits, no letters) could not stop at its end marker. So the text
-        # "abcdef" is one more token, id vocab_size: one the model never writes, and which no text
-        # gpt.py encodes holds, since the model lacks one of its letters.
-        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False)])
+        # "abcdef" is one more token, id vocab_size, one the model never writes. No way was found
+        # to keep a user's text from it (transformers' probe is a text like any other), nor one
+        # without it: a text holding the word "abcdef" gets that id, which the model cannot read
+        # (generate fails), where gpt.py refuses it. single_word: only as a word, so that
+        # "12abcdef3" is refused, as gpt.py refuses it, and not given that id.
+        tokenizer.add_tokens([AddedToken(STOP_STRING_PROBE, normalized=False, special=False,
+                                         single_word=True)])
     return tokenizer
 
 
@@ -116,15 +143,22 @@ def bpe_tokenizer(spec, chat=None):
 
 def chat_template(chat):
     """scripts/chat.py's chat_turn in Jinja: each turn is its role's prefix, the content, for the
-    assistant the end marker, and a newline; the generation prompt is the assistant's prefix."""
+    assistant the end marker, and a newline; the generation prompt is the assistant's prefix.
+    transformers' pipeline returns an answer with the end marker it stopped at: appended to the
+    conversation, that marker is dropped, so the turn is rendered once, as chat.py renders it
+    (an answer never holds the marker in training: prepare.py refuses one that does)."""
     roles = {role: chat[role] for role in ("system", "user", "assistant")}
     prefix = json.dumps(roles, ensure_ascii=False)  # JSON strings are Jinja string literals too
     end = json.dumps(chat["end"], ensure_ascii=False)
-    return ("{% set prefix = " + prefix + " %}{% for message in messages %}"
+    return ("{% set prefix = " + prefix + " %}{% set end = " + end + " %}"
+            "{% for message in messages %}"
             "{% if message['role'] not in prefix %}"
             "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-            "{{ prefix[message['role']] + message['content'] }}"
-            "{% if message['role'] == 'assistant' %}{{ " + end + " }}{% endif %}"
+            "{% set content = message['content'] %}"
+            "{% if message['role'] == 'assistant' and content.endswith(end) %}"
+            "{% set content = content[:content|length - end|length] %}{% endif %}"
+            "{{ prefix[message['role']] + content }}"
+            "{% if message['role'] == 'assistant' %}{{ end }}{% endif %}"
             "{{ '\\n' }}{% endfor %}"
             "{% if add_generation_prompt %}{{ prefix['assistant'] }}{% endif %}")
 
@@ -141,6 +175,24 @@ def command(script, args):
     return " ".join(words)
 
 
+def gpt_command(c):
+    """The gpt.py command that makes the run of config c again: its preset, its main settings, and
+    each other one that the preset and gpt.py's defaults would not give. A run --init_from takes
+    what a preset sets from the checkpoint it starts from, not from a preset (its config names the
+    default one, medium, which it never used): no --config then, and every setting a preset holds."""
+    init = c.get("init_from")
+    preset = {} if init else gpt.PRESETS.get(c.get("config"), {})
+    given = {**gpt.DEFAULTS, **preset}  # what the command gives a setting it does not name
+    words = ["python gpt.py"]
+    if not init and c.get("config") is not None:
+        words += ["--config", c["config"]]
+    for k in RUN_FLAGS:
+        named = k in MAIN_FLAGS or (init and k in gpt.PRESETS["tiny"]) or c.get(k) != given.get(k)
+        if named and c.get(k) is not None:  # None: the default (no lr_decay_iters: max_iters)
+            words += [f"--{k}", shlex.quote(str(c[k]))]
+    return " ".join(words)
+
+
 def from_gpt2_made(ckpt):
     """Whether from_gpt2.py wrote this checkpoint: step 0, no loss measured, and its settings for
     fine-tuning, under no preset."""
@@ -150,14 +202,25 @@ def from_gpt2_made(ckpt):
             and all(c.get(k) == v for k, v in settings.items()))
 
 
-def provenance(ckpt, exported):
-    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far. A
-    checkpoint from a tool beside gpt.py (scripts/rl.py) names it and its flags in "made_by";
-    config then describes the model in gpt.py's terms, not that tool's run."""
-    c, steps, maker = ckpt["config"], ckpt["iter"], ckpt.get("made_by")
+def made_by(ckpt):
+    """The tool beside gpt.py that made a checkpoint, and its flags: (script, {flag: value}), or
+    None for gpt.py's own. scripts/rl.py names itself in "made_by", and its config then describes
+    the model in gpt.py's terms; an rl.py from before that wrote its flags over the config, and
+    "accuracy" beside it, so its flags are read back from there."""
+    maker, c = ckpt.get("made_by"), ckpt["config"]
     if isinstance(maker, dict):
-        script, args = str(maker.get("script")), maker.get("args")
-        args = args if isinstance(args, dict) else {}
+        args = maker.get("args")
+        return str(maker.get("script")), args if isinstance(args, dict) else {}
+    if "accuracy" in ckpt or {"samples", "eval_data"} & c.keys():  # an older rl.py's
+        return "scripts/rl.py", {k: c.get(k) for k in OLD_RL_FLAGS}
+    return None
+
+
+def provenance(ckpt, exported):
+    """README.md's "Trained on" and "Made by": what made the checkpoint, from what, how far."""
+    c, steps, maker = ckpt["config"], ckpt["iter"], made_by(ckpt)
+    if maker:
+        script, args = maker
         start = f"`{args['init_from']}`" if args.get("init_from") else "the model it started from"
         if steps:
             data = f"`{args['data']}`, " if args.get("data") else ""
@@ -170,8 +233,7 @@ def provenance(ckpt, exported):
                 f"`{exported}`")
     if steps == 0 and math.isnan(ckpt["best_val_loss"]):  # no run recorded anything
         return "not recorded (step 0, no loss measured)", f"`{exported}`"
-    flags = [f"--{k} {shlex.quote(str(c[k]))}" for k in CARD_FLAGS if c.get(k)]
-    made = f"`python gpt.py {' '.join(flags)}` (its main settings), then `{exported}`"
+    made = f"`{gpt_command(c)}`, then `{exported}`"
     if steps:
         return f"`{c.get('data')}`, {steps:,} steps", made
     start = f"the weights of `{c['init_from']}`" if c.get("init_from") else "its random initial weights"
@@ -244,19 +306,27 @@ def model_card(ckpt, ckpt_path, out, stops):
              f"{c['vocab_size']:,} {tokens}, {n / 1e6:.2f}M parameters.", "",
              f"- Trained on: {trained}",
              f"- Val loss: {'not measured' if math.isnan(loss) else f'{loss:.4f}'}"]
-    accuracy, maker = ckpt.get("accuracy"), ckpt.get("made_by")
+    accuracy, maker = ckpt.get("accuracy"), made_by(ckpt)
     if isinstance(accuracy, (int, float)) and not math.isnan(accuracy):  # scripts/rl.py measures it
-        args = maker.get("args") if isinstance(maker, dict) else None
-        held_out = args.get("eval_data") if isinstance(args, dict) else None
+        held_out = maker[1].get("eval_data") if maker else None
         lines.append(f"- Accuracy: {accuracy:.1f}% (mean greedy exact match over the skills"
                      + (f" of `{held_out}`)" if held_out else ")"))
     lines.append(f"- Made by: {made}")
+    if not spec and lacks_probe(ckpt["vocab"]):
+        lines.append(f"- Tokenizer: one token more than the model's, {STOP_STRING_PROBE!r} (id "
+                     f"{c['vocab_size']}), which transformers' stop strings need; the model never "
+                     f"writes it and cannot read it: a text with the word {STOP_STRING_PROBE!r} "
+                     "fails in `generate`")
     if ckpt.get("chat"):
         end = ckpt["chat"]["end"]
         how = (f"`generate` needs it as a stop string, with the tokenizer: `stop_strings={stops!r}, "
                "tokenizer=tokenizer`" if stops else "one token, `eos_token_id`: generation stops there")
         lines.append(f"- Chat: `apply_chat_template` renders its template; an answer ends with "
                      f"{end!r} ({how})")
+        if spec:  # the tokenizer cuts where turns meet, in a message too (bpe_tokenizer)
+            lines[-1] += (". A message holding a role's prefix or the end marker "
+                          f"({ckpt['chat']['user']!r}) is cut there too, so its ids may differ from "
+                          "scripts/chat.py's")
     for code in snippets(ckpt, gpt.tokenizer_of(ckpt), out, stops):
         lines += ["", "```python", *code, "```"]
     return "\n".join(lines) + "\n"
@@ -264,6 +334,7 @@ def model_card(ckpt, ckpt_path, out, stops):
 
 def export(ckpt, ckpt_path, out, stage):
     """Write the files of the folder out into stage, an empty folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     from transformers import GenerationConfig, GPT2Config
     c, spec, chat = ckpt["config"], ckpt.get("tokenizer"), ckpt.get("chat")
@@ -276,10 +347,6 @@ def export(ckpt, ckpt_path, out, stage):
                tie_word_embeddings=True, embd_pdrop=dropout, resid_pdrop=dropout, attn_pdrop=0.0,
                bos_token_id=eot, eos_token_id=eot, architectures=["GPT2LMHeadModel"],
                ).save_pretrained(stage)
-    # lm_head.weight is wte's tensor: tied, it is stored once (safetensors refuses shared tensors)
-    weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
-               for k, t in ckpt["model"].items() if k != "lm_head.weight"}
-    save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
     # Where generation stops by itself: at the end-of-text token, and at a chat's end marker if it
     # is one token. A longer marker is a stop string, which transformers can match only with the
     # tokenizer at hand: the card passes it at call time
@@ -308,7 +375,8 @@ def export(ckpt, ckpt_path, out, stage):
             files["merges.txt"] = "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)])
     else:
         tokenizer = char_tokenizer(ckpt["vocab"])
-    tokenizer.save(os.path.join(stage, "tokenizer.json"))
+    # written below with the others: tokenizers' own save reports a full disk as a bare Exception
+    files["tokenizer.json"] = tokenizer.to_str(pretty=True)
     if chat:
         settings["chat_template"] = chat_template(chat)
     # gpt.py's own words for the tokenizer and the template, which from_gpt2.py reads back
@@ -318,11 +386,22 @@ def export(ckpt, ckpt_path, out, stage):
     for name, text in files.items():
         with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
             f.write(text)
+    # lm_head.weight is wte's tensor: tied, it is stored once (safetensors refuses shared tensors)
+    weights = {k: (t.t() if k.endswith(CONV1D) else t).contiguous()
+               for k, t in ckpt["model"].items() if k != "lm_head.weight"}
+    try:
+        save_file(weights, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk is its own error, not an OSError: made one here
+        errno = re.search(r"os error (\d+)", str(e))
+        if errno is None:
+            raise
+        raise OSError(int(errno[1]), os.strerror(int(errno[1]))) from None
 
 
-def check_out(out, overwrite):
+def check_out(out, overwrite, names):
     """Refuse, before anything is written, a --out that is not a new or empty folder, unless
-    --overwrite; even then nothing this does not write is touched, a folder of that name neither."""
+    --overwrite; even then nothing but the files this writes (names) is touched, a folder of such a
+    name neither. A folder aside that a killed export left (STAGE) is to_hf.py's: it counts for nothing."""
     if os.path.lexists(out) and not os.path.isdir(out):
         what = "a file, not a folder" if os.path.exists(out) else "a link to nothing"
         raise gpt.GPTError(f"--out {out} is {what}: give a new or empty folder")
@@ -330,7 +409,8 @@ def check_out(out, overwrite):
         held = sorted(os.listdir(out)) if os.path.isdir(out) else []
     except OSError as e:
         raise gpt.GPTError(f"--out {out} cannot be read ({e.strerror})") from None
-    ours = [name for name in (*FILES, *GPT2_FILES) if name in held]
+    held = [name for name in held if not name.startswith(STAGE)]  # a killed export's: write() removes it
+    ours = [name for name in names if name in held]
     if held and not overwrite:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         if "config.json" in held:  # an earlier export, or another model
@@ -351,12 +431,16 @@ def write(ckpt, ckpt_path, out):
     made, path = None, os.path.abspath(out)  # made: the outermost folder this makes, if any
     while not os.path.lexists(path):
         made, path = path, os.path.dirname(path)
+    stage = None
     try:
-        os.makedirs(out, exist_ok=True)
-        stage = tempfile.mkdtemp(prefix=".to_hf-", dir=out)
-    except OSError as e:
-        raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
-    try:
+        try:
+            os.makedirs(out, exist_ok=True)
+            for name in os.listdir(out):  # an export killed there (SIGKILL) left its files aside
+                if name.startswith(STAGE):
+                    shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+            stage = tempfile.mkdtemp(prefix=STAGE, dir=out)
+        except OSError as e:
+            raise gpt.GPTError(f"--out {out} is not a folder that can be written ({e.strerror})") from None
         export(ckpt, ckpt_path, out, stage)
         if os.path.lexists(os.path.join(out, "config.json")):  # an old model's: gone first, so
             os.remove(os.path.join(out, "config.json"))  # a folder cut short never looks complete
@@ -368,8 +452,27 @@ def write(ckpt, ckpt_path, out):
             shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
     return written
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM (kill, a job's end) and SIGHUP (a closed terminal) stop the export as Ctrl-C does:
+    a KeyboardInterrupt holding the signal, so write() removes what it made. One the shell has
+    this process ignore (nohup) stays ignored."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+    old = {}
+    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # Windows has no SIGHUP
+        if s is not None and signal.getsignal(s) not in (signal.SIG_IGN, None):
+            old[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def main(argv=None):
@@ -379,26 +482,34 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds files "
                    "(a model too): replace the files to_hf.py writes, keep the others")
     args = p.parse_args(argv)
+    # missing/../hf means hf, as the shell's cd has it. As given, makedirs would make missing on the
+    # way, and a folder hf of files would pass as new (it cannot be looked into through missing)
+    if args.out:
+        args.out = os.path.normpath(args.out)
     try:
-        try:
-            import safetensors  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
-                               "(or pip install transformers safetensors)") from None
-        ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
-        check_out(args.out, args.overwrite)
-        written = write(ckpt, args.checkpoint, args.out)
+        with stop_signals():
+            try:
+                import safetensors  # noqa: F401
+                import transformers  # noqa: F401
+            except ImportError:
+                raise gpt.GPTError('this needs transformers and safetensors: pip install -e ".[gpt2]" '
+                                   "(or pip install transformers safetensors)") from None
+            ckpt = gpt.load_checkpoint(args.checkpoint, "train one: python gpt.py writes out/best.pt")
+            spec = ckpt.get("tokenizer")
+            names = (*FILES, *GPT2_FILES) if spec and spec["name"] == "gpt2" else FILES
+            check_out(args.out, args.overwrite, names)
+            written = write(ckpt, args.checkpoint, args.out)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a full disk, a file that cannot be replaced
         print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    c, spec = ckpt["config"], ckpt.get("tokenizer")
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal stop_signals turned into one
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum  # the shell's way: 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
+    c = ckpt["config"]
     tokens = f"{spec['name']} tokens" if spec else "characters"
     chat = ", a chat model" if ckpt.get("chat") else ""
     print(f"wrote {args.out}: a GPT-2 of {c['n_layer']} layers, {c['n_embd']} wide, "
