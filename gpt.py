@@ -38,9 +38,8 @@ PRESETS = dict(
         eval_interval=250, eval_iters=20, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100))
 DEFAULTS = dict(  # what every preset shares; a flag overrides any of these, or a preset's
     config="medium", data="shakespeare.txt", out_dir="out", device="auto", dtype="auto",
-    init_from="", compile=None,  # a checkpoint to start from (fine-tuning); compile: fast_model
-    block_size=256,  # the longest context the model sees, in tokens
-    grad_accum=1, lr_decay_iters=None,  # see train_step and get_lr
+    init_from="", compile=None,  # a checkpoint to start from; torch.compile: see fast_model
+    block_size=256, grad_accum=1, lr_decay_iters=None,  # context length; see train_step, get_lr
     weight_decay=0.1, grad_clip=1.0, seed=1337, log_interval=10, gelu="exact",  # the optimizer, MLP
     prompt="", max_new_tokens=500, temperature=0.8, top_k=None, num_samples=1)  # writing new text
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "gelu", "vocab_size")  # a model's shape
@@ -69,14 +68,15 @@ class CharTokenizer:
 
 @dataclass
 class Data:
-    """Tokens to learn from (train) and to measure on (val, never learned: it shows overfitting)."""
+    """Tokens to learn from (train) and to measure on (val: never learned from, so it shows
+    overfitting, a model learning the training text by heart instead of what carries over)."""
     tokenizer: object  # a CharTokenizer, or a BPETokenizer (byte-pair encoding, in the machinery)
     splits: dict  # "train" and "val": token ids, a numpy array or a prepared folder's memory map
     masks: dict  # the same keys: None, or for conversations 1 where a token is part of an answer
-    per_char: float = 1.0  # val tokens per character: a BPE model's loss per character, loss x this
+    per_char: float = 1.0  # val tokens per character: a per-token loss times this is per character
     chat: dict = None  # conversations: the template they are written in (scripts/prepare.py)
 
-def read_text(path, tokenizer=None):  # read whole; its characters are the tokens, unless a model's
+def read_text(path, tokenizer=None):  # read whole: its characters are the tokens (or a model's own)
     text = pathlib.Path(path).read_bytes().decode("utf-8")
     tokenizer = tokenizer or CharTokenizer("".join(sorted(set(text))))
     n = int(0.9 * len(text))  # the first 90% to learn from, the last 10% to measure on
@@ -85,12 +85,14 @@ def read_text(path, tokenizer=None):  # read whole; its characters are the token
     return Data(tokenizer, splits, dict(train=None, val=None), len(splits["val"]) / max(len(text) - n, 1))
 
 # ------------------------------------------------------------ batches
+# PyTorch in brief: a tensor is an array of numbers (on the CPU or a GPU) that remembers how it was
+# computed, so that its gradients (how the loss changes as each number moves) can be found.
 def get_batch(data, split, batch_size, block_size, generator):
     """B = batch_size windows of T = block_size tokens at random places: inputs x, targets y, (B, T)
     each. A target is the token after its input, y is x shifted by one: one window, T guesses."""
     tokens, mask = data.splits[split], data.masks[split]
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
-    at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, T+1): each window's places
+    at = (starts[:, None] + torch.arange(block_size + 1)).numpy()  # (B, 1) + (T+1,) -> (B, T+1)
     window = torch.from_numpy(tokens[at].astype(np.int64))  # of a memory map, only these are read
     x = window[:, :-1].contiguous()  # (B, T)
     y = window[:, 1:].clone()  # (B, T), a copy and not a view: masking y below must leave x alone
@@ -99,13 +101,12 @@ def get_batch(data, split, batch_size, block_size, generator):
     return x, y
 
 # ------------------------------------------------------------ the model
-# PyTorch in brief: a tensor is an array of numbers (on the CPU or a GPU) that remembers how it was
-# computed, so its gradients can be found (train_step). An nn.Module holds parameters (tensors that
-# training adjusts) and smaller modules; calling it, module(x), runs its forward(x). nn.Linear(n_in,
-# n_out) computes x @ weight.T + bias: each output a weighted sum of all inputs.
+# An nn.Module holds parameters (tensors that training adjusts) and smaller modules; calling it,
+# module(x), runs its forward(x). nn.Linear(n_in, n_out) computes x @ weight.T + bias (@: matrix
+# multiplication, a matmul): each output a weighted sum of all inputs. microgpt.py: linear().
 @dataclass
 class GPTConfig:
-    vocab_size: int = 63  # distinct tokens; always set from the data (63 for shakespeare.txt)
+    vocab_size: int = 63  # distinct tokens, always set from the data (the shakespeare.txt here: 63)
     block_size: int = 256  # the longest context the model sees, in tokens (T at most)
     n_layer: int = 6  # blocks, one after another
     n_head: int = 6  # nh; each head works in head_dim = n_embd // n_head numbers (hs, head size)
@@ -137,31 +138,32 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
         Tk = k.size(2)  # the keys: T while training; with a cache, the Tk - T earlier ones first
-        # The fused kernel below covers training (T == Tk) and one new token (T == 1: it sees every
-        # key); several new tokens after a cache, and by_hand, take the formula (microgpt.py's loop)
+        # Two routes to the same numbers: the formula (read this one, microgpt.py's loop), or
+        # PyTorch's one fused call, faster where it can serve: training, or one new token
         if self.by_hand or T not in (1, Tk):  # softmax(q @ k.T / sqrt(hs)) @ v
             # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
             att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, Tk)
             # Causal: no token may see those after it, the ones it learns to guess. All positions
             # run at once, so a mask hides the later keys (microgpt.py's gpt() runs one position at
-            # a time: it needs none). Query i sits at Tk - T + i; while training (Tk == T): a triangle
+            # a time: it needs none). tril(d) keeps the Trues on and below diagonal d: query i, at
+            # position Tk - T + i, sees keys 0..Tk - T + i (while training, Tk == T: a triangle)
             causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)  # (T, Tk)
-            att = att.masked_fill(~causal, float("-inf"))  # (B, nh, T, Tk); exp(-inf) is 0
+            att = att.masked_fill(~causal, float("-inf"))  # ~: not; exp(-inf) is 0 below
             att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
             self.att = att  # for looking inside (scripts/serve.py)
             y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs): the values, weighted
-        else:  # the same, fused, never storing att; is_causal (no mask built) lets GPUs use flash
+        else:  # fused: one kernel that never stores att; is_causal: the mask, never built
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T == Tk)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side, in memory too (view)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side, copied so for view
         return self.resid_dropout(self.c_proj(y))
 
 class MLP(nn.Module):
-    """Each position on its own: widen its C numbers to 4C, bend them (GELU), narrow back to C."""
+    """Multi-layer perceptron: each position alone, its C numbers widened to 4C, bent, narrowed."""
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)  # fc: fully connected
         # GELU(x) = x * P(normal < x): x above 0, 0 far below, smooth between; without a bend the
-        # Linears would add up to one. Exact erf, as microgpt.py; GPT-2's weights need tanh's
+        # Linears would add up to one. Exact erf, as microgpt.py; GPT-2's own weights learned tanh
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
@@ -194,15 +196,15 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd)))  # f: final
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # lm: language model
         self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per token, in and out
-        # Small random weights; LayerNorms keep gains 1, biases 0. Each block adds its two c_proj to
-        # the residual stream: they start smaller, lest its variance grow with depth.
+        # Small random weights (microgpt.py's init_state_dict; normal_: in place; LayerNorms keep
+        # gains 1, biases 0). Each block adds two c_proj to the stream: smaller, lest it grow with depth.
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-    def forward(self, idx, cache=None):  # idx: (B, T) token ids -> logits (B, T, vocab_size)
+    def forward(self, idx, cache=None):  # (B, T) ids -> (B, T, vocab_size) logits; microgpt: gpt()
         B, T = idx.size()
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # positions a cache holds
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
@@ -217,8 +219,7 @@ class GPT(nn.Module):
 def next_token_loss(logits, targets, reduction="mean"):
     """Cross-entropy: -log(the probability the model gave the true next token), averaged over the
     positions: a fresh model bets evenly, ln(vocab_size), 4.14 for 63; a perfect one scores 0.
-    Targets of -1 are skipped (get_batch). train_step takes the sum and divides it by the step's
-    targets: the mean, even when the step comes in pieces of different numbers of targets."""
+    Targets of -1 are skipped (get_batch)."""
     # F.cross_entropy takes the softmax itself (microgpt.py's next_token_loss writes it out);
     # flatten(0, 1): (B, T, vocab_size) -> (B*T, vocab_size), a row per guess
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
@@ -241,8 +242,8 @@ def make_optimizer(model, cfg, device):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8, fused=fused)
 
 def get_lr(it, cfg):
-    """Linear warmup (random init gives wild first gradients), then a cosine glide down to min_lr:
-    big steps early to learn fast, small ones late to settle instead of bouncing."""
+    """Linear warmup (random init gives wild first gradients), then a cosine glide (1 -> 0) from
+    learning_rate to min_lr: big steps early to learn fast, small late to settle, not bounce."""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
@@ -262,9 +263,10 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
     for group in optimizer.param_groups:
         group["lr"] = lr  # this step's learning rate (get_lr)
     total = 0.0
-    for i, (x, y) in enumerate(batches):  # wrapper: the batch in pieces (grad_accum, torchrun's)
-        # Wrapper: under torchrun, DDP averages the processes' gradients, once is enough: after the
-        # last piece. The others run in model.no_sync(); without torchrun nothing wraps them.
+    # Wrapper: the batch may come in pieces (--grad_accum: less memory; torchrun: each process its
+    # share). backward adds their gradients up in .grad, their loss / n_targets to the step's mean
+    for i, (x, y) in enumerate(batches):
+        # Wrapper: torchrun's DDP averages the processes' gradients, once: after the last piece
         last = i == len(batches) - 1 or not isinstance(model, DDP)
         with nullcontext() if last else model.no_sync():
             with autocast:  # wrapper: lower precision, or nothing
@@ -287,13 +289,12 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
 
 # ------------------------------------------------------------ writing new text
 def draw(logits, temperature, top_k, generator):
-    """The next token's id (B, 1) from the model's scores (B, vocab_size), and the probabilities it
-    was drawn from. microgpt.py's generate does the same for one sequence."""
+    """The next token's id (B, 1) from the model's scores (B, vocab_size), and its probabilities."""
     logits = logits - logits.amax(dim=-1, keepdim=True)  # largest 0: same odds, no exp overflow
     # Temperature divides the scores: below 1 the likeliest grow likelier (safer text), above 1
-    # the rest catch up (wilder text). 0 is greedy, the likeliest every time (probabilities at 1).
+    # the rest catch up (wilder text). 0 is greedy: the likeliest every time (odds shown at 1).
     if temperature > 0:
-        logits = logits / max(temperature, 1e-30)  # a tiny one must not make 0 / 0
+        logits = logits / max(temperature, 1e-30)  # a tinier one would round to 0 in float32: 0 / 0
     if top_k is not None:  # only the k likeliest may be drawn: the long tail of unlikely tokens,
         # drawn surprisingly often all together, is cut (score -inf, probability 0)
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1), k-th
@@ -310,8 +311,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
     """Yield max_new_tokens ids (B, 1) after idx (B, T), each with the probabilities it had."""
     block_size, start, cache = model.config.block_size, 0, None  # the model sees idx[:, start:]
     for _ in range(max_new_tokens):
-        # Machinery, skip at first: past block_size positions the window slides a quarter block. The
-        # KV cache keeps keys and values: only the newest token runs; rebuilt when the window slides
+        # Machinery, skip at first. The model knows block_size positions: past them, the last 3/4
+        # block is renumbered from 0 and run afresh, leaving 1/4 block of room. In between, the KV
+        # cache keeps the keys and values, and only the newest token goes through the model.
         if idx.size(1) - start > block_size:
             start, cache = idx.size(1) - (block_size - block_size // 4), None
         if cache:
@@ -327,7 +329,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
 # ============================================================ machinery (skip to the training loop)
 # ------------------------------------------------------------ machinery: the device, its precision
 def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapids), AVX-512 BF16
-    # (AMD Zen 4): steps 1.5-1.9x faster, measured; elsewhere it is emulated, slower than float32
+    # (AMD Zen 4): steps 1.5-1.9x faster, measured; elsewhere emulated, slower than float32
     flags = pathlib.Path(cpuinfo).read_text(encoding="utf-8").split() if os.path.exists(cpuinfo) else []
     return not {"amx_bf16", "avx512_bf16"}.isdisjoint(flags)  # (no /proc/cpuinfo: not Linux)
 
@@ -582,7 +584,7 @@ def sample(cfg):
     for i in range(cfg.num_samples):
         if i:
             print("\n---")
-        if cfg.verbose:
+        if cfg.verbose:  # a row per token, then the text as without --verbose
             print("step | chosen | the five likeliest and their probabilities")
         else:
             print(prompt, end="", flush=True)
@@ -597,9 +599,7 @@ def sample(cfg):
             elif not tokenizer.decode(ids[shown:]).endswith("\ufffd"):  # whole characters only
                 print(tokenizer.decode(ids[shown:]), end="", flush=True)
                 shown = len(ids)
-        if cfg.verbose:  # then the same text as without --verbose
-            print(prompt, end="")
-        print(tokenizer.decode(ids[shown:]), end="")
+        print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
     print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
