@@ -8,10 +8,8 @@ Read this file first for the ideas, one number at a time; gpt.py computes the ve
 with PyTorch, fast, plus what makes a real run dependable. Each function here names its gpt.py twin.
 test_gpt.py checks that both give the same logits, loss, gradients and optimizer steps, to 1e-9.
 
-The exact contract, for the record (each term is explained below, where it runs; skip this on a
-first read): GPT-2 with pre-LayerNorm, learned positions, biases, the output head tied to the token
-embedding, exact-erf GELU, LayerNorm with eps 1e-5 and biased variance; AdamW (betas 0.9, 0.99, eps
-1e-8, decay on matrices only), warmup + cosine learning rate, clipping by the global gradient norm.
+The exact contract (skip it on a first read; each term is explained where it runs): GPT-2, pre-LayerNorm,
+no dropout, exact-erf GELU, LayerNorm eps 1e-5; AdamW (0.9, 0.99, 1e-8), warmup + cosine, clipping.
 """
 import argparse  # the command line, with gpt.py's flag names
 import math  # exp, log, erf, sqrt, cos
@@ -27,11 +25,11 @@ def load_text(path):  # gpt.py's read_text
         return f.read()
 
 # ------------------------------------------------------------ autograd: what PyTorch does for gpt.py
-# Learning needs each parameter's gradient: how much the loss would change if that parameter moved
-# a little. A Value is one number that remembers the Values it was made from (its children) and the
-# local derivative of itself with respect to each. backward() then applies the chain rule from the
-# loss back to every parameter. gpt.py's loss.backward() (in train_step) does exactly this, on
-# whole tensors at once.
+# Learning needs each parameter's gradient: how much the loss (one number: how wrong the model's
+# guesses are, see next_token_loss) would change if that parameter moved a little. A Value is one
+# number that remembers the Values it was made from (its children) and the local derivative of
+# itself with respect to each. backward() then applies the chain rule from the loss back to every
+# parameter. gpt.py's loss.backward() (in train_step) does exactly this, on whole tensors at once.
 class Value:
     __slots__ = ("data", "grad", "children", "local_grads")  # no dict per object: smaller, faster
 
@@ -68,8 +66,9 @@ class Value:
     def __truediv__(self, other): return self * (other ** -1.0 if isinstance(other, Value) else 1.0 / other)
 
     def backward(self):
-        # order lists every node after the nodes it was made from (a depth-first search, iterative:
-        # a recursive one would hit Python's recursion limit). Walked backwards, from the loss, each
+        # order lists every node after the nodes it was made from (a depth-first search: each node
+        # is pushed twice, first to push its children, then, children_done, to be listed after them;
+        # iterative, as a recursion would hit Python's limit). Walked backwards from the loss, each
         # node's grad is complete, every user of it having added its share, before it is passed on.
         order, seen, stack = [], set(), [(self, False)]
         while stack:
@@ -87,8 +86,10 @@ class Value:
                 # nodes (a weight used at every position) adds up one share from each: hence +=.
                 child.grad += local_grad * node.grad
 
-# Shortcuts, their local derivatives by hand: one node, not a chain of + and *, several-fold faster
-def dot(ws, xs, bias=None):  # sum(w * x) + bias: d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1
+# Two shortcuts, their local derivatives written by hand: one node each, not a chain of + and *
+# (several-fold faster; PyTorch's operations do the same). dot's children: w_1..w_n, x_1..x_n and
+# the bias, with d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1.
+def dot(ws, xs, bias=None):  # sum(w * x) + bias
     data = sum(w.data * x.data for w, x in zip(ws, xs)) + (bias.data if bias is not None else 0.0)
     children, local_grads = (*ws, *xs), (*(x.data for x in xs), *(w.data for w in ws))
     if bias is not None:
@@ -100,15 +101,15 @@ def total(xs):  # sum(xs): each d/dx_i = 1
 
 # ------------------------------------------------------------ the model
 def init_state_dict(vocab_size, block_size, n_layer, n_embd, rng):
-    """Random weights, normal with standard deviation 0.02, keyed as gpt.py's state_dict (GPT-2's
-    names). wte: the token embedding, n_embd numbers per token; wpe: the same per position; h.{i}:
-    block i; ln: a LayerNorm; attn.c_attn: the queries, keys and values; c_proj: a projection back
-    into the residual stream, smaller (each block adds to it twice); mlp.c_fc: the MLP's widening
-    layer (fc: fully connected); ln_f: the final LayerNorm; lm_head: a score per next token."""
-    def matrix(rows, cols, std=0.02):
+    """gpt.py's GPT.__init__: random weights, normal with standard deviation 0.02, in a state_dict
+    (name -> weights) with GPT-2's names. wte: the token embedding, n_embd numbers per token; wpe:
+    the same per position; h.{i}: block i; ln: a LayerNorm; attn.c_attn: queries, keys and values;
+    c_proj: a projection back into the residual stream, started smaller (each block adds to it twice);
+    mlp.c_fc: the MLP's widening layer (fc: fully connected); ln_f: the final LayerNorm; lm_head: the
+    language model's head, a score per next token, tied: the very vectors of wte."""
+    def matrix(rows, cols, std=0.02):  # a list of rows
         return [[Value(rng.gauss(0.0, std)) for _ in range(cols)] for _ in range(rows)]
-
-    def vector(n, value):
+    def vector(n, value):  # one row
         return [Value(value) for _ in range(n)]
 
     C, proj_std = n_embd, 0.02 / math.sqrt(2 * n_layer)
@@ -159,7 +160,7 @@ def gpt(token, pos, keys, values, sd, n_head):
     head_dim = C // n_head
     for layer in range(len(keys)):
         h = f"transformer.h.{layer}."
-        # x is the residual stream: attention, then the MLP, each reads it and adds its result.
+        # x is the residual stream: attention, then the MLP, each reads it and adds (Block.forward).
         # Attention (gpt.py's CausalSelfAttention, its formula): this token asks a query (what am I
         # looking for?); every token so far offers a key (what do I hold?) and a value (what I pass
         # on if chosen).
@@ -172,7 +173,7 @@ def gpt(token, pos, keys, values, sd, n_head):
         # needs no mask: keys[layer] holds only positions 0..pos. gpt.py runs all positions at once,
         # so it masks the later ones.
         heads = []
-        for start in range(0, C, head_dim):  # n_head heads: each head_dim numbers, its own lookout
+        for start in range(0, C, head_dim):  # n_head heads, each its own head_dim numbers (channels)
             end = start + head_dim
             # the query against each key so far; / sqrt(head_dim) keeps the scores' spread near 1
             scores = [dot(q[start:end], k_t[start:end]) * (1.0 / math.sqrt(head_dim))
@@ -182,14 +183,14 @@ def gpt(token, pos, keys, values, sd, n_head):
                 heads.append(dot(weights, [v_t[j] for v_t in values[layer]]))
         attn = linear(heads, sd[h + "attn.c_proj.weight"], sd[h + "attn.c_proj.bias"])
         x = [a + b for a, b in zip(x, attn)]
-        # The MLP: this position alone, widened to 4C numbers, bent by GELU, narrowed back to C
+        # gpt.py's MLP (multi-layer perceptron): this position alone, 4C numbers, GELU, back to C
         hidden = linear(layernorm(x, sd[h + "ln_2.weight"], sd[h + "ln_2.bias"]),
                         sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"])
         mlp = linear([gelu(u) for u in hidden], sd[h + "mlp.c_proj.weight"],
                      sd[h + "mlp.c_proj.bias"])
         x = [a + b for a, b in zip(x, mlp)]
     x = layernorm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
-    return [dot(row, x) for row in sd["lm_head.weight"]]
+    return [dot(row, x) for row in sd["lm_head.weight"]]  # x against each token's vector (wte's)
 
 # ------------------------------------------------------------ the loss
 def next_token_loss(logits, target):
@@ -213,8 +214,8 @@ def forward(sd, n_head, idx, targets=None):
 # ------------------------------------------------------------ the optimizer and the learning rate
 def get_lr(it, cfg):
     """The learning rate lr, the size of a step: Adam moves each parameter by about lr. gpt.py's
-    get_lr: a linear warmup (the first gradients of random weights are wild), then a cosine that
-    glides from learning_rate down to min_lr, so that late steps settle instead of bouncing."""
+    get_lr: a linear warmup (the first gradients of random weights are wild), then a cosine (from 1
+    to 0) that glides from learning_rate to min_lr, so that late steps settle instead of bouncing."""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
@@ -228,7 +229,7 @@ def parameters(sd):
     embeddings decay; biases and LayerNorm gains, which cannot overfit, don't."""
     params = {}
     for key, w in sd.items():
-        for row in w if isinstance(w[0], list) else [w]:
+        for row in w if isinstance(w[0], list) else [w]:  # a matrix: rows; a vector: one row
             for p in row:
                 params.setdefault(id(p), (p, isinstance(w[0], list)))  # the tied matrix only once
     return list(params.values())
@@ -239,11 +240,11 @@ def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
     with clip_grad_norm_ and torch.optim.AdamW (make_optimizer). AdamW: Adam, with Weight decay
     applied to the weight itself. (m and v here are Adam's running means, not attention's values.)"""
     norm = math.sqrt(sum(p.grad * p.grad for p, _ in params))  # all gradients as one long vector
-    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0  # longer: shrink
+    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0  # a freak batch
     for i, (p, decays) in enumerate(params):
         g = p.grad * scale
         if decays:
-            p.data *= 1.0 - lr * cfg.weight_decay  # decoupled: shrink the weight, not its gradient
+            p.data *= 1.0 - lr * cfg.weight_decay  # a pull to 0 against overfitting, on the weight
         m[i] = beta1 * m[i] + (1 - beta1) * g  # the gradient's running mean: a smoothed direction
         v[i] = beta2 * v[i] + (1 - beta2) * g * g  # its square's running mean: its usual size
         # m and v start at 0, so early on they are too small: dividing by (1 - beta**step) fixes it
@@ -260,7 +261,7 @@ def train(args):  # gpt.py's train, stripped to the loop: returns the weights an
     vocab = sorted(set(text))  # the same tokenizer as gpt.py's: sorted characters
     stoi = {ch: i for i, ch in enumerate(vocab)}
     data = [stoi[ch] for ch in text]
-    n = int(0.9 * len(data))
+    n = int(0.9 * len(data))  # the first 90% to learn from, as gpt.py's (no eval here)
     rng = random.Random(args.seed)
     sd = init_state_dict(len(vocab), args.block_size, args.n_layer, args.n_embd, rng)
     params = parameters(sd)
@@ -284,9 +285,9 @@ def train(args):  # gpt.py's train, stripped to the loop: returns the weights an
 # ------------------------------------------------------------ sampling
 def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None, top_k=None):
     """New token ids after ids, as gpt.py's generate and draw. Past block_size positions, the last 3/4
-    block is recomputed from position 0 (the old keys and values are useless), a 1/4 block to grow."""
+    block is renumbered from 0 and run afresh (the cached keys and values had the old positions)."""
     n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
-    ids, start, keys, new = list(ids), 0, None, []
+    ids, start, keys = list(ids), 0, None
     for _ in range(max_new_tokens):
         if len(ids) - start > block_size:
             start, keys = len(ids) - (block_size - block_size // 4), None
@@ -306,11 +307,10 @@ def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=N
             probs = softmax([Value(s) for s in scores])  # exp(-inf) = 0: cut tokens get no chance
             token = rng.choices(range(len(probs)), weights=[p.data for p in probs])[0]  # one draw
         ids.append(token)
-        new.append(token)
-    return new
+    return ids[len(ids) - max_new_tokens:]
 
 # ------------------------------------------------------------ the command line
-def main():
+def main():  # gpt.py's main, in brief
     p = argparse.ArgumentParser(description="Train the pure-Python GPT on a text, then sample from it.")
     for name, default in dict(data="shakespeare.txt", n_layer=1, n_head=4, n_embd=16, block_size=16,
                               num_steps=1000,  # one block_size sequence per step
