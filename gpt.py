@@ -781,6 +781,8 @@ def settings(args):
         saved = {k: v for k, v in saved.items() if k in MODEL_KEYS or k in PRESETS["tiny"]}
     preset = getattr(args, "config", None if saved else DEFAULTS["config"])
     cfg = argparse.Namespace(**{**DEFAULTS, **saved, **PRESETS.get(preset, {}), **vars(args)})
+    if cfg.min_lr > cfg.learning_rate:  # a preset's or a checkpoint's min_lr, above your learning_rate?
+        usage_error(f"--min_lr {cfg.min_lr} is above --learning_rate {cfg.learning_rate}: the schedule would rise")
     if cfg.n_embd % cfg.n_head:
         usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need "
                     "equal shares")
