@@ -772,6 +772,10 @@ def settings(args):
     if args.resume:
         path = os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt")
         resume = load_checkpoint(path, "--resume continues a run: start one without --resume first")
+        if "made_by" in resume:  # another tool's run (scripts/rl.py's): that tool goes on with it
+            script = resume["made_by"]["script"]
+            raise GPTError(f"{path} was made by {script}: continue it with python {script} --resume --out_dir "
+                           f"{os.path.dirname(path)}, or start a gpt.py run from it with --init_from {path}")
         if not {"optimizer", "rng", "log"} <= resume.keys():
             raise GPTError(f"{path} holds no optimizer state (a best.pt?): start from it with --init_from")
     elif getattr(args, "init_from", ""):
