@@ -23,6 +23,7 @@ import gpt
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
 from chat import chat_reply  # noqa: E402  scripts/chat.py
+import eval_chat  # noqa: E402  scripts/eval_chat.py: greedy answers, right or wrong
 import make_chats  # noqa: E402  scripts/make_chats.py: fresh questions to learn from
 import rl  # noqa: E402  scripts/rl.py
 
@@ -313,3 +314,39 @@ def test_a_bad_file_to_exclude_is_one_line_naming_it_and_its_line_and_nothing_is
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- a cut-off answer
+def whole_reply(reply):
+    """A chat_reply's pieces joined, and what it returned: whether the end marker came."""
+    pieces = []
+    try:
+        while True:
+            pieces.append(next(reply))
+    except StopIteration as stop:
+        return "".join(pieces), stop.value
+
+
+def test_chat_reply_returns_whether_the_end_marker_came(tmp_path):
+    path, _ = toy(tmp_path)
+    ckpt, model, tokenizer = loaded(path)
+    first = tokenizer.decode([next(gpt.generate(model, torch.tensor([tokenizer.encode("Ub\nA")]), 1, 0))[0].item()])
+    asked = [dict(role="user", content="b")]
+    for end, ended in ((first, True), (next(c for c in VOCAB if c != first), False)):
+        text, came = whole_reply(chat_reply(model, tokenizer, {**TEMPLATE, "end": end}, asked, 1, 0, None, None))
+        assert came is ended and text == ("" if ended else first)
+
+
+def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eval(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)
+    ckpt, model, tokenizer = loaded(path)
+    questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2)
+    assert rl.answer_text(tokenizer, "|", tokenizer.encode("a")) is None  # the reward: 0
+    for ended in (True, False):
+        def stand_in(*args):  # the right text, "a", then the end marker or not
+            yield "a"
+            return ended
+        monkeypatch.setattr(eval_chat, "chat_reply", stand_in)
+        results = eval_chat.answer_all(model, tokenizer, TEMPLATE, [("(none)", questions[0].turns)], 2)
+        assert eval_chat.right(results[0]) is ended
+        assert rl.greedy_accuracy(model, tokenizer, TEMPLATE, questions, 2) == {"(none)": 100.0 * ended}

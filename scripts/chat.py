@@ -35,8 +35,9 @@ def chat_turn(message, template):
 
 
 def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
-    """Stream the assistant's answer to messages, as text pieces, until the end marker. The oldest turns
-    go when the conversation no longer fits 3/4 of a block (a quarter is left for the answer)."""
+    """Stream the assistant's answer to messages, as text pieces, until the end marker; then return True,
+    or False if max_new_tokens ran out first (a generator's return value: StopIteration's). The oldest
+    turns go when the conversation no longer fits 3/4 of a block (a quarter is left for the answer)."""
     turns = [[i for piece in chat_turn(m, template) for i in tokenizer.encode(piece)] for m in messages]
     ids = tokenizer.encode(template["assistant"])
     while len(turns) > 1 and sum(map(len, turns)) + len(ids) > model.config.block_size * 3 // 4:
@@ -49,7 +50,7 @@ def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature
         text = tokenizer.decode(new)
         if end in text:
             yield text[shown:text.index(end)]
-            return
+            return True
         # hold back what may be the start of the end marker, or a character cut across tokens
         keep = next((k for k in range(len(end) - 1, 0, -1) if text.endswith(end[:k])), 0)
         if len(text) - keep > shown and not text.endswith("\ufffd"):
@@ -57,6 +58,7 @@ def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature
             shown = len(text) - keep
     if new:
         yield tokenizer.decode(new)[shown:]
+    return False  # cut off: eval_chat.py counts the answer wrong, and rl.py's reward is 0
 
 
 def lines_typed():

@@ -15,7 +15,9 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
   the reference answer, the turns before it the question;
 - each step asks --batch_size questions and samples --samples answers to each at --temperature, with
   gpt.py's sampler in the chat template the checkpoint keeps;
-- reward: 1 if an answer equals the reference exactly (surrounding spaces aside), else 0;
+- reward: 1 if an answer ends (its end marker) and equals the reference exactly (surrounding spaces
+  aside), else 0. One cut off by --max_new_tokens scores 0: in a chat it would have gone on, and
+  eval_chat.py counts it wrong too;
 - advantage: the reward minus the mean reward of the answers to the same question. A question whose
   answers all score alike teaches nothing: it is skipped, and counted;
 - loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
@@ -122,8 +124,7 @@ def sample_answers(model, tokenizer, end, prompts, samples, temperature, max_new
 
 def answer_text(tokenizer, end, ids):
     """What an answer says: its text before the end marker, surrounding spaces stripped, as eval_chat.py
-    reads it. None if it never ended: otherwise a model could learn to trail on (cut off and stripped)
-    instead of stopping."""
+    reads it. None if it never ended: a model must learn to stop, not to trail on until it is cut off."""
     text = tokenizer.decode(ids)
     return text[:text.index(end)].strip() if end in text else None
 
@@ -213,7 +214,7 @@ def greedy_accuracy(model, tokenizer, template, questions, max_new_tokens):
     """{skill: percent right}, answering greedily exactly as scripts/eval_chat.py does."""
     tests = [(q.skill, q.turns) for q in questions]
     results = eval_chat.answer_all(model, tokenizer, template, tests, max_new_tokens)
-    return per_skill([(skill, answer == expected) for skill, _, expected, answer in results])
+    return per_skill([(result[0], eval_chat.right(result)) for result in results])
 
 
 def pass_at_k(model, tokenizer, template, questions, k, temperature, max_new_tokens, generator):
