@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.join(HERE, "scripts"))
 from chat import chat_reply  # noqa: E402  scripts/chat.py
 import eval_chat  # noqa: E402  scripts/eval_chat.py: greedy answers, right or wrong
 import make_chats  # noqa: E402  scripts/make_chats.py: fresh questions to learn from
+import prepare  # noqa: E402  scripts/prepare.py: how fine-tuning encodes an answer
 import rl  # noqa: E402  scripts/rl.py
 
 VOCAB = "\nAUab|"
@@ -147,7 +149,7 @@ def test_an_anchor_mixes_in_its_reference_answers_loss_even_where_every_group_is
         with torch.no_grad():
             return -gpt.next_token_loss(model(x), y, reduction="sum").item()
     before = log_p_reference()
-    assert rl.reference_loss(model, questions, tokenizer, "|", torch.device("cpu")).item() == \
+    assert rl.reference_loss(model, questions, torch.device("cpu")).item() == \
         pytest.approx(-before, rel=1e-5)  # summed over the answer's tokens, averaged over the questions
     optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=1e-2, weight_decay=0.0),
                                    torch.device("cpu"))
@@ -316,7 +318,7 @@ def test_a_bad_file_to_exclude_is_one_line_naming_it_and_its_line_and_nothing_is
     assert not out.exists()
 
 
-# ----------------------------------------------------------------------------- a cut-off answer
+# ----------------------------------------------------------------------------- a cut-off answer, and BPE answers
 def whole_reply(reply):
     """A chat_reply's pieces joined, and what it returned: whether the end marker came."""
     pieces = []
@@ -350,3 +352,27 @@ def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eva
         results = eval_chat.answer_all(model, tokenizer, TEMPLATE, [("(none)", questions[0].turns)], 2)
         assert eval_chat.right(results[0]) is ended
         assert rl.greedy_accuracy(model, tokenizer, TEMPLATE, questions, 2) == {"(none)": 100.0 * ended}
+
+
+def test_bpe_answers_and_end_markers_are_encoded_apart_as_prepare_py_encodes_them(tmp_path):
+    pytest.importorskip("rustbpe")
+    lines = [chat(("user", f"Where is {town}?"), ("assistant", f"{town}."))
+             for town in ("Paris", "Rome", "Oslo", "Lima", "Bern") * 4]
+    data = write_lines(tmp_path / "chats.jsonl", lines)
+    meta = prepare.prepare([data], str(tmp_path / "prepared"), "bpe", 300)
+    tokenizer = gpt.BPETokenizer(meta["tokenizer"])
+    ids = np.fromfile(tmp_path / "prepared" / "train.bin", dtype=meta["dtype"])
+    mask = np.fromfile(tmp_path / "prepared" / "train_mask.bin", dtype=np.uint8)
+    edges = np.flatnonzero(np.diff(mask)) + 1  # where the mask turns on or off
+    learned = [run.tolist() for run, on in zip(np.split(ids, edges), np.split(mask, edges)) if on[0]]
+    questions = rl.read_questions(data, tokenizer, prepare.TEMPLATE, 64, 16)
+    assert [q.reference for q in questions[:len(learned)]] == learned  # the answers' ids that fine-tuning learned
+    paris = questions[0].reference
+    assert paris == tokenizer.encode("Paris.") + tokenizer.encode("<end>") != tokenizer.encode("Paris.<end>")
+    torch.manual_seed(0)
+    config = dict(n_layer=1, n_head=1, n_embd=16, block_size=64, vocab_size=tokenizer.vocab_size, dropout=0.0)
+    model = gpt.GPT(gpt.GPTConfig(**config))
+    x, y, _ = rl.policy_batch(questions[0].prompt, [paris], [0.0], torch.device("cpu"))
+    with torch.no_grad():  # --sft_data's loss is on those ids too
+        assert rl.reference_loss(model, questions[:1], torch.device("cpu")).item() == \
+            pytest.approx(gpt.next_token_loss(model(x), y, reduction="sum").item(), rel=1e-5)

@@ -58,6 +58,7 @@ class Question:
     turns: list  # the conversation up to and including the reference answer
     answer: str  # the reference: the last assistant turn, surrounding spaces stripped
     prompt: list  # the token ids the model answers after: the turns before, then "Assistant: "
+    reference: list  # the ids of the reference and its end marker, as fine-tuning learned them
 
 
 def prompt_ids(tokenizer, template, turns, block_size):
@@ -80,19 +81,19 @@ def read_questions(path, tokenizer, template, block_size, max_new_tokens):
             prompt = prompt_ids(tokenizer, template, turns[:-1], block_size)
         except gpt.GPTError as e:
             raise prepare.PrepareError(f"{where}: the question cannot be read by this model: {e}") from None
-        try:
-            written = len(tokenizer.encode(answer + template["end"]))
+        try:  # apart, as prepare.py encodes them: a BPE merges 'Paris.<end>' into other tokens
+            reference = tokenizer.encode(turns[-1]["content"]) + tokenizer.encode(template["end"])
         except gpt.GPTError as e:
             raise prepare.PrepareError(f"{where}: the answer {answer!r} cannot be written by this model: "
                                        f"{e}") from None
-        if written > max_new_tokens:
-            raise prepare.PrepareError(f"{where}: the answer and its end marker are {written} tokens, more "
-                                       f"than --max_new_tokens {max_new_tokens}")
+        if len(reference) > max_new_tokens:
+            raise prepare.PrepareError(f"{where}: the answer and its end marker are {len(reference)} tokens, "
+                                       f"more than --max_new_tokens {max_new_tokens}")
         if len(prompt) + max_new_tokens > block_size:
             raise prepare.PrepareError(f"{where}: the question is {len(prompt)} tokens; with "
                                        f"--max_new_tokens {max_new_tokens} it does not fit the model's "
                                        f"block_size {block_size}")
-        questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt))
+        questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt, reference))
     return questions
 
 
@@ -160,11 +161,11 @@ def policy_loss(logits, y, advantage, answers):
     return -(advantage[:, None] * logp).sum() / answers
 
 
-def reference_loss(model, questions, tokenizer, end, device):
+def reference_loss(model, questions, device):
     """Fine-tuning's loss on the questions' reference answers and end markers: -log p summed over
     their tokens, divided by the number of questions. One batch, padded on the right: a causal model's
     earlier positions never see the padding, and its targets are -1."""
-    rows = [q.prompt + tokenizer.encode(q.answer + end) for q in questions]
+    rows = [q.prompt + q.reference for q in questions]
     x = torch.zeros(len(rows), max(map(len, rows)) - 1, dtype=torch.long)
     y = torch.full_like(x, -1)
     for i, (q, row) in enumerate(zip(questions, rows)):
@@ -197,7 +198,7 @@ def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor
         loss.backward()  # the gradients add up over the questions
         total += loss.item()
     if anchor:
-        loss = args.sft_weight * reference_loss(model, anchor, tokenizer, end, device)
+        loss = args.sft_weight * reference_loss(model, anchor, device)
         loss.backward()
         total += loss.item()
     if skipped < len(questions) or anchor:
