@@ -36,13 +36,11 @@ import argparse
 import csv
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from chat import chat_turn  # noqa: E402  scripts/chat.py: a turn as fine-tuning saw it
