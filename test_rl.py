@@ -503,7 +503,7 @@ def test_chat_reply_returns_whether_the_end_marker_came(tmp_path):
         assert came is ended and text == ("" if ended else first)
 
 
-def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eval(tmp_path, monkeypatch):
+def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eval(tmp_path, monkeypatch, capsys):
     path, questions_file = toy(tmp_path)
     ckpt, model, tokenizer = loaded(path)
     questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2)
@@ -515,6 +515,9 @@ def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eva
         monkeypatch.setattr(eval_chat, "chat_reply", stand_in)
         results = eval_chat.answer_all(model, tokenizer, TEMPLATE, [("(none)", questions[0].turns)], 2)
         assert eval_chat.right(results[0]) is ended
+        eval_chat.report(results)
+        shown = capsys.readouterr().out
+        assert ("100.0%" in shown) is ended and ("1 answers never reached the end marker" in shown) is not ended
         assert rl.greedy_accuracy(model, tokenizer, TEMPLATE, questions, 2) == {"(none)": 100.0 * ended}
 
 

@@ -111,6 +111,10 @@ def report(results):
     if unreadable:
         print(f"\n{unreadable} questions had characters the model's vocabulary lacks, and count as wrong: "
               "fine-tune it on chats prepared with scripts/prepare.py --vocab_from")
+    cut_off = sum(r[3] is not None and not r[4] for r in results)
+    if cut_off:
+        print(f"\n{cut_off} answers never reached the end marker, and count as wrong: too small a "
+              "--max_new_tokens, or a model that does not stop")
 
 
 def main(argv=None):
