@@ -138,6 +138,22 @@ def test_a_group_whose_answers_all_score_alike_is_skipped_and_counted(tmp_path, 
     assert unchanged == skipped
 
 
+def test_the_loss_takes_log_p_at_temperature_1_whatever_the_answers_were_sampled_at(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)  # measured no worse than at the sampler's (RESULTS.md)
+    monkeypatch.setattr(rl, "sample_answers", lambda model, tokenizer, end, prompts, *rest:
+                        [[tokenizer.encode(a) for a in ("a|", "b|", "b|", "a|")] for _ in prompts])
+    weights = []
+    for temperature in (1.0, 2.0):
+        ckpt, model, tokenizer = loaded(path)
+        questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2)
+        args = argparse.Namespace(samples=4, temperature=temperature, max_new_tokens=2, learning_rate=1e-2,
+                                  grad_clip=1e9)  # unclipped: a loss / T would show in the step
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        rl.rl_step(model, optimizer, questions, tokenizer, "|", args, None)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_an_anchor_mixes_in_its_reference_answers_loss_even_where_every_group_is_skipped(tmp_path,
                                                                                         monkeypatch):
     path, questions_file = toy(tmp_path)

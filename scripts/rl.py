@@ -21,7 +21,10 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
 - advantage: the reward minus the mean reward of the answers to the same question. A question whose
   answers all score alike teaches nothing: it is skipped, and counted;
 - loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
-  rate, the gradient clipped;
+  rate, the gradient clipped. p is the model's own (temperature 1), not the sampler's (at --temperature):
+  the hot sampler only picks which answers get tried, and the loss moves the distribution that greedy
+  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same
+  (RESULTS.md);
 - --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
   fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
   answers (InstructGPT's "pretraining mix"): an anchor against the reward narrowing what the model
@@ -154,9 +157,11 @@ def policy_batch(prompt, answers, advantage, device):
 
 def policy_loss(logits, y, advantage, answers):
     """-advantage x log p(answer), summed over the answers' tokens and divided by the number of answers
-    sampled in the step (skipped groups' too). On average its gradient is that of the mean reward
-    (REINFORCE). Dividing by all answers, not only those that teach, makes a step whose groups were
-    mostly skipped a small one: one lucky mixed group does not get a whole AdamW step to itself."""
+    sampled in the step (skipped groups' too). Sampled at temperature 1, its gradient is on average that
+    of the mean reward (REINFORCE); sampled hotter, it still raises the model's own probability of the
+    answers that beat their group (logits at temperature 1: see the docstring). Dividing by all answers,
+    not only those that teach, makes a step whose groups were mostly skipped a small one: one lucky
+    mixed group does not get a whole AdamW step to itself."""
     logp = -gpt.next_token_loss(logits.float(), y, reduction="none").view_as(y)  # (B, T); 0 where y is -1
     return -(advantage[:, None] * logp).sum() / answers
 
@@ -177,7 +182,7 @@ def reference_loss(model, questions, device):
 
 def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor=()):
     """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
-    log-probabilities must be those of the model that sampled. Returns (mean reward, mixed groups,
+    log-probabilities are those of the weights that sampled. Returns (mean reward, mixed groups,
     skipped groups, answer tokens sampled). anchor: questions whose reference answers' loss, x
     args.sft_weight, is added."""
     device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
