@@ -773,9 +773,10 @@ def settings(args):
     if args.resume:
         path = os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt")
         resume = load_checkpoint(path, "--resume continues a run: start one without --resume first")
-        if "made_by" in resume or not {"optimizer", "rng", "log"} <= resume.keys():  # rl.py's, best
-            what = f"made by {resume['made_by']['script']}" if "made_by" in resume else "a best.pt"
-            raise GPTError(f"{path} holds no optimizer state of gpt.py ({what}): try --init_from")
+        tool = resume.get("made_by", {}).get("script")  # another tool's run (scripts/rl.py's)?
+        if tool or not {"optimizer", "rng", "log"} <= resume.keys():  # or a best.pt
+            why = f"made by {tool}: python {tool} --resume --out_dir {os.path.dirname(path)}" if tool else "a best.pt?"
+            raise GPTError(f"{path} holds no optimizer state of gpt.py ({why}); start from it with --init_from")
     elif getattr(args, "init_from", ""):
         init = load_checkpoint(args.init_from, "--init_from needs a gpt.py checkpoint")
     saved = (resume or init or {}).get("config", {})
@@ -812,8 +813,7 @@ def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-
     except RuntimeError as e:  # out of memory, on any device: ckpt.pt is whole, --resume after
         if "alloc" not in str(e):
             raise
-        say("error: out of memory: lower --batch_size or --block_size or the model, or raise --grad_accum",
-            file=sys.stderr)
+        say("error: out of memory: lower --batch_size or --block_size, or raise --grad_accum", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop: in the setup or the first eval
         say("\ninterrupted", file=sys.stderr)

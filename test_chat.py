@@ -369,6 +369,7 @@ def test_eval_chat_counts_right_and_wrong_answers_per_skill(tmp_path, monkeypatc
         assert messages[-1]["role"] == "user" and temperature == 0 and template == TEMPLATE
         reply = answers[messages[-1]["content"]] if right else "wrong"
         yield from [" ", reply[:1], reply[1:], "  "]  # pieces, with spaces around
+        return True  # the end marker came
     monkeypatch.setattr(eval_chat, "chat_reply", stand_in)
     assert eval_chat.main([str(tmp_path / "run"), held_out, "--device", "cpu"]) == 0
     output = capsys.readouterr().out

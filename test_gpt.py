@@ -670,6 +670,17 @@ def test_usage_errors_name_the_flag_and_exit_2(args, flag, capsys):
     assert flag in err and err.strip().splitlines()[-1].startswith("gpt.py: error:"), err
 
 
+@pytest.mark.parametrize("args", [["--learning_rate", "1e-3", "--min_lr", "1e-2"],
+                                  ["--learning_rate", "1e-4"]])  # below tiny's min_lr, 5e-4
+def test_a_min_lr_above_the_learning_rate_is_a_usage_error_the_schedule_would_rise(args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main([*TINY_RUN, "--max_iters", "1", *args, "--out_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--min_lr" in err and "the schedule would rise" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("typo, suggestion", [("--max_iter", "--max_iters"), ("--resum", "--resume"),
                                               ("--overwite", "--overwrite"), ("tiny", "--help")])
 def test_a_mistyped_flag_is_one_line_that_names_the_closest_flag(typo, suggestion, capsys):

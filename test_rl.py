@@ -12,9 +12,11 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +25,9 @@ import gpt
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
 from chat import chat_reply  # noqa: E402  scripts/chat.py
+import eval_chat  # noqa: E402  scripts/eval_chat.py: greedy answers, right or wrong
 import make_chats  # noqa: E402  scripts/make_chats.py: fresh questions to learn from
+import prepare  # noqa: E402  scripts/prepare.py: how fine-tuning encodes an answer
 import rl  # noqa: E402  scripts/rl.py
 
 VOCAB = "\nAUab|"
@@ -57,7 +61,7 @@ def loaded(path):
 
 
 def read_log(out_dir):
-    with open(os.path.join(out_dir, "log.csv"), encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "log.csv"), encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -134,6 +138,22 @@ def test_a_group_whose_answers_all_score_alike_is_skipped_and_counted(tmp_path, 
     assert unchanged == skipped
 
 
+def test_the_loss_takes_log_p_at_temperature_1_whatever_the_answers_were_sampled_at(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)  # measured no worse than at the sampler's (RESULTS.md)
+    monkeypatch.setattr(rl, "sample_answers", lambda model, tokenizer, end, prompts, *rest:
+                        [[tokenizer.encode(a) for a in ("a|", "b|", "b|", "a|")] for _ in prompts])
+    weights = []
+    for temperature in (1.0, 2.0):
+        ckpt, model, tokenizer = loaded(path)
+        questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2)
+        args = argparse.Namespace(samples=4, temperature=temperature, max_new_tokens=2, learning_rate=1e-2,
+                                  grad_clip=1e9)  # unclipped: a loss / T would show in the step
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        rl.rl_step(model, optimizer, questions, tokenizer, "|", args, None)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_an_anchor_mixes_in_its_reference_answers_loss_even_where_every_group_is_skipped(tmp_path,
                                                                                         monkeypatch):
     path, questions_file = toy(tmp_path)
@@ -146,7 +166,7 @@ def test_an_anchor_mixes_in_its_reference_answers_loss_even_where_every_group_is
         with torch.no_grad():
             return -gpt.next_token_loss(model(x), y, reduction="sum").item()
     before = log_p_reference()
-    assert rl.reference_loss(model, questions, tokenizer, "|", torch.device("cpu")).item() == \
+    assert rl.reference_loss(model, questions, torch.device("cpu")).item() == \
         pytest.approx(-before, rel=1e-5)  # summed over the answer's tokens, averaged over the questions
     optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=1e-2, weight_decay=0.0),
                                    torch.device("cpu"))
@@ -258,6 +278,26 @@ def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
     assert usage.value.code == 2 and "--sft_weight" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--samples", "1"], "--samples: must be at least 2"), (["--max_minutes", "0"], "--max_minutes: must be above 0"),
+    (["--resume"], "not with --init_from"), (["--max_iters", "x"], "--max_iters: invalid int")])
+def test_usage_errors_are_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, flags, expected):
+    path, questions_file = toy(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as usage:
+        rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(out), *TOY_RUN, *flags])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and err.startswith("rl.py: error: ") and expected in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_eval_only_takes_one_sample_a_question_pass_at_1(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    assert rl.main(["--init_from", path, "--eval_data", questions_file, "--eval_only", "--samples", "1",
+                    "--max_new_tokens", "2", "--device", "cpu"]) == 0
+    assert "pass@1" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- fresh questions to learn from
 def asked(path):
     """The question of every user turn of a make_chats.py file, as make_chats.key gives it."""
@@ -313,3 +353,209 @@ def test_a_bad_file_to_exclude_is_one_line_naming_it_and_its_line_and_nothing_is
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- what a run leaves: checkpoints, log.csv
+def with_training_settings(path):
+    """The toy checkpoint, given the training settings a gpt.py run's config holds (a chat model's)."""
+    ckpt = gpt.load_checkpoint(path, "")
+    settings = {**gpt.DEFAULTS, **gpt.PRESETS["tiny"], "learning_rate": 3e-3, "min_lr": 3e-4}
+    gpt.save_atomic({**ckpt, "config": {**settings, **ckpt["config"]}}, path)
+    return gpt.load_checkpoint(path, "")["config"]
+
+
+def test_checkpoints_keep_the_start_config_and_name_the_run_in_made_by(tmp_path):
+    path, questions_file = toy(tmp_path)
+    start = with_training_settings(path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--eval_data", questions_file, "--out_dir", out,
+                    "--max_iters", "1", *TOY_RUN]) == 0
+    for name in ("best.pt", "ckpt.pt"):
+        ckpt = torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)  # plain data only
+        assert ckpt["config"] == start  # the model's shape and gpt.py's settings: RL's are not gpt.py's
+        assert ckpt["made_by"]["script"] == "scripts/rl.py"
+        flags = ckpt["made_by"]["args"]
+        assert (flags["init_from"], flags["samples"], flags["learning_rate"], flags["max_iters"]) == (path, 16, 1e-2, 1)
+        assert all(type(v) in (str, int, float, bool, type(None)) for v in flags.values())
+
+
+def test_gpt_py_init_from_an_rl_checkpoint_gets_the_start_settings_not_rl_s(tmp_path):
+    path, questions_file = toy(tmp_path)
+    with_training_settings(path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "1",
+                    *TOY_RUN]) == 0
+    cfg, _, init = gpt.settings(gpt.parse_args(["--init_from", os.path.join(out, "best.pt")]))
+    assert (cfg.learning_rate, cfg.min_lr, cfg.batch_size) == (3e-3, 3e-4, 16)  # RL's: 1e-2, and 8 questions
+    assert gpt.get_lr(cfg.max_iters, cfg) <= gpt.get_lr(cfg.warmup_iters, cfg)  # it falls, never rises
+
+
+def test_gpt_py_resume_on_an_rl_run_says_rl_py_continues_it(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "1",
+                    *TOY_RUN]) == 0
+    capsys.readouterr()
+    assert gpt.main(["--resume", "--out_dir", out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "made by scripts/rl.py" in err, err
+    assert f"python scripts/rl.py --resume --out_dir {out}" in err and "--init_from" in err
+
+
+@pytest.mark.parametrize("names", [["accuracy", "iter"], ["reward", "elapsed_s", "a,b", "two\nlines"]])
+def test_skills_of_any_name_get_columns_of_their_own_in_log_csv(tmp_path, names):
+    path, questions_file = toy(tmp_path)
+    held_out = write_lines(tmp_path / "held_out.jsonl", [json.dumps({**json.loads(GOOD), "skill": name})
+                                                         for name in names])
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--eval_data", held_out, "--out_dir", out,
+                    "--max_iters", "2", *TOY_RUN]) == 0
+    log = read_log(out)  # csv's own reading: a comma or a newline in a name is quoted
+    assert [row["iter"] for row in log] == ["0", "1", "2"]
+    for row in log[::2]:  # steps 0 and 2 are evaluated
+        skills = [float(row[f"acc_{name}"]) for name in names]
+        assert float(row["accuracy"]) == pytest.approx(sum(skills) / len(skills), abs=0.01)
+
+
+# ----------------------------------------------------------------------------- stopping and going on
+def interrupt_at(monkeypatch, step, signum=signal.SIGINT):
+    """rl_step, sending this process signum during the given step (1, 2, ...)."""
+    calls, real_step = [], rl.rl_step
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+        return real_step(*args)
+    monkeypatch.setattr(rl, "rl_step", interrupted)
+
+
+def test_resume_after_ctrl_c_ends_with_the_weights_and_log_of_a_run_never_stopped(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)
+    run = ["--init_from", path, "--data", questions_file, "--eval_data", questions_file, "--max_iters", "6",
+           "--eval_interval", "3", *TOY_RUN]
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    assert rl.main([*run, "--out_dir", whole]) == 0
+    interrupt_at(monkeypatch, 4)
+    assert rl.main([*run, "--out_dir", halves]) == 130
+    assert gpt.load_checkpoint(os.path.join(halves, "ckpt.pt"), "")["iter"] == 4
+    monkeypatch.undo()
+    assert rl.main(["--resume", "--out_dir", halves]) == 0  # its flags from its ckpt.pt
+    for name in ("ckpt.pt", "best.pt"):
+        a, b = (gpt.load_checkpoint(os.path.join(out, name), "") for out in (whole, halves))
+        assert a["iter"] == b["iter"] and a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name  # bit-exact
+    timeless = [[{k: v for k, v in row.items() if not k.endswith("_s")} for row in read_log(out)]
+                for out in (whole, halves)]
+    assert timeless[0] == timeless[1] and len(timeless[0]) == 7
+
+
+def test_resume_needs_an_rl_run_in_out_dir(tmp_path, capsys):
+    path, _ = toy(tmp_path)
+    assert rl.main(["--resume", "--out_dir", str(tmp_path / "nothing")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    (tmp_path / "gpt_run").mkdir()
+    shutil.copy(path, tmp_path / "gpt_run" / "ckpt.pt")  # a gpt.py checkpoint, no rl.py run
+    assert rl.main(["--resume", "--out_dir", str(tmp_path / "gpt_run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not the ckpt.pt of an rl.py run" in err and "--init_from" in err
+
+
+def test_a_run_started_ignoring_ctrl_c_keeps_ignoring_it(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)  # `python scripts/rl.py ... &` from a script: SIGINT is ignored
+    out = str(tmp_path / "out")
+    interrupt_at(monkeypatch, 2)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "3",
+                        *TOY_RUN]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # and left as it found it
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")["iter"] == 3
+
+
+def test_max_minutes_stops_saves_and_exits_0(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "50",
+                    "--max_minutes", "1e-6", *TOY_RUN]) == 0  # 60 microseconds: the first step is over it
+    assert "--max_minutes 1e-06: stopped after step 1" in capsys.readouterr().out
+    assert gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")["iter"] == 1
+    assert [row["iter"] for row in read_log(out)] == ["0", "1"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 68719476736 bytes"),
+                                   MemoryError()])
+def test_running_out_of_memory_is_one_line_that_names_the_flags_to_lower(tmp_path, monkeypatch, capsys, error):
+    path, questions_file = toy(tmp_path)
+    def allocates_too_much(*args):
+        raise error
+    monkeypatch.setattr(rl, "sample_answers", allocates_too_much)
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
+                    *TOY_RUN, "--samples", "100000000"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and "--samples" in err and len(err.splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- a cut-off answer, and BPE answers
+def whole_reply(reply):
+    """A chat_reply's pieces joined, and what it returned: whether the end marker came."""
+    pieces = []
+    try:
+        while True:
+            pieces.append(next(reply))
+    except StopIteration as stop:
+        return "".join(pieces), stop.value
+
+
+def test_chat_reply_returns_whether_the_end_marker_came(tmp_path):
+    path, _ = toy(tmp_path)
+    ckpt, model, tokenizer = loaded(path)
+    first = tokenizer.decode([next(gpt.generate(model, torch.tensor([tokenizer.encode("Ub\nA")]), 1, 0))[0].item()])
+    asked = [dict(role="user", content="b")]
+    for end, ended in ((first, True), (next(c for c in VOCAB if c != first), False)):
+        text, came = whole_reply(chat_reply(model, tokenizer, {**TEMPLATE, "end": end}, asked, 1, 0, None, None))
+        assert came is ended and text == ("" if ended else first)
+
+
+def test_an_answer_cut_off_before_its_end_marker_is_wrong_in_training_and_in_eval(tmp_path, monkeypatch, capsys):
+    path, questions_file = toy(tmp_path)
+    ckpt, model, tokenizer = loaded(path)
+    questions = rl.read_questions(questions_file, tokenizer, TEMPLATE, 16, 2)
+    assert rl.answer_text(tokenizer, "|", tokenizer.encode("a")) is None  # the reward: 0
+    for ended in (True, False):
+        def stand_in(*args):  # the right text, "a", then the end marker or not
+            yield "a"
+            return ended
+        monkeypatch.setattr(eval_chat, "chat_reply", stand_in)
+        results = eval_chat.answer_all(model, tokenizer, TEMPLATE, [("(none)", questions[0].turns)], 2)
+        assert eval_chat.right(results[0]) is ended
+        eval_chat.report(results)
+        shown = capsys.readouterr().out
+        assert ("100.0%" in shown) is ended and ("1 answers never reached the end marker" in shown) is not ended
+        assert rl.greedy_accuracy(model, tokenizer, TEMPLATE, questions, 2) == {"(none)": 100.0 * ended}
+
+
+def test_bpe_answers_and_end_markers_are_encoded_apart_as_prepare_py_encodes_them(tmp_path):
+    pytest.importorskip("rustbpe")
+    lines = [chat(("user", f"Where is {town}?"), ("assistant", f"{town}."))
+             for town in ("Paris", "Rome", "Oslo", "Lima", "Bern") * 4]
+    data = write_lines(tmp_path / "chats.jsonl", lines)
+    meta = prepare.prepare([data], str(tmp_path / "prepared"), "bpe", 300)
+    tokenizer = gpt.BPETokenizer(meta["tokenizer"])
+    ids = np.fromfile(tmp_path / "prepared" / "train.bin", dtype=meta["dtype"])
+    mask = np.fromfile(tmp_path / "prepared" / "train_mask.bin", dtype=np.uint8)
+    edges = np.flatnonzero(np.diff(mask)) + 1  # where the mask turns on or off
+    learned = [run.tolist() for run, on in zip(np.split(ids, edges), np.split(mask, edges)) if on[0]]
+    questions = rl.read_questions(data, tokenizer, prepare.TEMPLATE, 64, 16)
+    assert [q.reference for q in questions[:len(learned)]] == learned  # the answers' ids that fine-tuning learned
+    paris = questions[0].reference
+    assert paris == tokenizer.encode("Paris.") + tokenizer.encode("<end>") != tokenizer.encode("Paris.<end>")
+    torch.manual_seed(0)
+    config = dict(n_layer=1, n_head=1, n_embd=16, block_size=64, vocab_size=tokenizer.vocab_size, dropout=0.0)
+    model = gpt.GPT(gpt.GPTConfig(**config))
+    x, y, _ = rl.policy_batch(questions[0].prompt, [paris], [0.0], torch.device("cpu"))
+    with torch.no_grad():  # --sft_data's loss is on those ids too
+        assert rl.reference_loss(model, questions[:1], torch.device("cpu")).item() == \
+            pytest.approx(gpt.next_token_loss(model(x), y, reduction="sum").item(), rel=1e-5)

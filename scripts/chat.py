@@ -49,7 +49,8 @@ def reply_text(model, tokenizer, ids, stops, max_new_tokens, temperature, top_k,
     is not sent) or max_new_tokens are drawn. The text is checked, not the tokens: a stop string may span
     tokens, or end inside one. A piece never ends in what may be the start of a stop string, nor in half a
     character, so no piece sent is ever taken back. report, a dict if given, is told how many tokens were
-    drawn and whether a stop string ended the text (scripts/serve.py's usage and finish_reason)."""
+    drawn and whether a stop string ended the text (scripts/serve.py's usage and finish_reason); the same
+    True or False is the generator's return value (StopIteration's)."""
     report = {} if report is None else report
     report.update(tokens=0, stopped=False)
     device = next(model.parameters()).device
@@ -63,7 +64,7 @@ def reply_text(model, tokenizer, ids, stops, max_new_tokens, temperature, top_k,
         if found:
             report["stopped"] = True
             yield text[shown:min(found)]
-            return
+            return True
         # hold back what may be the start of a stop string, or a character cut across tokens
         keep = max((k for stop in stops for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])),
                    default=0)
@@ -72,13 +73,15 @@ def reply_text(model, tokenizer, ids, stops, max_new_tokens, temperature, top_k,
             shown = len(text) - keep
     if new:
         yield tokenizer.decode(new)[shown:]
+    return False  # cut off: eval_chat.py counts the answer wrong, and rl.py's reward is 0
 
 
 def chat_reply(model, tokenizer, template, messages, max_new_tokens, temperature, top_k, generator):
-    """Stream the assistant's answer to messages, as text pieces, until the end marker."""
+    """Stream the assistant's answer to messages, as text pieces, until the end marker; then return True,
+    or False if max_new_tokens ran out first (a generator's return value: StopIteration's)."""
     ids = prompt_ids(tokenizer, template, messages, model.config.block_size)
-    yield from reply_text(model, tokenizer, ids, [template["end"]], max_new_tokens, temperature, top_k,
-                          generator)
+    stops = [template["end"]]
+    return (yield from reply_text(model, tokenizer, ids, stops, max_new_tokens, temperature, top_k, generator))
 
 
 def lines_typed():

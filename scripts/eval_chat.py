@@ -7,8 +7,10 @@ eval_chat.py: how often a chat model answers held-out questions exactly right, s
 For every conversation of the test file (one a line, as scripts/prepare.py reads them; the
 "skill" beside "messages" groups them), the model in OUT_DIR/best.pt writes the last assistant turn
 from the turns before it, greedily (temperature 0), with scripts/chat.py's chat_reply and the chat template
-its checkpoint keeps. An answer is right when it equals the expected one exactly, surrounding spaces
-aside. Prints the accuracy of each skill and overall, and a few wrong answers.
+its checkpoint keeps. An answer is right when it ends (the end marker) and equals the expected one
+exactly, surrounding spaces aside. One cut off by --max_new_tokens is wrong, whatever its text: in a
+chat it would have gone on (scripts/rl.py's reward counts it wrong too). Prints the accuracy of each
+skill and overall, and a few wrong answers.
 """
 import argparse
 import json
@@ -66,17 +68,26 @@ def read_tests(path):
 
 
 def answer_all(model, tokenizer, template, tests, max_new_tokens):
-    """(skill, question, expected, answer) for every test; answer None where the question has
-    characters the model's vocabulary lacks."""
+    """(skill, question, expected, answer, ended) for every test; answer None where the question has
+    characters the model's vocabulary lacks; ended False where the answer never reached the end marker."""
     results = []
     for skill, turns in tests:
+        reply = chat_reply(model, tokenizer, template, turns[:-1], max_new_tokens, 0, None, None)
+        pieces, answer, ended = [], None, False
         try:
-            pieces = chat_reply(model, tokenizer, template, turns[:-1], max_new_tokens, 0, None, None)
-            answer = "".join(pieces).strip()
-        except gpt.GPTError:  # a char model cannot read a character it never saw
-            answer = None
-        results.append((skill, turns[-2]["content"], turns[-1]["content"].strip(), answer))
+            while True:  # the pieces, then what chat_reply returns: whether the end marker came
+                pieces.append(next(reply))
+        except StopIteration as stop:
+            answer, ended = "".join(pieces).strip(), stop.value
+        except gpt.GPTError:  # a char model cannot read a character it never saw: answer None
+            pass
+        results.append((skill, turns[-2]["content"], turns[-1]["content"].strip(), answer, ended))
     return results
+
+
+def right(result):  # the answer ended, and it is the one expected
+    skill, question, expected, answer, ended = result
+    return ended and answer == expected
 
 
 def report(results):
@@ -86,18 +97,24 @@ def report(results):
     width = max(len(name) for name, _ in rows)
     print(f"{'skill':<{width}}  right / total  accuracy")
     for name, group in rows:
-        right = sum(answer == expected for _, _, expected, answer in group)
-        print(f"{name:<{width}}  {right:5d} / {len(group):<5d}  {100 * right / len(group):6.1f}%")
-    wrong = [r for r in results if r[3] != r[2]]
+        n_right = sum(map(right, group))
+        print(f"{name:<{width}}  {n_right:5d} / {len(group):<5d}  {100 * n_right / len(group):6.1f}%")
+    wrong = [r for r in results if not right(r)]
     if wrong:
         print(f"\nwrong answers ({min(SHOWN, len(wrong))} of {len(wrong)}):")
-    for skill, question, expected, answer in wrong[:SHOWN]:
+    for skill, question, expected, answer, ended in wrong[:SHOWN]:
         said = "(unreadable)" if answer is None else repr(answer)
+        if answer is not None and not ended:
+            said += " (cut off before the end marker)"
         print(f"  {skill}: {question!r} -> {said}, expected {expected!r}")
     unreadable = sum(r[3] is None for r in results)
     if unreadable:
         print(f"\n{unreadable} questions had characters the model's vocabulary lacks, and count as wrong: "
               "fine-tune it on chats prepared with scripts/prepare.py --vocab_from")
+    cut_off = sum(r[3] is not None and not r[4] for r in results)
+    if cut_off:
+        print(f"\n{cut_off} answers never reached the end marker, and count as wrong: too small a "
+              "--max_new_tokens, or a model that does not stop")
 
 
 def main(argv=None):

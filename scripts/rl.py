@@ -15,30 +15,35 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
   the reference answer, the turns before it the question;
 - each step asks --batch_size questions and samples --samples answers to each at --temperature, with
   gpt.py's sampler in the chat template the checkpoint keeps;
-- reward: 1 if an answer equals the reference exactly (surrounding spaces aside), else 0;
+- reward: 1 if an answer ends (its end marker) and equals the reference exactly (surrounding spaces
+  aside), else 0. One cut off by --max_new_tokens scores 0: in a chat it would have gone on, and
+  eval_chat.py counts it wrong too;
 - advantage: the reward minus the mean reward of the answers to the same question. A question whose
   answers all score alike teaches nothing: it is skipped, and counted;
 - loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
-  rate, the gradient clipped;
+  rate, the gradient clipped. p is the model's own (temperature 1), not the sampler's (at --temperature):
+  the hot sampler only picks which answers get tried, and the loss moves the distribution that greedy
+  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same
+  (RESULTS.md);
 - --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
   fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
   answers (InstructGPT's "pretraining mix"): an anchor against the reward narrowing what the model
   samples (RESULTS.md: counting's pass@8 stayed 91%, not 59%). Without them: reward only.
 Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
-best.pt (the best mean accuracy over the skills), ckpt.pt (the latest, also written on Ctrl-C) and
-log.csv are gpt.py's formats: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them.
+best.pt (the best mean accuracy over the skills) and ckpt.pt (the latest: written at each eval, on
+Ctrl-C and at --max_minutes, and what --resume continues) are gpt.py's checkpoints: gpt.py --sample,
+scripts/chat.py, serve.py and eval_chat.py read them. Their config is the start's, unchanged; "made_by"
+holds this run's flags (see checkpoint). log.csv: a row per step, a column per skill (acc_<skill>).
 """
 import argparse
 import csv
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from chat import chat_turn  # noqa: E402  scripts/chat.py: a turn as fine-tuning saw it
@@ -56,6 +61,7 @@ class Question:
     turns: list  # the conversation up to and including the reference answer
     answer: str  # the reference: the last assistant turn, surrounding spaces stripped
     prompt: list  # the token ids the model answers after: the turns before, then "Assistant: "
+    reference: list  # the ids of the reference and its end marker, as fine-tuning learned them
 
 
 def prompt_ids(tokenizer, template, turns, block_size):
@@ -78,19 +84,19 @@ def read_questions(path, tokenizer, template, block_size, max_new_tokens):
             prompt = prompt_ids(tokenizer, template, turns[:-1], block_size)
         except gpt.GPTError as e:
             raise prepare.PrepareError(f"{where}: the question cannot be read by this model: {e}") from None
-        try:
-            written = len(tokenizer.encode(answer + template["end"]))
+        try:  # apart, as prepare.py encodes them: a BPE merges 'Paris.<end>' into other tokens
+            reference = tokenizer.encode(turns[-1]["content"]) + tokenizer.encode(template["end"])
         except gpt.GPTError as e:
             raise prepare.PrepareError(f"{where}: the answer {answer!r} cannot be written by this model: "
                                        f"{e}") from None
-        if written > max_new_tokens:
-            raise prepare.PrepareError(f"{where}: the answer and its end marker are {written} tokens, more "
-                                       f"than --max_new_tokens {max_new_tokens}")
+        if len(reference) > max_new_tokens:
+            raise prepare.PrepareError(f"{where}: the answer and its end marker are {len(reference)} tokens, "
+                                       f"more than --max_new_tokens {max_new_tokens}")
         if len(prompt) + max_new_tokens > block_size:
             raise prepare.PrepareError(f"{where}: the question is {len(prompt)} tokens; with "
                                        f"--max_new_tokens {max_new_tokens} it does not fit the model's "
                                        f"block_size {block_size}")
-        questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt))
+        questions.append(Question(str(record.get("skill", "(none)")), turns, answer, prompt, reference))
     return questions
 
 
@@ -122,8 +128,7 @@ def sample_answers(model, tokenizer, end, prompts, samples, temperature, max_new
 
 def answer_text(tokenizer, end, ids):
     """What an answer says: its text before the end marker, surrounding spaces stripped, as eval_chat.py
-    reads it. None if it never ended: otherwise a model could learn to trail on (cut off and stripped)
-    instead of stopping."""
+    reads it. None if it never ended: a model must learn to stop, not to trail on until it is cut off."""
     text = tokenizer.decode(ids)
     return text[:text.index(end)].strip() if end in text else None
 
@@ -152,18 +157,20 @@ def policy_batch(prompt, answers, advantage, device):
 
 def policy_loss(logits, y, advantage, answers):
     """-advantage x log p(answer), summed over the answers' tokens and divided by the number of answers
-    sampled in the step (skipped groups' too). On average its gradient is that of the mean reward
-    (REINFORCE). Dividing by all answers, not only those that teach, makes a step whose groups were
-    mostly skipped a small one: one lucky mixed group does not get a whole AdamW step to itself."""
+    sampled in the step (skipped groups' too). Sampled at temperature 1, its gradient is on average that
+    of the mean reward (REINFORCE); sampled hotter, it still raises the model's own probability of the
+    answers that beat their group (logits at temperature 1: see the docstring). Dividing by all answers,
+    not only those that teach, makes a step whose groups were mostly skipped a small one: one lucky
+    mixed group does not get a whole AdamW step to itself."""
     logp = -gpt.next_token_loss(logits.float(), y, reduction="none").view_as(y)  # (B, T); 0 where y is -1
     return -(advantage[:, None] * logp).sum() / answers
 
 
-def reference_loss(model, questions, tokenizer, end, device):
+def reference_loss(model, questions, device):
     """Fine-tuning's loss on the questions' reference answers and end markers: -log p summed over
     their tokens, divided by the number of questions. One batch, padded on the right: a causal model's
     earlier positions never see the padding, and its targets are -1."""
-    rows = [q.prompt + tokenizer.encode(q.answer + end) for q in questions]
+    rows = [q.prompt + q.reference for q in questions]
     x = torch.zeros(len(rows), max(map(len, rows)) - 1, dtype=torch.long)
     y = torch.full_like(x, -1)
     for i, (q, row) in enumerate(zip(questions, rows)):
@@ -175,7 +182,7 @@ def reference_loss(model, questions, tokenizer, end, device):
 
 def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor=()):
     """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
-    log-probabilities must be those of the model that sampled. Returns (mean reward, mixed groups,
+    log-probabilities are those of the weights that sampled. Returns (mean reward, mixed groups,
     skipped groups, answer tokens sampled). anchor: questions whose reference answers' loss, x
     args.sft_weight, is added."""
     device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
@@ -196,7 +203,7 @@ def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor
         loss.backward()  # the gradients add up over the questions
         total += loss.item()
     if anchor:
-        loss = args.sft_weight * reference_loss(model, anchor, tokenizer, end, device)
+        loss = args.sft_weight * reference_loss(model, anchor, device)
         loss.backward()
         total += loss.item()
     if skipped < len(questions) or anchor:
@@ -213,7 +220,7 @@ def greedy_accuracy(model, tokenizer, template, questions, max_new_tokens):
     """{skill: percent right}, answering greedily exactly as scripts/eval_chat.py does."""
     tests = [(q.skill, q.turns) for q in questions]
     results = eval_chat.answer_all(model, tokenizer, template, tests, max_new_tokens)
-    return per_skill([(skill, answer == expected) for skill, _, expected, answer in results])
+    return per_skill([(result[0], eval_chat.right(result)) for result in results])
 
 
 def pass_at_k(model, tokenizer, template, questions, k, temperature, max_new_tokens, generator):
@@ -241,54 +248,88 @@ def shown(accuracy):
 
 
 # ------------------------------------------------------------ checkpoints and log.csv
-def checkpoint(model, init, args, step, accuracy, optimizer=None):
-    """gpt.py's checkpoint format, so every tool that reads best.pt reads this one. No loss is measured
-    here: best_val_loss is NaN, and "accuracy" the mean greedy accuracy."""
-    config = {**init["config"], **{k: v for k, v in vars(args).items() if k != "eval_only"}}
-    state = dict(model=model.state_dict(), config=config, vocab=init["vocab"], chat=init["chat"], iter=step,
-                 best_val_loss=float("nan"), accuracy=accuracy)
+SCRIPT = "scripts/rl.py"  # made_by's name for this tool; gpt.py --resume names it
+RUN_COLUMNS = ["iter", "reward", "mixed", "skipped", "tokens_per_s", "train_s", "elapsed_s", "accuracy"]
+
+
+def checkpoint(model, init, args, step, accuracy, run=None):
+    """gpt.py's checkpoint format, so every tool that reads best.pt reads this one.
+    - config: the start's, unchanged (its shape, and the gpt.py settings it was trained with). RL changes
+      the weights, not the model, and its settings (questions, answers, a constant learning rate) are
+      not gpt.py's: gpt.py --init_from from here gets what it would from the start, never RL's batch
+      or learning rate.
+    - made_by: this run, {"script": "scripts/rl.py", "args": its flags}: gpt.py --resume sends the
+      user here, and rl.py --resume reads the flags back.
+    No loss is measured here: best_val_loss is NaN, and "accuracy" the mean greedy accuracy.
+    run: for ckpt.pt, what --resume needs (the optimizer, the generators' states and the log)."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "eval_only")}
+    state = dict(model=model.state_dict(), config=init["config"], vocab=init["vocab"], chat=init["chat"],
+                 iter=step, best_val_loss=float("nan"), accuracy=accuracy,
+                 made_by=dict(script=SCRIPT, args=flags))
     if "tokenizer" in init:  # a BPE model's tokenizer; a char model's is its vocab
         state["tokenizer"] = init["tokenizer"]
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+    if run is not None:
+        state.update(run)
     return state
 
 
-def write_log(rows, skills, out_dir):
+def read_run(out_dir):
+    """--resume: the ckpt.pt an rl.py run left in out_dir."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = gpt.load_checkpoint(path, "--resume continues a run of rl.py: start one without --resume first")
+    made_by = ckpt.get("made_by")
+    if not (isinstance(made_by, dict) and made_by.get("script") == SCRIPT and "optimizer" in ckpt):
+        raise gpt.GPTError(f"{path} is not the ckpt.pt of an rl.py run (a gpt.py run's?): start from it "
+                           f"with --init_from {path}")
+    return ckpt
+
+
+def write_log(rows, out_dir):
     """A row per step: iter, reward, mixed (share of the groups), skipped (groups), tokens_per_s
     (answer tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean
-    accuracy and one column per skill, in percent."""
+    accuracy and acc_<skill> for each skill, in percent. The prefix keeps a skill named "iter" or
+    "accuracy" from taking a column of the run's; csv quotes a name with a comma or a newline."""
     path = os.path.join(out_dir, "log.csv")
-    columns = ["iter", "reward", "mixed", "skipped", "tokens_per_s", "train_s", "elapsed_s", "accuracy",
-               *skills]
+    skills = sorted({column for row in rows for column in row} - set(RUN_COLUMNS))
     with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, columns)
+        writer = csv.DictWriter(f, RUN_COLUMNS + skills)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------ the loop
-def train(args, init, model, tokenizer, questions, held_out, device, anchors=()):
-    """--max_iters steps of learning from reward; returns the exit code (130 after Ctrl-C)."""
+def train(args, init, model, tokenizer, questions, held_out, device, anchors=(), resume=None):
+    """Steps of learning from reward until --max_iters (or --max_minutes); returns the exit code (130
+    after Ctrl-C). resume: the ckpt.pt to go on from, with its optimizer, generators and log."""
     template, skills = init["chat"], sorted({q.skill for q in held_out})
     optimizer = gpt.make_optimizer(model, argparse.Namespace(learning_rate=args.learning_rate,
                                                              weight_decay=WEIGHT_DECAY), device)
     picker = torch.Generator().manual_seed(args.seed)  # which questions each step asks
     sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
     anchor_picker = torch.Generator().manual_seed(args.seed + 2)  # apart: --sft_data changes no question
+    generators = (picker, sampler, anchor_picker)
     mix = f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
     print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
           f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
           f"{device}", flush=True)
-    log, best, train_s, started = [], -1.0, 0.0, time.perf_counter()
+    log, best, train_s, started, first = [], -1.0, 0.0, time.perf_counter(), 0
+    if resume:  # bit-exact on a CPU: the same weights as a run never stopped
+        optimizer.load_state_dict(resume["optimizer"])
+        for generator, state in zip(generators, resume["rng"]):
+            generator.set_state(state)
+        log, first = resume["log"], resume["iter"]
+        best = max([row["accuracy"] for row in log if row.get("accuracy") is not None], default=-1.0)
+        train_s, started = log[-1]["train_s"], started - log[-1]["elapsed_s"]  # the clock goes on
+        print(f"resuming {args.out_dir}/ckpt.pt at step {first}", flush=True)
 
     def evaluate(step, row):  # True if this is the best model so far
         nonlocal best
         if not held_out:
             return True  # nothing to measure by: the latest model is the best known
         accuracy = greedy_accuracy(model, tokenizer, template, held_out, args.max_new_tokens)
-        row.update(accuracy=round(mean(accuracy), 2), **{s: round(accuracy[s], 2) for s in skills})
+        row["accuracy"] = round(mean(accuracy), 2)
+        row.update({f"acc_{s}": round(accuracy[s], 2) for s in skills})
         better, best = mean(accuracy) > best, max(best, mean(accuracy))
         print(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
               f"{' (best so far: best.pt)' if better else ''}", flush=True)
@@ -298,24 +339,21 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
         if better:
             gpt.save_atomic(checkpoint(model, init, args, step, accuracy),
                             os.path.join(args.out_dir, "best.pt"))
-        gpt.save_atomic(checkpoint(model, init, args, step, accuracy, optimizer),
+        run = dict(optimizer=optimizer.state_dict(), rng=[g.get_state() for g in generators], log=log)
+        gpt.save_atomic(checkpoint(model, init, args, step, accuracy, run),
                         os.path.join(args.out_dir, "ckpt.pt"))
-        write_log(log, skills, args.out_dir)
+        write_log(log, args.out_dir)
 
-    row = dict(iter=0, train_s=0.0, elapsed_s=0.0)
-    better = evaluate(0, row)
-    log.append(row)
-    save(0, row.get("accuracy"), better)
-    stop = []  # Ctrl-C or SIGTERM: the step finishes, then all is saved (a second Ctrl-C: at once)
-
-    def handler(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving", flush=True)
-        stop.append(signum)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for step in range(1, args.max_iters + 1):
+    if not resume:
+        row = dict(iter=0, train_s=0.0, elapsed_s=0.0)
+        better = evaluate(0, row)
+        log.append(row)
+        save(0, row.get("accuracy"), better)
+    budget = math.inf if args.max_minutes is None else 60 * args.max_minutes  # seconds, evals included
+    # Ctrl-C or SIGTERM: the step finishes, then all is saved (a second Ctrl-C: at once). gpt.py's
+    # handler, which leaves alone a signal the run was started to ignore (a background job's Ctrl-C).
+    with gpt.stop_signals() as stop_requested:
+        for step in range(first + 1, args.max_iters + 1):
             t0 = time.perf_counter()
             picked = torch.randint(len(questions), (args.batch_size,), generator=picker).tolist()
             anchor = []  # --sft_data's conversations, their reference answers' loss mixed in
@@ -326,7 +364,8 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
                                                      tokenizer, template["end"], args, sampler, anchor)
             step_s = time.perf_counter() - t0
             train_s += step_s
-            minutes, seconds = divmod(round((args.max_iters - step) * train_s / step), 60)
+            left = min((args.max_iters - step) * train_s / step, budget - (time.perf_counter() - started))
+            minutes, seconds = divmod(round(max(left, 0)), 60)
             print(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
                   f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
                   f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
@@ -337,15 +376,18 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=())
             better = evaluate(step, row) if evaluating else False
             row["elapsed_s"] = round(time.perf_counter() - started, 2)
             log.append(row)
-            if evaluating or stop:
+            stop, out_of_time = stop_requested(), row["elapsed_s"] >= budget and step < args.max_iters
+            if evaluating or stop or out_of_time:
                 save(step, row.get("accuracy"), better)
             if stop:
-                print(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured",
+                print(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
+                      "go on with --resume", flush=True)
+                return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
+            if out_of_time:  # the budget was the plan, not an interruption: exit 0
+                print(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
+                      f"evals included); saved {args.out_dir}/ckpt.pt, best.pt holds the best model measured",
                       flush=True)
-                return 128 + stop[0]
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+                return 0
     measured = f": {best:.1f}% mean greedy accuracy" if held_out else ""
     print(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
           f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}",
@@ -373,11 +415,17 @@ def eval_only(args, model, tokenizer, template, held_out):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="rl.py", description="Make a chat model better at checkable "
                                 "questions: it tries answers, and keeps what scores.")
-    p.add_argument("--init_from", required=True, help="a chat model's best.pt or ckpt.pt to start from")
+    def usage_error(message):  # one line, exit 2, as gpt.py's (argparse would print its usage first)
+        print(f"rl.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    p.error = usage_error
+    p.add_argument("--init_from", help="a chat model's best.pt or ckpt.pt to start from")
     p.add_argument("--data", help="conversations to ask (.jsonl); each line's last answer is the reference")
     p.add_argument("--out_dir", default="out_rl", help="for best.pt, ckpt.pt, log.csv (default out_rl)")
     p.add_argument("--eval_data", help="held-out conversations: greedy accuracy per skill; best.pt by it")
     p.add_argument("--max_iters", type=int, default=500, help="steps (default 500)")
+    p.add_argument("--max_minutes", type=float, help="stop after this many minutes of wall clock, evals "
+                   "included (a resumed run's earlier ones too), and save as Ctrl-C does, but exit 0")
     p.add_argument("--batch_size", type=int, default=64, help="questions per step (default 64)")
     p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
     p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
@@ -392,27 +440,42 @@ def main(argv=None):
     p.add_argument("--eval_interval", type=int, default=50, help="steps between evals (default 50)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt, "
+                   "with its flags (those given override them: a larger --max_iters, say)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out_dir")
     p.add_argument("--eval_only", action="store_true",
                    help="only measure --init_from on --eval_data: greedy and pass@--samples per skill")
     args = p.parse_args(argv)
-    for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
-        if getattr(args, name) < 1:
-            p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
-    if not args.sft_weight >= 0:  # also refuses nan
-        p.error(f"argument --sft_weight: must be 0 or more, got {args.sft_weight}")
-    if bool(args.sft_data) != bool(args.sft_weight):
-        p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
-    for name in ("temperature", "learning_rate", "grad_clip"):
-        if not getattr(args, name) > 0:  # also refuses nan
-            p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
-    if args.eval_only and not args.eval_data:
-        p.error("--eval_only needs --eval_data")
-    if not args.eval_only and not args.data:
-        p.error("--data is needed: the conversations to ask (for example chats/train.jsonl)")
     try:
-        init = gpt.load_checkpoint(args.init_from, "fine-tune one on chats first (README: Teach it to "
-                                   "answer)")
+        resume = None
+        if args.resume:  # the run's own flags become the defaults; the flags given win
+            if args.eval_only or args.overwrite or args.init_from:
+                p.error("--resume continues the run in --out_dir, from its ckpt.pt: not with --init_from, "
+                        "--eval_only or --overwrite")
+            resume = read_run(args.out_dir)
+            p.set_defaults(**resume["made_by"]["args"])
+            args = p.parse_args(argv)
+        for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
+            if getattr(args, name) < 1:
+                p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
+        if args.samples < 2 and not args.eval_only:
+            p.error("argument --samples: must be at least 2 (the answers to a question are scored against "
+                    "each other: one alone always scores alike, and teaches nothing)")
+        if not args.sft_weight >= 0:  # also refuses nan
+            p.error(f"argument --sft_weight: must be 0 or more, got {args.sft_weight}")
+        if bool(args.sft_data) != bool(args.sft_weight):
+            p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
+        for name in ("temperature", "learning_rate", "grad_clip", "max_minutes"):
+            if getattr(args, name) is not None and not getattr(args, name) > 0:  # also refuses nan
+                p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
+        if not args.init_from and not resume:
+            p.error("--init_from is needed: the chat model to start from (or --resume a run in --out_dir)")
+        if args.eval_only and not args.eval_data:
+            p.error("--eval_only needs --eval_data")
+        if not args.eval_only and not args.data:
+            p.error("--data is needed: the conversations to ask (for example chats/train.jsonl)")
+        init = resume or gpt.load_checkpoint(args.init_from, "fine-tune one on chats first (README: Teach "
+                                             "it to answer)")
         if not init.get("chat"):
             raise gpt.GPTError(f"{args.init_from} was never fine-tuned on conversations: it has no chat "
                                "template, no end marker to stop at (README: Teach it to answer)")
@@ -428,10 +491,16 @@ def main(argv=None):
         anchors = []
         if args.sft_data:
             anchors = read_questions(args.sft_data, tokenizer, template, block_size, args.max_new_tokens)
-        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite)
-        return train(args, init, model, tokenizer, questions, held_out, device, anchors)
+        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite and not resume)
+        return train(args, init, model, tokenizer, questions, held_out, device, anchors, resume)
     except (gpt.GPTError, prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (RuntimeError, MemoryError) as e:  # out of memory, on any device: ckpt.pt is whole
+        if isinstance(e, RuntimeError) and "alloc" not in str(e):
+            raise
+        print("error: out of memory: lower --samples or --batch_size (a step samples their product of "
+              "answers at once) or --max_new_tokens", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
