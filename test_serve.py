@@ -106,6 +106,18 @@ def bpe_chat_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def long_dir(out_dir, tmp_path_factory):
+    """The same model at 256 positions (its position embeddings repeated): an attention map of 256
+    tokens is 300 KB of JSON, more than a socket's buffers hold when they are small."""
+    folder = tmp_path_factory.mktemp("serve_long")
+    ckpt = torch.load(os.path.join(out_dir, "best.pt"), weights_only=True)
+    wpe = ckpt["model"]["transformer.wpe.weight"]  # (16, n_embd)
+    model = {**ckpt["model"], "transformer.wpe.weight": wpe.repeat(256 // len(wpe), 1)}  # (256, n_embd)
+    torch.save({**ckpt, "model": model, "config": {**ckpt["config"], "block_size": 256}}, folder / "best.pt")
+    return str(folder)
+
+
 @contextlib.contextmanager
 def running(folder, host="127.0.0.1", **options):
     """The real server on a free port, in a thread of this process."""
@@ -610,6 +622,36 @@ def test_a_client_that_stops_reading_but_keeps_its_socket_lets_the_model_go(out_
         for thread in handler_threads():
             thread.join(timeout=10)
         assert errors == []  # the stream that timed out ended quietly: no traceback
+
+
+def test_a_client_that_never_reads_a_large_answer_holds_the_model_not_nor_gets_a_second_answer(
+        long_dir, monkeypatch):
+    # The answer went out under the model's lock, with 60 s for each write: the page got 503 for a
+    # minute, then the client a 500's status line inside the 200's body
+    monkeypatch.setattr(serve, "SEND_S", 1)
+    monkeypatch.setattr(serve, "WAIT_S", 2)
+    with running(long_dir) as s:
+        s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # small buffers both ends
+        errors = []
+        monkeypatch.setattr(s, "handle_error", lambda *_: errors.append(sys.exc_info()[1]))
+        body = json.dumps({"text": TEXT[:256]}).encode()
+        head = post_head(s, len(body)).replace(b"/generate", b"/attention")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", s.server_address[1]))
+            sock.sendall(head + body)
+            assert sock.recv(15, socket.MSG_PEEK) == b"HTTP/1.0 200 OK"  # the answer is on its way
+            # and it reads no more: the model answers others all the same
+            assert request(s, *GOOD)[0] == 200
+            time.sleep(1.5 * serve.SEND_S)  # the server stopped waiting for it: it may not answer again
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, answer = reply.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        assert len(answer) < length and b"HTTP/1.0 " not in answer, answer[-300:]  # cut short, and no 500
+        assert errors == []  # and quietly
 
 
 def trickle(sock, connected_at, data, every, log):

@@ -45,10 +45,12 @@ names only if --allowed_hosts lists them. --api_key KEY asks every request but t
 It is the standard library's http.server: nothing to install, all of it on this page. The model
 answers one request at a time, under a lock: two at once would only share the same cores. A request
 that finds it busy waits up to WAIT_S seconds (time for a page that stopped one stream to start the
-next; an API client, which may send a few at once, waits up to QUEUE_S), then gets 503. A client
-that stops reading a stream lets the model go after SEND_S seconds. At most MAX_CONNECTIONS are open
-at once (a thread each), and each must send its whole request within REQUEST_S: one sent a byte at a
-time is cut off then, or sooner if a new connection needs its place; past the cap, 503 at once.
+next; an API client, which may send a few at once, waits up to QUEUE_S), then gets 503. An answer
+that is not streamed goes out once the model is free again; a client that stops reading a stream lets
+the model go after SEND_S seconds, and is left then, as one that stops reading any answer is. At most
+MAX_CONNECTIONS are open at once (a thread each), and each must send its whole request within
+REQUEST_S: one sent a byte at a time is cut off then, or sooner if a new connection needs its place;
+past the cap, 503 at once.
 """
 import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, socket, sys, threading, time
 from http import HTTPStatus
@@ -66,8 +68,9 @@ MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_NEW_TOKENS = 2000  # per request: a second or two of the tiny model, half a minute of medium
 WAIT_S = 5  # how long a request waits for the model while it answers another
 QUEUE_S = 60  # as long for the OpenAI API: apps send a few at once (a title, tags, the reply)
-SEND_S = 5  # how long a stream waits for its client to take an event (once the kernel's buffers,
-            # often megabytes, are full): a client that stopped reading lets the model go
+SEND_S = 5  # how long an answer waits for its client to take more (once the kernel's buffers, often
+            # megabytes, are full): a stream's client that stopped reading lets the model go
+SEND_PIECE = 64 * 1024  # bytes of an answer sent in one go, each within SEND_S: 13 KB/s will do
 REQUEST_S = 10  # for a request's line, headers and body, all of them: a client that sends a byte at
                 # a time cannot hold its connection longer (a deadline for each read would not do)
 LINGER_S = 1  # how long the rest of a refused body is read and dropped, so the refusal arrives
@@ -615,6 +618,7 @@ class Handler(BaseHTTPRequestHandler):
         self.cut = None  # why the server cut this request off, if it did
         self.unread = False  # a body not read: read and dropped before closing (see finish)
         self.route, self.api = "", False  # the path, without a query; whether it is OpenAI's
+        self.answered = False  # whether the status line went out
         self.deadline = time.monotonic() + REQUEST_S
         with self.server.reading_lock:
             self.server.reading.add(self)
@@ -669,12 +673,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest("the model is busy with another request: try again soon", 503)
             try:
                 answer = route(self.server, body)  # checks everything before it answers
-                if isinstance(answer, dict):
-                    self.send_json(200, answer)
-                else:
-                    self.send_events(answer)
+                if not isinstance(answer, dict):  # a stream: the model writes as it goes out
+                    return self.send_events(answer)
             finally:
                 self.server.lock.release()
+            self.send_json(200, answer)  # the model is free while the client takes it (5 MB of attention)
         except BadRequest as e:
             self.send_error_json(e)
         except Exception as e:  # a request no check foresaw: it is answered all the same,
@@ -771,7 +774,8 @@ class Handler(BaseHTTPRequestHandler):
         return {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
 
     def send_error_json(self, e):
-        self.send_json(e.status, self.error_body(e))
+        if not self.answered:  # after a status line, a failure can only end the answer: a second
+            self.send_json(e.status, self.error_body(e))  # would land inside the first one's body
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (a malformed request line or header, one too long) as JSON,
@@ -784,14 +788,25 @@ class Handler(BaseHTTPRequestHandler):
     def send_json(self, status, obj):
         self.send_body(status, "application/json", to_json(obj))
 
+    def send_response(self, code, message=None):
+        self.answered = True  # one status line a request
+        super().send_response(code, message)
+
     def send_body(self, status, kind, data):
+        """A whole answer, a piece at a time: a client that stops taking them for SEND_S is left, as a
+        stream's is (a slow network is not a stalled client: each piece has SEND_S)."""
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        self.wfile.write(data)
+        self.connection.settimeout(SEND_S)
+        try:
+            self.end_headers()
+            for start in range(0, len(data), SEND_PIECE):
+                self.wfile.write(data[start:start + SEND_PIECE])
+        except OSError:  # it hung up, or stopped reading: the answer ends there, cut short
+            self.close_connection = True
 
     def finish(self):
         """A body refused unread is read and dropped for a moment: a socket closed with data still
