@@ -991,6 +991,40 @@ def test_a_stream_the_client_stops_reading_frees_the_model(server):
 
 
 @needs_openai
+def test_an_answer_whose_client_gave_up_waiting_for_it_is_stopped(out_dir, monkeypatch):
+    # An app's timeout, then its retry: each try was written to the end for no one, and the page got 503
+    monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)  # an answer that would outlast the test
+    monkeypatch.setattr(serve, "WAIT_S", 2)
+    with running(out_dir) as s:
+        impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{s.server_address[1]}/v1", api_key="none",
+                                  max_retries=1, timeout=1)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.completions.create(model="any", prompt="ROMEO:", max_tokens=serve.MAX_NEW_TOKENS)
+        assert request(s, *GOOD)[0] == 200  # the model stopped when the client left
+
+
+def test_a_request_whose_client_left_while_it_waited_for_the_model_is_not_run(out_dir, monkeypatch):
+    monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)
+    started = []  # the answers the model began to write
+    def reply_text(*args, **kwargs):
+        started.append(1)
+        return chat.reply_text(*args, **kwargs)
+    monkeypatch.setattr(serve, "reply_text", reply_text)
+    with running(out_dir) as s:
+        body = json.dumps({"prompt": "A", "max_tokens": serve.MAX_NEW_TOKENS}).encode()
+        head = post_head(s, len(body)).replace(b"/generate", b"/v1/completions")
+        with s.lock:  # as if another request were being answered
+            with socket.create_connection(("127.0.0.1", s.server_address[1]), timeout=30) as sock:
+                sock.sendall(head + body)
+                while len(handler_threads()) < 1 or s.reading:  # it is read, and waits for the model
+                    time.sleep(0.01)
+            # and its client gives up
+        for thread in handler_threads():
+            thread.join(timeout=10)
+        assert started == [] and request(s, *GOOD)[0] == 200
+
+
+@needs_openai
 def test_a_failure_after_the_stream_started_raises_in_the_client(nan_server):
     api = client(nan_server)
     with pytest.raises(openai.APIError) as failed:  # NaN probabilities: the draw fails after the 200

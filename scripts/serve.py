@@ -52,7 +52,7 @@ MAX_CONNECTIONS are open at once (a thread each), and each must send its whole r
 REQUEST_S: one sent a byte at a time is cut off then, or sooner if a new connection needs its place;
 past the cap, 503 at once.
 """
-import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, socket, sys, threading, time
+import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, select, socket, sys, threading, time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -85,6 +85,10 @@ class BadRequest(Exception):
     def __init__(self, message, status=400, param=None, code=None):
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
+
+class ClientLeft(Exception):
+    """The client hung up before its answer was ready: an app that gave up waiting (and may send the
+    request again). The model stops, rather than write for no one."""
 
 
 # ------------------------------------------------------------ checking a request
@@ -163,7 +167,7 @@ def check_messages(messages, tokenizer):
 
 
 # ------------------------------------------------------------ the page's endpoints
-def generate(server, body):
+def generate(server, body, check_client):
     values = fields(body, {k: gpt.DEFAULTS[k] for k in ("prompt", *SAMPLING)})
     flags = sampling(values)
     prompt = string(values, "prompt") or server.empty_prompt  # as --sample: "" starts a new line
@@ -188,7 +192,7 @@ def token_events(tokenizer, tokens, n):
         yield {"token": piece, "p": probs[0, ids[-1]].item(), "top": likeliest}
     yield {"done": True}
 
-def attention(server, body):
+def attention(server, body, check_client):
     values = fields(body, {"text": None, "layer": 0, "head": None})
     config, blocks = server.model.config, server.model.transformer.h
     layer = integer(values, "layer", 0, config.n_layer - 1)
@@ -213,7 +217,7 @@ def attention(server, body):
     rows = [[round(w, 6) for w in row[:i + 1]] for i, row in enumerate(att.tolist())]  # keys j <= i
     return {"tokens": [server.tokenizer.decode([i]) for i in ids], "weights": rows}
 
-def chat(server, body):
+def chat(server, body, check_client):
     values = fields(body, {"messages": None, **{k: gpt.DEFAULTS[k] for k in SAMPLING}})
     template = server.template or UNTUNED_CHAT  # as scripts/chat.py: a note, then lines
     encode(server.tokenizer, "".join(template.values()), "the chat template")
@@ -342,7 +346,7 @@ def openai_messages(messages, tokenizer):
                          param="messages")
     return turns
 
-def chat_completions(server, body):
+def chat_completions(server, body, check_client):
     """POST /v1/chat/completions: scripts/chat.py's reply, through its own chat template."""
     if server.template is None:
         raise BadRequest(f"{server.model_name} was never fine-tuned on conversations, so it has no chat "
@@ -360,9 +364,9 @@ def chat_completions(server, body):
     flags = openai_sampling(values, length)
     ids = prompt_ids(server.tokenizer, server.template, turns, server.model.config.block_size)
     stops = [server.template["end"], *stop_strings(values)]  # the end marker stops it, as chat.py
-    return openai_reply(server, ids, stops, flags, *streaming(values), chat=True)
+    return openai_reply(server, ids, stops, flags, *streaming(values), check_client, chat=True)
 
-def completions(server, body):
+def completions(server, body, check_client):
     """POST /v1/completions: the text gpt.py --sample writes after the prompt, for any model."""
     values = openai_fields(body, dict(prompt="", max_tokens=gpt.DEFAULTS["max_new_tokens"],
                                       temperature=gpt.DEFAULTS["temperature"], top_k=None, seed=None,
@@ -375,11 +379,13 @@ def completions(server, body):
                          param="prompt")
     ids = encode(server.tokenizer, prompt or server.empty_prompt, "prompt")  # "" as --sample: a new line
     flags = openai_sampling(values)
-    return openai_reply(server, ids, stop_strings(values), flags, *streaming(values), chat=False)
+    return openai_reply(server, ids, stop_strings(values), flags, *streaming(values), check_client,
+                        chat=False)
 
-def openai_reply(server, ids, stops, flags, stream, include_usage, chat):
+def openai_reply(server, ids, stops, flags, stream, include_usage, check_client, chat):
     """The text the model writes after ids, until a stop string or the token limit, in OpenAI's shape:
-    one chat.completion or text_completion, or a stream of chunks of it."""
+    one chat.completion or text_completion, or a stream of chunks of it. A stream finds out that its
+    client left when it writes; the whole answer, which goes out at the end, asks as it is written."""
     report = {}  # reply_text counts the tokens drawn, and says whether a stop string ended them
     pieces = reply_text(server.model, server.tokenizer, ids, stops, report=report, **flags)
     head = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}",
@@ -387,7 +393,10 @@ def openai_reply(server, ids, stops, flags, stream, include_usage, chat):
                 model=server.model_name)
     if stream:
         return openai_events(head, pieces, report, len(ids), chat, include_usage)
-    text = "".join(pieces)
+    text = ""
+    for piece in pieces:
+        check_client()
+        text += piece
     if chat:
         choice = dict(index=0, message=dict(role="assistant", content=text), logprobs=None)
     else:
@@ -429,6 +438,8 @@ def openai_events(head, pieces, report, prompt_tokens, chat, include_usage):
 def models(server):  # GET /v1/models
     return {"object": "list", "data": [server.model_card]}
 
+# Each takes the server, the request's JSON body, and a function that raises ClientLeft if the client
+# has hung up
 POST_ROUTES = {"/generate": generate, "/attention": attention, "/chat": chat,
                "/v1/chat/completions": chat_completions, "/v1/completions": completions}
 
@@ -672,7 +683,8 @@ class Handler(BaseHTTPRequestHandler):
             if not self.server.lock.acquire(timeout=QUEUE_S if self.api else WAIT_S):
                 raise BadRequest("the model is busy with another request: try again soon", 503)
             try:
-                answer = route(self.server, body)  # checks everything before it answers
+                self.check_client()  # an app that gave up waiting for its turn is not answered
+                answer = route(self.server, body, self.check_client)  # checks everything first
                 if not isinstance(answer, dict):  # a stream: the model writes as it goes out
                     return self.send_events(answer)
             finally:
@@ -680,6 +692,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, answer)  # the model is free while the client takes it (5 MB of attention)
         except BadRequest as e:
             self.send_error_json(e)
+        except ClientLeft:
+            self.log_message("the client left before its answer was ready: it was not finished")
         except Exception as e:  # a request no check foresaw: it is answered all the same,
             self.send_error_json(BadRequest(f"the server failed on this request: {one_line(e)}", 500))
             raise  # and the traceback goes to the terminal
@@ -711,6 +725,19 @@ class Handler(BaseHTTPRequestHandler):
                                                                    self.server.api_key.encode())):
             raise BadRequest("this server needs its API key (--api_key): send the header "
                              "Authorization: Bearer KEY", 401, code="invalid_api_key")
+
+    def check_client(self):
+        """Raise ClientLeft if the client has hung up: its connection reads as ended (readable, with
+        nothing to read). A client that closes its sending half once its request is sent, as a few
+        command-line tools can, reads the same: HTTP does not say which it is, and browsers and the
+        OpenAI clients never do it."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            left = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset
+            left = True
+        if left:
+            raise ClientLeft
 
     def read_json(self):
         lengths = self.headers.get_all("Content-Length", [])
