@@ -901,6 +901,13 @@ BAD_API = [  # the client's arguments, and the field the 400 names
      "messages"),
     (dict(messages=[{"role": "user", "content": "Où?"}]), "messages"),  # a character the model never saw
     (dict(messages=[{"role": "user", "content": 7}]), "messages"),
+    *[(dict(messages=[{"role": "user", "content": content}]), "messages")  # each was taken as ""
+      for content in (0, False, {}, [], None)],
+    (dict(messages=[{"role": "user"}]), "messages"), (dict(messages=[{"role": "system"}, USER]), "messages"),
+    (dict(messages=[{**USER, "name": 5}]), "messages"), (dict(stream_options=0), "stream_options"),
+    (dict(stream_options={"include_usage": True}), "stream_options"),  # with stream false, as OpenAI
+    (dict(stream_options={"foo": 1}, stream=True), "stream_options"),
+    (dict(stream_options={"include_usage": 1}, stream=True), "stream_options"),
 ]
 
 
@@ -936,6 +943,12 @@ def test_what_apps_send_at_values_that_change_nothing_is_taken(chat_server):
     turns = [{"role": m["role"], "content": m["content"]} for m in turns]
     plain = api.chat.completions.create(model="any", messages=turns, max_tokens=5, temperature=0)
     assert answer.choices[0].message.content == plain.choices[0].message.content  # the same conversation
+    # an assistant turn that only called tools has no content; obfuscation pads HTTPS, and this is HTTP
+    messages = [USER, {"role": "assistant", "content": None}, USER]
+    options = {"include_usage": True, "include_obfuscation": False}
+    chunks = api.chat.completions.create(model="any", messages=messages, max_tokens=5, stream=True,
+                                         stream_options=options)
+    assert list(chunks)[-1].usage.completion_tokens == 5
 
 
 @needs_openai

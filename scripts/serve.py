@@ -299,13 +299,20 @@ def stop_strings(values):
     return stops
 
 def streaming(values):
-    """Whether to stream, and whether to end the stream with the usage (stream_options.include_usage)."""
-    if type(values["stream"]) is not bool:
-        raise BadRequest(f"stream must be true or false, got {shown(values['stream'])}", param="stream")
-    options = values["stream_options"] or {}
-    if not isinstance(options, dict) or type(options.get("include_usage", False)) is not bool:
-        raise BadRequest('stream_options must be {"include_usage": true or false}', param="stream_options")
-    return values["stream"], options.get("include_usage", False)
+    """Whether to stream, and whether to end the stream with the usage (stream_options.include_usage).
+    include_obfuscation pads chunks against an eavesdropper on HTTPS: this server speaks plain HTTP."""
+    stream, options = values["stream"], values["stream_options"]
+    if type(stream) is not bool:
+        raise BadRequest(f"stream must be true or false, got {shown(stream)}", param="stream")
+    if options is None:
+        return stream, False
+    if not stream:  # as OpenAI: options for a stream that is not asked for are a mistake somewhere
+        raise BadRequest("stream_options is only taken with stream true", param="stream_options")
+    if (not isinstance(options, dict) or not set(options) <= {"include_usage", "include_obfuscation"}
+            or not all(type(value) is bool for value in options.values())):
+        raise BadRequest('stream_options must be {"include_usage": true or false}, got '
+                         f"{shown(options)}", param="stream_options")
+    return stream, options.get("include_usage", False)
 
 def openai_messages(messages, tokenizer):
     """OpenAI's messages as §14's turns. Apps send more than scripts/chat.py types: a developer turn (a
@@ -324,15 +331,21 @@ def openai_messages(messages, tokenizer):
             raise BadRequest(f"messages[{i}]: role {shown(m.get('role'))} is not served here (system, "
                              "developer, user, assistant): this model writes text, it calls no tools",
                              param="messages")
-        content = m.get("content") or ""  # null: an assistant turn that only called tools
-        if isinstance(content, list):  # [{"type": "text", "text": "..."}, ...]
+        content = m.get("content")
+        if content is None and role == "assistant":  # an assistant turn that only called tools
+            content = ""
+        if isinstance(content, list) and content:  # [{"type": "text", "text": "..."}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
                 raise BadRequest(f"messages[{i}]: only text parts are read, and this model reads no "
                                  "images, audio or files", param="messages")
             content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}]: content must be a string or a list of text parts",
+        if not isinstance(content, str):  # 0, false, {}, [] and none at all are no text either
+            got = shown(content) if "content" in m else "none"
+            raise BadRequest(f"messages[{i}]: content must be a string or a list of text parts, got "
+                             f"{got}", param="messages")
+        if not isinstance(m.get("name", ""), str):
+            raise BadRequest(f"messages[{i}]: name must be a string, got {shown(m['name'])}",
                              param="messages")
         more = sorted(k for k, v in m.items()  # tool_calls: null and the like are taken
                       if k not in ("role", "content", "name") and v not in (None, [], "", {}))
