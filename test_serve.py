@@ -1122,6 +1122,18 @@ def test_serve_prints_its_addresses_and_says_when_other_machines_can_reach_it(ou
         process.wait(timeout=30)
 
 
+def test_an_api_key_no_client_could_send_is_refused_in_one_line(out_dir, capsys, monkeypatch):
+    # HTTP headers are Latin-1: a server started with "clé" could never be used
+    monkeypatch.setattr(serve.Server, "serve_forever", lambda self: None)  # one that starts, stops at once
+    for key in ("clé", "open sesame", "tab\tbed", "🔑"):
+        assert serve.main(["--out_dir", out_dir, "--port", "0", "--device", "cpu", "--api_key", key]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: --api_key") and err.count("\n") == 1 and key not in err, err
+    monkeypatch.setenv("SERVE_API_KEY", "clé")
+    assert serve.main(["--out_dir", out_dir, "--port", "0", "--device", "cpu"]) == 1
+    assert "printable ASCII" in capsys.readouterr().err
+
+
 def test_serve_on_a_folder_without_a_checkpoint_says_how_to_train_one(tmp_path, capsys):
     assert serve.main(["--out_dir", str(tmp_path), "--port", "0"]) == 1
     err = capsys.readouterr().err

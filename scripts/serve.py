@@ -889,9 +889,14 @@ def main(argv=None):
     for name in allowed:
         if not host_name(name):
             p.error(f"argument --allowed_hosts: {name!r} is not a host name (gpu-box.lan, .example.com)")
+    key = args.api_key
+    if key and not (key.isascii() and key.isprintable() and " " not in key):  # not shown: it is a secret
+        print("error: --api_key (or $SERVE_API_KEY) must be printable ASCII without spaces: a client "
+              "sends it in a header, and no client could send this one", file=sys.stderr)
+        return 1
     try:
-        server = Server(args.out_dir, args.host, args.port, args.device, allowed,
-                        args.api_key or None, args.model_name)
+        server = Server(args.out_dir, args.host, args.port, args.device, allowed, key or None,
+                        args.model_name)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
