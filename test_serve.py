@@ -556,6 +556,17 @@ def test_a_server_opened_with_host_still_refuses_dns_names_it_was_not_given(out_
             assert status_for_host(open_server, host, "/v1/completions")[0] == 200, host
 
 
+def test_a_loopback_host_written_another_way_opens_nothing(out_dir, capsys, monkeypatch):
+    # --host 127.1 is 127.0.0.1: it said "reachable from other machines", and took any Host
+    with running(out_dir, "127.1") as s:
+        assert not s.opened
+        for host in ("vm", "8.8.8.8", f"{socket.gethostname()}:{s.server_address[1]}"):
+            assert status_for_host(s, host)[0] == 403, host
+    monkeypatch.setattr(serve.Server, "serve_forever", lambda self: None)  # it starts, and stops at once
+    assert serve.main(["--out_dir", out_dir, "--host", "127.1", "--port", "0", "--device", "cpu"]) == 0
+    assert "other machines" not in capsys.readouterr().out
+
+
 def test_allowed_hosts_names_the_dns_names_that_may_reach_the_server(out_dir):
     names = ["gpu-box.lan", ".example.org", "HOST.DOCKER.INTERNAL:8000"]  # a port is dropped
     with running(out_dir, "0.0.0.0", allowed_hosts=names) as s:

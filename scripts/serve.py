@@ -528,10 +528,11 @@ class Server(ThreadingHTTPServer):
         host = host.strip("[]")  # --host [::1], as a URL writes it
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), Handler)
-        # The names a Host may give. Loopback ones always; --host opened the server to other machines,
-        # which call it by its address or this machine's name. A DNS name anyone else owns could be
-        # an attacker's, rebound to this machine: only --allowed_hosts vouches for one.
-        self.opened = not loopback(host)
+        # The names a Host may give. Loopback ones always; a --host that is not loopback opened the
+        # server to other machines, which call it by its address or this machine's name. The address
+        # bound says which, not --host's text (127.1 and localhost are 127.0.0.1). A DNS name anyone
+        # else owns could be an attacker's, rebound to this machine: only --allowed_hosts vouches for one.
+        self.opened = not ipaddress.ip_address(self.server_address[0]).is_loopback
         self.allowed_hosts = {host_name(name.strip()) for name in allowed_hosts if name.strip()} - {None}
         if self.opened:
             self.allowed_hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
