@@ -204,6 +204,7 @@ def exchange(server, data, timeout=30):
             if not chunk:
                 break
             reply += chunk
+    assert reply.startswith(b"HTTP/1.0 "), reply[:200]  # a status line: not an answer as HTTP/0.9's
     head, _, body = reply.partition(b"\r\n\r\n")
     return int(head.split()[1]), strict_json(body.decode())
 
@@ -461,6 +462,34 @@ def test_an_absurd_content_length_gets_its_4xx_in_one_line_and_the_server_goes_o
     assert request(server, *GOOD)[0] == 200
 
 
+REFUSED_BY_HTTP_SERVER = [  # requests http.server refuses before serve.py reads them, and their status
+    (b"GET {path} HTTP/1.1 extra\r\n\r\n", 400),  # as HTTP/0.9: the answer had no status line
+    (b"GET {path} HTTP/9.1\r\n\r\n", 505),  # the same
+    (b"GET {path} HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),  # too many headers
+    (b"GET {path} HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", 431),  # a header line too long
+    (b"GET {path}" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/models"])
+@pytest.mark.parametrize("raw, status", REFUSED_BY_HTTP_SERVER, ids=[str(s) for _, s in REFUSED_BY_HTTP_SERVER])
+def test_what_http_server_refuses_gets_a_status_line_and_the_error_shape_of_its_api(server, path, raw, status):
+    got, answer = exchange(server, raw.replace(b"{path}", path.encode()))
+    assert got == status, answer
+    if path.startswith("/v1"):
+        assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
+    else:
+        assert isinstance(answer["error"], str), answer
+
+
+def test_a_url_urlsplit_refuses_gets_404_not_a_traceback(server, monkeypatch):
+    errors = []
+    monkeypatch.setattr(server, "handle_error", lambda *_: errors.append(sys.exc_info()[1]))
+    port = server.server_address[1]
+    head = f"GET http://[/v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    assert exchange(server, head)[0] == 404 and errors == []
+
+
 @pytest.mark.parametrize("path", ["/generate", "/v1/completions"])
 def test_json_nested_about_as_deep_as_pythons_stack_gets_a_400_at_every_depth(server, path):
     # Just under the depth json.loads refuses, the body reads, but an error message that shows the
@@ -715,10 +744,10 @@ def test_clients_that_trickle_their_requests_are_cut_off_and_the_page_still_answ
             for sock, _ in socks:
                 sock.close()
         # every trickler was cut off: by the deadline, or sooner when a new connection needed its place;
-        # told why with a 408 (just the JSON if its request line was cut short, as HTTP/0.9 has it), or
-        # closed without a word if it had sent nothing
+        # told why with a 408 (with its status line even if its request line was cut short), or closed
+        # without a word if it had sent nothing
         assert len(log) == 8 and all(when is not None and when < 1.5 + 2 for when, _ in log), log
-        assert all(reply == b"" or reply.startswith((b"HTTP/1.0 408", b'{"error"')) for _, reply in log), log
+        assert all(reply == b"" or reply.startswith(b"HTTP/1.0 408") for _, reply in log), log
 
 
 def test_a_slow_client_alone_is_cut_off_at_the_deadline_with_408(out_dir, monkeypatch):
@@ -751,6 +780,8 @@ def test_connections_past_the_cap_get_503_at_once_and_the_server_goes_on(out_dir
             for _ in range(3):  # no connection is still sending its request: none can give way
                 status, answer = request(capped, *GOOD)
                 assert status == 503 and "too many connections" in answer["error"]
+                status, answer = request(capped, "/v1/models", method="GET")  # in the OpenAI API's shape
+                assert status == 503 and "too many connections" in answer["error"]["message"]
         for thread in waiting:
             thread.join(timeout=30)
         assert [status for status, _ in answers] == [200] * 3

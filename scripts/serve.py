@@ -74,6 +74,8 @@ SEND_PIECE = 64 * 1024  # bytes of an answer sent in one go, each within SEND_S:
 REQUEST_S = 10  # for a request's line, headers and body, all of them: a client that sends a byte at
                 # a time cannot hold its connection longer (a deadline for each read would not do)
 LINGER_S = 1  # how long the rest of a refused body is read and dropped, so the refusal arrives
+PEEK_S = 0.05  # how long a connection past the cap has for its request line, whose path says whether
+               # its 503 is the page's or OpenAI's (sent later, the page's); the server waits meanwhile
 MAX_CONNECTIONS = 32  # open at once, each a thread: the page needs two or three
 SAMPLING = ("max_new_tokens", "temperature", "top_k", "seed")  # --sample's flags, and their defaults
 NOT_FINE_TUNED = "this model was never fine-tuned on conversations: it answers as its text goes on"
@@ -500,6 +502,29 @@ def one_line(e):  # an exception the client hears of: torch's messages run to se
 def url(host, port):  # as a browser writes it: an IPv6 address in brackets
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+def route_of(path):
+    """A request's path as the routes read it: no query, %-escapes decoded, and of a whole URL (GET
+    http://host/v1/models, as HTTP allows) only its path. One urlsplit refuses (http://[/v1) is kept
+    as it came: no route has that name."""
+    try:
+        return unquote(urlsplit(path).path)
+    except ValueError:
+        return path
+
+def openai_route(request_line):
+    """Whether a request's first line, as it came (b"GET /v1/models HTTP/1.1"), asks the OpenAI API:
+    then its errors are in OpenAI's shape, even those made before its headers were read."""
+    words = request_line.split()
+    route = route_of(words[1].decode("latin-1")) if len(words) > 1 else ""
+    return route == "/v1" or route.startswith("/v1/")
+
+def error_body(e, api):
+    """The page's API says what went wrong in one line; the OpenAI API as OpenAI does."""
+    if not api:
+        return {"error": str(e)}
+    kind = "invalid_request_error" if e.status < 500 else "server_error"
+    return {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
+
 
 class Server(ThreadingHTTPServer):
     """The one model, loaded once, the lock that lets it answer one request at a time, and the
@@ -573,7 +598,14 @@ class Server(ThreadingHTTPServer):
             return super().process_request(request, client_address)
         if self.cut_off_slowest() and self.connections.acquire(timeout=1):  # its thread ends at once
             return super().process_request(request, client_address)
-        body = to_json({"error": "the server has too many connections open: try again soon"})
+        line = b""
+        try:
+            if select.select([request], [], [], PEEK_S)[0]:
+                line = request.recv(4096, socket.MSG_PEEK)  # left there, and read away below
+        except OSError:  # it has gone already
+            pass
+        e = BadRequest("the server has too many connections open: try again soon", 503)
+        body = to_json(error_body(e, openai_route(line)))
         head = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         request.sendall(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         request.shutdown(socket.SHUT_WR)  # not closed yet: a request that reached a closed socket
@@ -637,12 +669,14 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a socket may stay silent: REQUEST_S already bounds reading a request
+    default_request_version = "HTTP/1.0"  # not 0.9, which http.server takes a request line it cannot
+                                          # read for: its answer would have no status line
 
     def setup(self):
         super().setup()
         self.cut = None  # why the server cut this request off, if it did
-        self.unread = False  # a body not read: read and dropped before closing (see finish)
-        self.route, self.api = "", False  # the path, without a query; whether it is OpenAI's
+        self.unread = False  # a request not all read: the rest read and dropped before closing (finish)
+        self.route = ""  # the path, without a query
         self.answered = False  # whether the status line went out
         self.deadline = time.monotonic() + REQUEST_S
         with self.server.reading_lock:
@@ -656,11 +690,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.cut:
             raise BadRequest(self.cut, 408)
 
+    @property
+    def api(self):
+        """Whether the request asks the OpenAI API, whose errors are in OpenAI's shape. Read from its
+        first line as it came, it is known even when http.server refuses the rest (431, 414)."""
+        return openai_route(self.raw_requestline)
+
     def parse_request(self):  # http.server reads the request line and the headers
         if not super().parse_request():
             return False
-        self.route = unquote(urlsplit(self.path).path)
-        self.api = self.route == "/v1" or self.route.startswith("/v1/")
+        self.route = route_of(self.path)
         return True
 
     def do_GET(self):
@@ -803,25 +842,20 @@ class Handler(BaseHTTPRequestHandler):
             pass
         except Exception as e:
             self.log_error("the stream failed: %s", one_line(e))
-            self.wfile.write(b"data: " + to_json(self.error_body(BadRequest(one_line(e), 500))) + b"\n\n")
+            event = error_body(BadRequest(one_line(e), 500), self.api)
+            self.wfile.write(b"data: " + to_json(event) + b"\n\n")
         finally:
             events.close()
 
-    def error_body(self, e):
-        """The page's API says what went wrong in one line; the OpenAI API as OpenAI does."""
-        if not self.api:
-            return {"error": str(e)}
-        kind = "invalid_request_error" if e.status < 500 else "server_error"
-        return {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
-
     def send_error_json(self, e):
         if not self.answered:  # after a status line, a failure can only end the answer: a second
-            self.send_json(e.status, self.error_body(e))  # would land inside the first one's body
+            self.send_json(e.status, error_body(e, self.api))  # would land inside the first one's body
 
     def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (a malformed request line or header, one too long) as JSON,
-        and as 408 if the request was cut off halfway."""
+        """http.server's own refusals (a malformed request line or header, one too long) as JSON in
+        the shape of the API asked, and as 408 if the request was cut off halfway."""
         self.close_connection = True
+        self.unread = True  # say, the rest of a header too long
         if self.cut:
             code, message = 408, self.cut
         self.send_error_json(BadRequest(message or HTTPStatus(code).phrase, code))
@@ -850,8 +884,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def finish(self):
-        """A body refused unread is read and dropped for a moment: a socket closed with data still
-        coming resets the connection, and the client may lose the answer that was sent."""
+        """The rest of a request refused unread is read and dropped for a moment: a socket closed with
+        data still coming resets the connection, and the client may lose the answer that was sent."""
         try:
             super().finish()
             if self.unread:
