@@ -46,11 +46,12 @@ It is the standard library's http.server: nothing to install, all of it on this 
 answers one request at a time, under a lock: two at once would only share the same cores. A request
 that finds it busy waits up to WAIT_S seconds (time for a page that stopped one stream to start the
 next; an API client, which may send a few at once, waits up to QUEUE_S), then gets 503. An answer
-that is not streamed goes out once the model is free again; a client that stops reading a stream lets
-the model go after SEND_S seconds, and is left then, as one that stops reading any answer is. At most
+that is not streamed goes out once the model is free again. A client that stops reading an answer is
+left after SEND_S seconds (a stream's lets the model go then); one that hangs up before its answer is
+ready (an app that timed out, and may send it again) has it dropped, even halfway through. At most
 MAX_CONNECTIONS are open at once (a thread each), and each must send its whole request within
 REQUEST_S: one sent a byte at a time is cut off then, or sooner if a new connection needs its place;
-past the cap, 503 at once.
+past the cap, 503 at once. Every error comes with a status line, and under /v1 in OpenAI's shape.
 """
 import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, select, socket, sys, threading, time
 from http import HTTPStatus
