@@ -463,17 +463,17 @@ def test_an_absurd_content_length_gets_its_4xx_in_one_line_and_the_server_goes_o
 
 
 REFUSED_BY_HTTP_SERVER = [  # requests http.server refuses before serve.py reads them, and their status
-    (b"GET {path} HTTP/1.1 extra\r\n\r\n", 400),  # as HTTP/0.9: the answer had no status line
-    (b"GET {path} HTTP/9.1\r\n\r\n", 505),  # the same
-    (b"GET {path} HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),  # too many headers
-    (b"GET {path} HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", 431),  # a header line too long
-    (b"GET {path}" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+    pytest.param(b"GET {path} HTTP/1.1 extra\r\n\r\n", 400, id="a fourth word"),  # answered as HTTP/0.9:
+    pytest.param(b"GET {path} HTTP/9.1\r\n\r\n", 505, id="HTTP 9.1"),  # with no status line
+    pytest.param(b"GET {path} HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, id="101 headers"),
+    pytest.param(b"GET {path} HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", 431, id="a header of 70 KB"),
+    pytest.param(b"GET {path}" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, id="a path of 70 KB"),
 ]
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/models"])
-@pytest.mark.parametrize("raw, status", REFUSED_BY_HTTP_SERVER, ids=[str(s) for _, s in REFUSED_BY_HTTP_SERVER])
-def test_what_http_server_refuses_gets_a_status_line_and_the_error_shape_of_its_api(server, path, raw, status):
+@pytest.mark.parametrize("raw, status", REFUSED_BY_HTTP_SERVER)
+def test_what_http_server_refuses_gets_a_status_line_and_its_apis_error_shape(server, path, raw, status):
     got, answer = exchange(server, raw.replace(b"{path}", path.encode()))
     assert got == status, answer
     if path.startswith("/v1"):
@@ -664,7 +664,7 @@ def test_a_client_that_stops_reading_but_keeps_its_socket_lets_the_model_go(out_
         assert errors == []  # the stream that timed out ended quietly: no traceback
 
 
-def test_a_client_that_never_reads_a_large_answer_holds_the_model_not_nor_gets_a_second_answer(
+def test_a_client_that_never_reads_a_large_answer_frees_the_model_and_gets_no_second_answer(
         long_dir, monkeypatch):
     # The answer went out under the model's lock, with 60 s for each write: the page got 503 for a
     # minute, then the client a 500's status line inside the 200's body
