@@ -106,6 +106,18 @@ def bpe_chat_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def long_dir(out_dir, tmp_path_factory):
+    """The same model at 256 positions (its position embeddings repeated): an attention map of 256
+    tokens is 300 KB of JSON, more than a socket's buffers hold when they are small."""
+    folder = tmp_path_factory.mktemp("serve_long")
+    ckpt = torch.load(os.path.join(out_dir, "best.pt"), weights_only=True)
+    wpe = ckpt["model"]["transformer.wpe.weight"]  # (16, n_embd)
+    model = {**ckpt["model"], "transformer.wpe.weight": wpe.repeat(256 // len(wpe), 1)}  # (256, n_embd)
+    torch.save({**ckpt, "model": model, "config": {**ckpt["config"], "block_size": 256}}, folder / "best.pt")
+    return str(folder)
+
+
 @contextlib.contextmanager
 def running(folder, host="127.0.0.1", **options):
     """The real server on a free port, in a thread of this process."""
@@ -192,6 +204,7 @@ def exchange(server, data, timeout=30):
             if not chunk:
                 break
             reply += chunk
+    assert reply.startswith(b"HTTP/1.0 "), reply[:200]  # a status line: not an answer as HTTP/0.9's
     head, _, body = reply.partition(b"\r\n\r\n")
     return int(head.split()[1]), strict_json(body.decode())
 
@@ -449,6 +462,34 @@ def test_an_absurd_content_length_gets_its_4xx_in_one_line_and_the_server_goes_o
     assert request(server, *GOOD)[0] == 200
 
 
+REFUSED_BY_HTTP_SERVER = [  # requests http.server refuses before serve.py reads them, and their status
+    pytest.param(b"GET {path} HTTP/1.1 extra\r\n\r\n", 400, id="a fourth word"),  # answered as HTTP/0.9:
+    pytest.param(b"GET {path} HTTP/9.1\r\n\r\n", 505, id="HTTP 9.1"),  # with no status line
+    pytest.param(b"GET {path} HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, id="101 headers"),
+    pytest.param(b"GET {path} HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", 431, id="a header of 70 KB"),
+    pytest.param(b"GET {path}" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, id="a path of 70 KB"),
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/models"])
+@pytest.mark.parametrize("raw, status", REFUSED_BY_HTTP_SERVER)
+def test_what_http_server_refuses_gets_a_status_line_and_its_apis_error_shape(server, path, raw, status):
+    got, answer = exchange(server, raw.replace(b"{path}", path.encode()))
+    assert got == status, answer
+    if path.startswith("/v1"):
+        assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
+    else:
+        assert isinstance(answer["error"], str), answer
+
+
+def test_a_url_urlsplit_refuses_gets_404_not_a_traceback(server, monkeypatch):
+    errors = []
+    monkeypatch.setattr(server, "handle_error", lambda *_: errors.append(sys.exc_info()[1]))
+    port = server.server_address[1]
+    head = f"GET http://[/v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    assert exchange(server, head)[0] == 404 and errors == []
+
+
 @pytest.mark.parametrize("path", ["/generate", "/v1/completions"])
 def test_json_nested_about_as_deep_as_pythons_stack_gets_a_400_at_every_depth(server, path):
     # Just under the depth json.loads refuses, the body reads, but an error message that shows the
@@ -544,6 +585,17 @@ def test_a_server_opened_with_host_still_refuses_dns_names_it_was_not_given(out_
             assert status_for_host(open_server, host, "/v1/completions")[0] == 200, host
 
 
+def test_a_loopback_host_written_another_way_opens_nothing(out_dir, capsys, monkeypatch):
+    # --host 127.1 is 127.0.0.1: it said "reachable from other machines", and took any Host
+    with running(out_dir, "127.1") as s:
+        assert not s.opened
+        for host in ("vm", "8.8.8.8", f"{socket.gethostname()}:{s.server_address[1]}"):
+            assert status_for_host(s, host)[0] == 403, host
+    monkeypatch.setattr(serve.Server, "serve_forever", lambda self: None)  # it starts, and stops at once
+    assert serve.main(["--out_dir", out_dir, "--host", "127.1", "--port", "0", "--device", "cpu"]) == 0
+    assert "other machines" not in capsys.readouterr().out
+
+
 def test_allowed_hosts_names_the_dns_names_that_may_reach_the_server(out_dir):
     names = ["gpu-box.lan", ".example.org", "HOST.DOCKER.INTERNAL:8000"]  # a port is dropped
     with running(out_dir, "0.0.0.0", allowed_hosts=names) as s:
@@ -612,6 +664,36 @@ def test_a_client_that_stops_reading_but_keeps_its_socket_lets_the_model_go(out_
         assert errors == []  # the stream that timed out ended quietly: no traceback
 
 
+def test_a_client_that_never_reads_a_large_answer_frees_the_model_and_gets_no_second_answer(
+        long_dir, monkeypatch):
+    # The answer went out under the model's lock, with 60 s for each write: the page got 503 for a
+    # minute, then the client a 500's status line inside the 200's body
+    monkeypatch.setattr(serve, "SEND_S", 1)
+    monkeypatch.setattr(serve, "WAIT_S", 2)
+    with running(long_dir) as s:
+        s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # small buffers both ends
+        errors = []
+        monkeypatch.setattr(s, "handle_error", lambda *_: errors.append(sys.exc_info()[1]))
+        body = json.dumps({"text": TEXT[:256]}).encode()
+        head = post_head(s, len(body)).replace(b"/generate", b"/attention")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", s.server_address[1]))
+            sock.sendall(head + body)
+            assert sock.recv(15, socket.MSG_PEEK) == b"HTTP/1.0 200 OK"  # the answer is on its way
+            # and it reads no more: the model answers others all the same
+            assert request(s, *GOOD)[0] == 200
+            time.sleep(1.5 * serve.SEND_S)  # the server stopped waiting for it: it may not answer again
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, answer = reply.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        assert len(answer) < length and b"HTTP/1.0 " not in answer, answer[-300:]  # cut short, and no 500
+        assert errors == []  # and quietly
+
+
 def trickle(sock, connected_at, data, every, log):
     """Send data a byte at a time, as a slow-loris client does, until the server answers or closes;
     then log how long after connecting, and the whole answer."""
@@ -662,10 +744,10 @@ def test_clients_that_trickle_their_requests_are_cut_off_and_the_page_still_answ
             for sock, _ in socks:
                 sock.close()
         # every trickler was cut off: by the deadline, or sooner when a new connection needed its place;
-        # told why with a 408 (just the JSON if its request line was cut short, as HTTP/0.9 has it), or
-        # closed without a word if it had sent nothing
+        # told why with a 408 (with its status line even if its request line was cut short), or closed
+        # without a word if it had sent nothing
         assert len(log) == 8 and all(when is not None and when < 1.5 + 2 for when, _ in log), log
-        assert all(reply == b"" or reply.startswith((b"HTTP/1.0 408", b'{"error"')) for _, reply in log), log
+        assert all(reply == b"" or reply.startswith(b"HTTP/1.0 408") for _, reply in log), log
 
 
 def test_a_slow_client_alone_is_cut_off_at_the_deadline_with_408(out_dir, monkeypatch):
@@ -698,6 +780,8 @@ def test_connections_past_the_cap_get_503_at_once_and_the_server_goes_on(out_dir
             for _ in range(3):  # no connection is still sending its request: none can give way
                 status, answer = request(capped, *GOOD)
                 assert status == 503 and "too many connections" in answer["error"]
+                status, answer = request(capped, "/v1/models", method="GET")  # in the OpenAI API's shape
+                assert status == 503 and "too many connections" in answer["error"]["message"]
         for thread in waiting:
             thread.join(timeout=30)
         assert [status for status, _ in answers] == [200] * 3
@@ -859,6 +943,13 @@ BAD_API = [  # the client's arguments, and the field the 400 names
      "messages"),
     (dict(messages=[{"role": "user", "content": "Où?"}]), "messages"),  # a character the model never saw
     (dict(messages=[{"role": "user", "content": 7}]), "messages"),
+    *[(dict(messages=[{"role": "user", "content": content}]), "messages")  # each was taken as ""
+      for content in (0, False, {}, [], None)],
+    (dict(messages=[{"role": "user"}]), "messages"), (dict(messages=[{"role": "system"}, USER]), "messages"),
+    (dict(messages=[{**USER, "name": 5}]), "messages"), (dict(stream_options=0), "stream_options"),
+    (dict(stream_options={"include_usage": True}), "stream_options"),  # with stream false, as OpenAI
+    (dict(stream_options={"foo": 1}, stream=True), "stream_options"),
+    (dict(stream_options={"include_usage": 1}, stream=True), "stream_options"),
 ]
 
 
@@ -894,6 +985,12 @@ def test_what_apps_send_at_values_that_change_nothing_is_taken(chat_server):
     turns = [{"role": m["role"], "content": m["content"]} for m in turns]
     plain = api.chat.completions.create(model="any", messages=turns, max_tokens=5, temperature=0)
     assert answer.choices[0].message.content == plain.choices[0].message.content  # the same conversation
+    # an assistant turn that only called tools has no content; obfuscation pads HTTPS, and this is HTTP
+    messages = [USER, {"role": "assistant", "content": None}, USER]
+    options = {"include_usage": True, "include_obfuscation": False}
+    chunks = api.chat.completions.create(model="any", messages=messages, max_tokens=5, stream=True,
+                                         stream_options=options)
+    assert list(chunks)[-1].usage.completion_tokens == 5
 
 
 @needs_openai
@@ -946,6 +1043,40 @@ def test_a_stream_the_client_stops_reading_frees_the_model(server):
     start = time.monotonic()
     assert api.completions.create(model="any", prompt="A", max_tokens=2).choices[0].text
     assert time.monotonic() - start < serve.SEND_S  # it did not wait for the 2000 tokens
+
+
+@needs_openai
+def test_an_answer_whose_client_gave_up_waiting_for_it_is_stopped(out_dir, monkeypatch):
+    # An app's timeout, then its retry: each try was written to the end for no one, and the page got 503
+    monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)  # an answer that would outlast the test
+    monkeypatch.setattr(serve, "WAIT_S", 2)
+    with running(out_dir) as s:
+        impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{s.server_address[1]}/v1", api_key="none",
+                                  max_retries=1, timeout=1)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.completions.create(model="any", prompt="ROMEO:", max_tokens=serve.MAX_NEW_TOKENS)
+        assert request(s, *GOOD)[0] == 200  # the model stopped when the client left
+
+
+def test_a_request_whose_client_left_while_it_waited_for_the_model_is_not_run(out_dir, monkeypatch):
+    monkeypatch.setattr(serve, "MAX_NEW_TOKENS", 10**7)
+    started = []  # the answers the model began to write
+    def reply_text(*args, **kwargs):
+        started.append(1)
+        return chat.reply_text(*args, **kwargs)
+    monkeypatch.setattr(serve, "reply_text", reply_text)
+    with running(out_dir) as s:
+        body = json.dumps({"prompt": "A", "max_tokens": serve.MAX_NEW_TOKENS}).encode()
+        head = post_head(s, len(body)).replace(b"/generate", b"/v1/completions")
+        with s.lock:  # as if another request were being answered
+            with socket.create_connection(("127.0.0.1", s.server_address[1]), timeout=30) as sock:
+                sock.sendall(head + body)
+                while len(handler_threads()) < 1 or s.reading:  # it is read, and waits for the model
+                    time.sleep(0.01)
+            # and its client gives up
+        for thread in handler_threads():
+            thread.join(timeout=10)
+        assert started == [] and request(s, *GOOD)[0] == 200
 
 
 @needs_openai
@@ -1031,6 +1162,18 @@ def test_serve_prints_its_addresses_and_says_when_other_machines_can_reach_it(ou
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_an_api_key_no_client_could_send_is_refused_in_one_line(out_dir, capsys, monkeypatch):
+    # HTTP headers are Latin-1: a server started with "clé" could never be used
+    monkeypatch.setattr(serve.Server, "serve_forever", lambda self: None)  # one that starts, stops at once
+    for key in ("clé", "open sesame", "tab\tbed", "🔑"):
+        assert serve.main(["--out_dir", out_dir, "--port", "0", "--device", "cpu", "--api_key", key]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: --api_key") and err.count("\n") == 1 and key not in err, err
+    monkeypatch.setenv("SERVE_API_KEY", "clé")
+    assert serve.main(["--out_dir", out_dir, "--port", "0", "--device", "cpu"]) == 1
+    assert "printable ASCII" in capsys.readouterr().err
 
 
 def test_serve_on_a_folder_without_a_checkpoint_says_how_to_train_one(tmp_path, capsys):

@@ -45,12 +45,15 @@ names only if --allowed_hosts lists them. --api_key KEY asks every request but t
 It is the standard library's http.server: nothing to install, all of it on this page. The model
 answers one request at a time, under a lock: two at once would only share the same cores. A request
 that finds it busy waits up to WAIT_S seconds (time for a page that stopped one stream to start the
-next; an API client, which may send a few at once, waits up to QUEUE_S), then gets 503. A client
-that stops reading a stream lets the model go after SEND_S seconds. At most MAX_CONNECTIONS are open
-at once (a thread each), and each must send its whole request within REQUEST_S: one sent a byte at a
-time is cut off then, or sooner if a new connection needs its place; past the cap, 503 at once.
+next; an API client, which may send a few at once, waits up to QUEUE_S), then gets 503. An answer
+that is not streamed goes out once the model is free again. A client that stops reading an answer is
+left after SEND_S seconds (a stream's lets the model go then); one that hangs up before its answer is
+ready (an app that timed out, and may send it again) has it dropped, even halfway through. At most
+MAX_CONNECTIONS are open at once (a thread each), and each must send its whole request within
+REQUEST_S: one sent a byte at a time is cut off then, or sooner if a new connection needs its place;
+past the cap, 503 at once. Every error comes with a status line, and under /v1 in OpenAI's shape.
 """
-import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, socket, sys, threading, time
+import argparse, errno, hmac, ipaddress, json, math, os, re, secrets, select, socket, sys, threading, time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -66,11 +69,14 @@ MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_NEW_TOKENS = 2000  # per request: a second or two of the tiny model, half a minute of medium
 WAIT_S = 5  # how long a request waits for the model while it answers another
 QUEUE_S = 60  # as long for the OpenAI API: apps send a few at once (a title, tags, the reply)
-SEND_S = 5  # how long a stream waits for its client to take an event (once the kernel's buffers,
-            # often megabytes, are full): a client that stopped reading lets the model go
+SEND_S = 5  # how long an answer waits for its client to take more (once the kernel's buffers, often
+            # megabytes, are full): a stream's client that stopped reading lets the model go
+SEND_PIECE = 64 * 1024  # bytes of an answer sent in one go, each within SEND_S: 13 KB/s will do
 REQUEST_S = 10  # for a request's line, headers and body, all of them: a client that sends a byte at
                 # a time cannot hold its connection longer (a deadline for each read would not do)
 LINGER_S = 1  # how long the rest of a refused body is read and dropped, so the refusal arrives
+PEEK_S = 0.05  # how long a connection past the cap has for its request line, whose path says whether
+               # its 503 is the page's or OpenAI's (sent later, the page's); the server waits meanwhile
 MAX_CONNECTIONS = 32  # open at once, each a thread: the page needs two or three
 SAMPLING = ("max_new_tokens", "temperature", "top_k", "seed")  # --sample's flags, and their defaults
 NOT_FINE_TUNED = "this model was never fine-tuned on conversations: it answers as its text goes on"
@@ -82,6 +88,10 @@ class BadRequest(Exception):
     def __init__(self, message, status=400, param=None, code=None):
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
+
+class ClientLeft(Exception):
+    """The client hung up before its answer was ready: an app that gave up waiting (and may send the
+    request again). The model stops, rather than write for no one."""
 
 
 # ------------------------------------------------------------ checking a request
@@ -160,7 +170,7 @@ def check_messages(messages, tokenizer):
 
 
 # ------------------------------------------------------------ the page's endpoints
-def generate(server, body):
+def generate(server, body, check_client):
     values = fields(body, {k: gpt.DEFAULTS[k] for k in ("prompt", *SAMPLING)})
     flags = sampling(values)
     prompt = string(values, "prompt") or server.empty_prompt  # as --sample: "" starts a new line
@@ -185,7 +195,7 @@ def token_events(tokenizer, tokens, n):
         yield {"token": piece, "p": probs[0, ids[-1]].item(), "top": likeliest}
     yield {"done": True}
 
-def attention(server, body):
+def attention(server, body, check_client):
     values = fields(body, {"text": None, "layer": 0, "head": None})
     config, blocks = server.model.config, server.model.transformer.h
     layer = integer(values, "layer", 0, config.n_layer - 1)
@@ -210,7 +220,7 @@ def attention(server, body):
     rows = [[round(w, 6) for w in row[:i + 1]] for i, row in enumerate(att.tolist())]  # keys j <= i
     return {"tokens": [server.tokenizer.decode([i]) for i in ids], "weights": rows}
 
-def chat(server, body):
+def chat(server, body, check_client):
     values = fields(body, {"messages": None, **{k: gpt.DEFAULTS[k] for k in SAMPLING}})
     template = server.template or UNTUNED_CHAT  # as scripts/chat.py: a note, then lines
     encode(server.tokenizer, "".join(template.values()), "the chat template")
@@ -292,13 +302,20 @@ def stop_strings(values):
     return stops
 
 def streaming(values):
-    """Whether to stream, and whether to end the stream with the usage (stream_options.include_usage)."""
-    if type(values["stream"]) is not bool:
-        raise BadRequest(f"stream must be true or false, got {shown(values['stream'])}", param="stream")
-    options = values["stream_options"] or {}
-    if not isinstance(options, dict) or type(options.get("include_usage", False)) is not bool:
-        raise BadRequest('stream_options must be {"include_usage": true or false}', param="stream_options")
-    return values["stream"], options.get("include_usage", False)
+    """Whether to stream, and whether to end the stream with the usage (stream_options.include_usage).
+    include_obfuscation pads chunks against an eavesdropper on HTTPS: this server speaks plain HTTP."""
+    stream, options = values["stream"], values["stream_options"]
+    if type(stream) is not bool:
+        raise BadRequest(f"stream must be true or false, got {shown(stream)}", param="stream")
+    if options is None:
+        return stream, False
+    if not stream:  # as OpenAI: options for a stream that is not asked for are a mistake somewhere
+        raise BadRequest("stream_options is only taken with stream true", param="stream_options")
+    if (not isinstance(options, dict) or not set(options) <= {"include_usage", "include_obfuscation"}
+            or not all(type(value) is bool for value in options.values())):
+        raise BadRequest('stream_options must be {"include_usage": true or false}, got '
+                         f"{shown(options)}", param="stream_options")
+    return stream, options.get("include_usage", False)
 
 def openai_messages(messages, tokenizer):
     """OpenAI's messages as §14's turns. Apps send more than scripts/chat.py types: a developer turn (a
@@ -317,15 +334,21 @@ def openai_messages(messages, tokenizer):
             raise BadRequest(f"messages[{i}]: role {shown(m.get('role'))} is not served here (system, "
                              "developer, user, assistant): this model writes text, it calls no tools",
                              param="messages")
-        content = m.get("content") or ""  # null: an assistant turn that only called tools
-        if isinstance(content, list):  # [{"type": "text", "text": "..."}, ...]
+        content = m.get("content")
+        if content is None and role == "assistant":  # an assistant turn that only called tools
+            content = ""
+        if isinstance(content, list) and content:  # [{"type": "text", "text": "..."}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
                 raise BadRequest(f"messages[{i}]: only text parts are read, and this model reads no "
                                  "images, audio or files", param="messages")
             content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}]: content must be a string or a list of text parts",
+        if not isinstance(content, str):  # 0, false, {}, [] and none at all are no text either
+            got = shown(content) if "content" in m else "none"
+            raise BadRequest(f"messages[{i}]: content must be a string or a list of text parts, got "
+                             f"{got}", param="messages")
+        if not isinstance(m.get("name", ""), str):
+            raise BadRequest(f"messages[{i}]: name must be a string, got {shown(m['name'])}",
                              param="messages")
         more = sorted(k for k, v in m.items()  # tool_calls: null and the like are taken
                       if k not in ("role", "content", "name") and v not in (None, [], "", {}))
@@ -339,7 +362,7 @@ def openai_messages(messages, tokenizer):
                          param="messages")
     return turns
 
-def chat_completions(server, body):
+def chat_completions(server, body, check_client):
     """POST /v1/chat/completions: scripts/chat.py's reply, through its own chat template."""
     if server.template is None:
         raise BadRequest(f"{server.model_name} was never fine-tuned on conversations, so it has no chat "
@@ -357,9 +380,9 @@ def chat_completions(server, body):
     flags = openai_sampling(values, length)
     ids = prompt_ids(server.tokenizer, server.template, turns, server.model.config.block_size)
     stops = [server.template["end"], *stop_strings(values)]  # the end marker stops it, as chat.py
-    return openai_reply(server, ids, stops, flags, *streaming(values), chat=True)
+    return openai_reply(server, ids, stops, flags, *streaming(values), check_client, chat=True)
 
-def completions(server, body):
+def completions(server, body, check_client):
     """POST /v1/completions: the text gpt.py --sample writes after the prompt, for any model."""
     values = openai_fields(body, dict(prompt="", max_tokens=gpt.DEFAULTS["max_new_tokens"],
                                       temperature=gpt.DEFAULTS["temperature"], top_k=None, seed=None,
@@ -372,11 +395,13 @@ def completions(server, body):
                          param="prompt")
     ids = encode(server.tokenizer, prompt or server.empty_prompt, "prompt")  # "" as --sample: a new line
     flags = openai_sampling(values)
-    return openai_reply(server, ids, stop_strings(values), flags, *streaming(values), chat=False)
+    return openai_reply(server, ids, stop_strings(values), flags, *streaming(values), check_client,
+                        chat=False)
 
-def openai_reply(server, ids, stops, flags, stream, include_usage, chat):
+def openai_reply(server, ids, stops, flags, stream, include_usage, check_client, chat):
     """The text the model writes after ids, until a stop string or the token limit, in OpenAI's shape:
-    one chat.completion or text_completion, or a stream of chunks of it."""
+    one chat.completion or text_completion, or a stream of chunks of it. A stream finds out that its
+    client left when it writes; the whole answer, which goes out at the end, asks as it is written."""
     report = {}  # reply_text counts the tokens drawn, and says whether a stop string ended them
     pieces = reply_text(server.model, server.tokenizer, ids, stops, report=report, **flags)
     head = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}",
@@ -384,7 +409,10 @@ def openai_reply(server, ids, stops, flags, stream, include_usage, chat):
                 model=server.model_name)
     if stream:
         return openai_events(head, pieces, report, len(ids), chat, include_usage)
-    text = "".join(pieces)
+    text = ""
+    for piece in pieces:
+        check_client()
+        text += piece
     if chat:
         choice = dict(index=0, message=dict(role="assistant", content=text), logprobs=None)
     else:
@@ -426,6 +454,8 @@ def openai_events(head, pieces, report, prompt_tokens, chat, include_usage):
 def models(server):  # GET /v1/models
     return {"object": "list", "data": [server.model_card]}
 
+# Each takes the server, the request's JSON body, and a function that raises ClientLeft if the client
+# has hung up
 POST_ROUTES = {"/generate": generate, "/attention": attention, "/chat": chat,
                "/v1/chat/completions": chat_completions, "/v1/completions": completions}
 
@@ -473,6 +503,29 @@ def one_line(e):  # an exception the client hears of: torch's messages run to se
 def url(host, port):  # as a browser writes it: an IPv6 address in brackets
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+def route_of(path):
+    """A request's path as the routes read it: no query, %-escapes decoded, and of a whole URL (GET
+    http://host/v1/models, as HTTP allows) only its path. One urlsplit refuses (http://[/v1) is kept
+    as it came: no route has that name."""
+    try:
+        return unquote(urlsplit(path).path)
+    except ValueError:
+        return path
+
+def openai_route(request_line):
+    """Whether a request's first line, as it came (b"GET /v1/models HTTP/1.1"), asks the OpenAI API:
+    then its errors are in OpenAI's shape, even those made before its headers were read."""
+    words = request_line.split()
+    route = route_of(words[1].decode("latin-1")) if len(words) > 1 else ""
+    return route == "/v1" or route.startswith("/v1/")
+
+def error_body(e, api):
+    """The page's API says what went wrong in one line; the OpenAI API as OpenAI does."""
+    if not api:
+        return {"error": str(e)}
+    kind = "invalid_request_error" if e.status < 500 else "server_error"
+    return {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
+
 
 class Server(ThreadingHTTPServer):
     """The one model, loaded once, the lock that lets it answer one request at a time, and the
@@ -501,10 +554,11 @@ class Server(ThreadingHTTPServer):
         host = host.strip("[]")  # --host [::1], as a URL writes it
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), Handler)
-        # The names a Host may give. Loopback ones always; --host opened the server to other machines,
-        # which call it by its address or this machine's name. A DNS name anyone else owns could be
-        # an attacker's, rebound to this machine: only --allowed_hosts vouches for one.
-        self.opened = not loopback(host)
+        # The names a Host may give. Loopback ones always; a --host that is not loopback opened the
+        # server to other machines, which call it by its address or this machine's name. The address
+        # bound says which, not --host's text (127.1 and localhost are 127.0.0.1). A DNS name anyone
+        # else owns could be an attacker's, rebound to this machine: only --allowed_hosts vouches for one.
+        self.opened = not ipaddress.ip_address(self.server_address[0]).is_loopback
         self.allowed_hosts = {host_name(name.strip()) for name in allowed_hosts if name.strip()} - {None}
         if self.opened:
             self.allowed_hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
@@ -545,7 +599,14 @@ class Server(ThreadingHTTPServer):
             return super().process_request(request, client_address)
         if self.cut_off_slowest() and self.connections.acquire(timeout=1):  # its thread ends at once
             return super().process_request(request, client_address)
-        body = to_json({"error": "the server has too many connections open: try again soon"})
+        line = b""
+        try:
+            if select.select([request], [], [], PEEK_S)[0]:
+                line = request.recv(4096, socket.MSG_PEEK)  # left there, and read away below
+        except OSError:  # it has gone already
+            pass
+        e = BadRequest("the server has too many connections open: try again soon", 503)
+        body = to_json(error_body(e, openai_route(line)))
         head = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         request.sendall(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         request.shutdown(socket.SHUT_WR)  # not closed yet: a request that reached a closed socket
@@ -609,12 +670,15 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a socket may stay silent: REQUEST_S already bounds reading a request
+    default_request_version = "HTTP/1.0"  # not 0.9, which http.server takes a request line it cannot
+                                          # read for: its answer would have no status line
 
     def setup(self):
         super().setup()
         self.cut = None  # why the server cut this request off, if it did
-        self.unread = False  # a body not read: read and dropped before closing (see finish)
-        self.route, self.api = "", False  # the path, without a query; whether it is OpenAI's
+        self.unread = False  # a request not all read: the rest read and dropped before closing (finish)
+        self.route = ""  # the path, without a query
+        self.answered = False  # whether the status line went out
         self.deadline = time.monotonic() + REQUEST_S
         with self.server.reading_lock:
             self.server.reading.add(self)
@@ -627,11 +691,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.cut:
             raise BadRequest(self.cut, 408)
 
+    @property
+    def api(self):
+        """Whether the request asks the OpenAI API, whose errors are in OpenAI's shape. Read from its
+        first line as it came, it is known even when http.server refuses the rest (431, 414)."""
+        return openai_route(self.raw_requestline)
+
     def parse_request(self):  # http.server reads the request line and the headers
         if not super().parse_request():
             return False
-        self.route = unquote(urlsplit(self.path).path)
-        self.api = self.route == "/v1" or self.route.startswith("/v1/")
+        self.route = route_of(self.path)
         return True
 
     def do_GET(self):
@@ -668,15 +737,17 @@ class Handler(BaseHTTPRequestHandler):
             if not self.server.lock.acquire(timeout=QUEUE_S if self.api else WAIT_S):
                 raise BadRequest("the model is busy with another request: try again soon", 503)
             try:
-                answer = route(self.server, body)  # checks everything before it answers
-                if isinstance(answer, dict):
-                    self.send_json(200, answer)
-                else:
-                    self.send_events(answer)
+                self.check_client()  # an app that gave up waiting for its turn is not answered
+                answer = route(self.server, body, self.check_client)  # checks everything first
+                if not isinstance(answer, dict):  # a stream: the model writes as it goes out
+                    return self.send_events(answer)
             finally:
                 self.server.lock.release()
+            self.send_json(200, answer)  # the model is free while the client takes it (5 MB of attention)
         except BadRequest as e:
             self.send_error_json(e)
+        except ClientLeft:
+            self.log_message("the client left before its answer was ready: it was not finished")
         except Exception as e:  # a request no check foresaw: it is answered all the same,
             self.send_error_json(BadRequest(f"the server failed on this request: {one_line(e)}", 500))
             raise  # and the traceback goes to the terminal
@@ -708,6 +779,19 @@ class Handler(BaseHTTPRequestHandler):
                                                                    self.server.api_key.encode())):
             raise BadRequest("this server needs its API key (--api_key): send the header "
                              "Authorization: Bearer KEY", 401, code="invalid_api_key")
+
+    def check_client(self):
+        """Raise ClientLeft if the client has hung up: its connection reads as ended (readable, with
+        nothing to read). A client that closes its sending half once its request is sent, as a few
+        command-line tools can, reads the same: HTTP does not say which it is, and browsers and the
+        OpenAI clients never do it."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            left = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset
+            left = True
+        if left:
+            raise ClientLeft
 
     def read_json(self):
         lengths = self.headers.get_all("Content-Length", [])
@@ -759,24 +843,20 @@ class Handler(BaseHTTPRequestHandler):
             pass
         except Exception as e:
             self.log_error("the stream failed: %s", one_line(e))
-            self.wfile.write(b"data: " + to_json(self.error_body(BadRequest(one_line(e), 500))) + b"\n\n")
+            event = error_body(BadRequest(one_line(e), 500), self.api)
+            self.wfile.write(b"data: " + to_json(event) + b"\n\n")
         finally:
             events.close()
 
-    def error_body(self, e):
-        """The page's API says what went wrong in one line; the OpenAI API as OpenAI does."""
-        if not self.api:
-            return {"error": str(e)}
-        kind = "invalid_request_error" if e.status < 500 else "server_error"
-        return {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
-
     def send_error_json(self, e):
-        self.send_json(e.status, self.error_body(e))
+        if not self.answered:  # after a status line, a failure can only end the answer: a second
+            self.send_json(e.status, error_body(e, self.api))  # would land inside the first one's body
 
     def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (a malformed request line or header, one too long) as JSON,
-        and as 408 if the request was cut off halfway."""
+        """http.server's own refusals (a malformed request line or header, one too long) as JSON in
+        the shape of the API asked, and as 408 if the request was cut off halfway."""
         self.close_connection = True
+        self.unread = True  # say, the rest of a header too long
         if self.cut:
             code, message = 408, self.cut
         self.send_error_json(BadRequest(message or HTTPStatus(code).phrase, code))
@@ -784,18 +864,29 @@ class Handler(BaseHTTPRequestHandler):
     def send_json(self, status, obj):
         self.send_body(status, "application/json", to_json(obj))
 
+    def send_response(self, code, message=None):
+        self.answered = True  # one status line a request
+        super().send_response(code, message)
+
     def send_body(self, status, kind, data):
+        """A whole answer, a piece at a time: a client that stops taking them for SEND_S is left, as a
+        stream's is (a slow network is not a stalled client: each piece has SEND_S)."""
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        self.wfile.write(data)
+        self.connection.settimeout(SEND_S)
+        try:
+            self.end_headers()
+            for start in range(0, len(data), SEND_PIECE):
+                self.wfile.write(data[start:start + SEND_PIECE])
+        except OSError:  # it hung up, or stopped reading: the answer ends there, cut short
+            self.close_connection = True
 
     def finish(self):
-        """A body refused unread is read and dropped for a moment: a socket closed with data still
-        coming resets the connection, and the client may lose the answer that was sent."""
+        """The rest of a request refused unread is read and dropped for a moment: a socket closed with
+        data still coming resets the connection, and the client may lose the answer that was sent."""
         try:
             super().finish()
             if self.unread:
@@ -834,9 +925,14 @@ def main(argv=None):
     for name in allowed:
         if not host_name(name):
             p.error(f"argument --allowed_hosts: {name!r} is not a host name (gpu-box.lan, .example.com)")
+    key = args.api_key
+    if key and not (key.isascii() and key.isprintable() and " " not in key):  # not shown: it is a secret
+        print("error: --api_key (or $SERVE_API_KEY) must be printable ASCII without spaces: a client "
+              "sends it in a header, and no client could send this one", file=sys.stderr)
+        return 1
     try:
-        server = Server(args.out_dir, args.host, args.port, args.device, allowed,
-                        args.api_key or None, args.model_name)
+        server = Server(args.out_dir, args.host, args.port, args.device, allowed, key or None,
+                        args.model_name)
     except gpt.GPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
