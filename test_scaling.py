@@ -4,10 +4,12 @@ of a few thousand weights, so that a whole sweep trains in seconds.
     python -m pytest test_scaling.py
 """
 import csv
+import errno
 import json
 import math
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -268,3 +270,24 @@ def test_rows_from_another_text_are_refused(text, finished, tmp_path, capsys):
     other.write_text(open(text, encoding="utf-8").read()[::-1], encoding="utf-8")
     err = refused(capsys, sweep_argv(str(other), finished))
     assert "data" in err and "other.txt" in err
+
+
+def test_a_file_where_a_runs_folder_should_be_is_one_line(text, tmp_path, capsys):
+    (tmp_path / "2e7_1x16").write_text("not a folder", encoding="utf-8")
+    assert "2e7_1x16" in refused(capsys, sweep_argv(text, tmp_path))
+
+
+def test_a_full_disk_while_saving_results_is_one_line(text, tmp_path, capsys, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "results.csv.tmp"))
+    monkeypatch.setattr(scaling, "save_results", full)
+    assert "No space left on device" in refused(capsys, sweep_argv(text, tmp_path, BUDGETS[:1], SIZES[:1]))
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(text, finished):
+    """`scaling.py ... | head -2`: the pipe closes; the default SIGPIPE ends the process, no traceback."""
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "scripts", "scaling.py"),
+                          *sweep_argv(text, finished)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before it writes a line
+    err = p.stderr.read().decode()
+    assert p.wait() == -signal.SIGPIPE and "Error" not in err, err

@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -408,6 +409,9 @@ def main(argv=None):
     except (ScalingError, gpt.GPTError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a file where a run's folder should be, a full disk: no traceback
+        print(f"error: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # the finished runs are in results.csv already
         print(f"interrupted: the same command goes on from the first run that "
               f"{args.out_dir}/results.csv lacks", file=sys.stderr)
@@ -415,4 +419,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `| head`: end quietly, as gpt.py does
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
