@@ -291,3 +291,10 @@ def test_a_reader_that_stops_early_ends_it_quietly(text, finished):
     p.stdout.close()  # before it writes a line
     err = p.stderr.read().decode()
     assert p.wait() == -signal.SIGPIPE and "Error" not in err, err
+
+
+@pytest.mark.parametrize("typo,meant", [("--budget", "--budgets"), ("--size=1x32", "--sizes"),
+                                        ("--head-dim", "--head_dim"), ("--learning_rat", "--learning_rate")])
+def test_a_mistyped_flag_gets_the_closest_of_scalings_and_gpts_flags(text, tmp_path, capsys, typo, meant):
+    err = refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, typo, "1"))
+    assert err == f"scaling.py: error: unrecognized argument {typo}; did you mean {meant}?"

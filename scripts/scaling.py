@@ -35,6 +35,7 @@ sizes, batches and contexts, and a text that is not read many times over (script
 import argparse
 import contextlib
 import csv
+import difflib
 import hashlib
 import json
 import math
@@ -115,6 +116,13 @@ def parse(argv):
     p.add_argument("--head_dim", type=int, default=32, help="n_head = n_embd / head_dim (32)")
     p.add_argument("--out_dir", default="scaling", help="results, fit, picture, runs (scaling)")
     args, gpt_flags = p.parse_known_args(argv)
+    ours = [flag for action in p._actions for flag in action.option_strings if flag[1] == "-"]
+    theirs = [f"--{k}" for k in {**gpt.DEFAULTS, **gpt.PRESETS["medium"]} if k not in PER_RUN]
+    for flag in gpt_flags:  # a typo: the closest of both files' flags, not gpt.py's alone
+        name = flag.split("=")[0]
+        if name.startswith("--") and name not in theirs and name[2:] not in PER_RUN:
+            closest = difflib.get_close_matches(name, ours + theirs, n=1) or ["--help"]
+            usage_error(f"unrecognized argument {flag}; did you mean {closest[0]}?")
     if args.head_dim < 1:
         usage_error(f"argument --head_dim: must be at least 1, got {args.head_dim}")
     given = {f.split("=")[0].removeprefix("--") for f in gpt_flags if f.startswith("--")}
