@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,3 +299,36 @@ def test_a_reader_that_stops_early_ends_it_quietly(text, finished):
 def test_a_mistyped_flag_gets_the_closest_of_scalings_and_gpts_flags(text, tmp_path, capsys, typo, meant):
     err = refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, typo, "1"))
     assert err == f"scaling.py: error: unrecognized argument {typo}; did you mean {meant}?"
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: r.__setitem__(7, "nan"), "line 3: not a row"),  # a val_loss
+    (lambda r: r.__setitem__(7, "inf"), "line 3: not a row"),
+    (lambda r: r.__setitem__(8, "-inf"), "line 3: not a row"),  # seconds
+    (lambda r: r.append("99"), "line 3: not a row"),  # a tenth value
+    (lambda r: r.__setitem__(6, str(int(r[6]) + 1)), "line 3: flops"),  # more FLOPs than the steps
+    (lambda r: r.__setitem__(4, str(int(r[4]) * 2)), "line 3: steps"),
+])
+def test_a_results_row_scaling_did_not_write_is_refused_by_its_line(text, finished, tmp_path, capsys,
+                                                                    edit, says):
+    out_dir = tmp_path / "copy"
+    shutil.copytree(finished, out_dir)
+    with open(out_dir / "results.csv", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    edit(lines[2])
+    with open(out_dir / "results.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(lines)
+    before = (out_dir / "results.csv").read_text(encoding="utf-8")
+    assert says in refused(capsys, sweep_argv(text, out_dir))
+    assert (out_dir / "results.csv").read_text(encoding="utf-8") == before
+
+
+def test_a_run_twice_in_results_is_refused(text, finished, tmp_path, capsys):
+    out_dir = tmp_path / "copy"
+    shutil.copytree(finished, out_dir)
+    with open(out_dir / "results.csv", "a", encoding="utf-8") as f:  # the second size again, worse
+        row = read_rows(finished)[1]
+        f.write(",".join(row.values()).replace(row["val_loss"], "9.9") + "\n")
+    err = refused(capsys, sweep_argv(text, out_dir))
+    assert "line 8: budget 20000000, size 1x32 again" in err
+

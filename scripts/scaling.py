@@ -190,22 +190,35 @@ def check_settings(out_dir, settings):
     write_atomic(path, json.dumps(settings, indent=1) + "\n")
 
 
-def read_results(out_dir):
-    path = os.path.join(out_dir, "results.csv")
+def read_results(out_dir, shape):
+    """results.csv's rows, each as scaling.py wrote it: a number edited, missing or not finite, or a
+    run twice, is named by its line (the fit would crash, or be wrong). shape: the plan's numbers."""
+    path, rows, seen = os.path.join(out_dir, "results.csv"), [], set()
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path, encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
             raise ScalingError(f"{path} does not have scaling.py's columns; use another --out_dir")
         for r in reader:
+            where = f"{path}, line {reader.line_num}"
             try:
-                rows.append({k: (float if k in ("val_loss", "seconds") else int)(r[k])
-                             for k in COLUMNS})
-            except (ValueError, TypeError):  # a number missing or garbled
-                raise ScalingError(f"{path}, line {reader.line_num}: not a row scaling.py wrote; "
-                                   "mend or delete it") from None
+                row = {k: (float if k in ("val_loss", "seconds") else int)(r[k]) for k in COLUMNS}
+                [planned] = plan_runs([row["budget"]], [(row["n_layer"], row["n_embd"])], *shape)
+            except (ValueError, TypeError, ScalingError):  # a number missing or garbled
+                raise ScalingError(f"{where}: not a row scaling.py wrote; mend or delete it") from None
+            if None in r or not all(math.isfinite(v) for v in row.values()):  # more values, nan, inf
+                raise ScalingError(f"{where}: not a row scaling.py wrote; mend or delete it")
+            for k in ("params", "steps", "tokens", "flops"):
+                if row[k] != planned[k]:
+                    raise ScalingError(f"{where}: {k} {row[k]}, but budget {row['budget']} buys "
+                                       f"{planned[k]} for that size; mend or delete the row")
+            key = (row["budget"], row["n_layer"], row["n_embd"])
+            if key in seen:
+                raise ScalingError(f"{where}: budget {row['budget']}, size {key[1]}x{key[2]} again; "
+                                   "delete one of its rows")
+            seen.add(key)
+            rows.append(row)
     return rows
 
 
@@ -368,7 +381,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     data_path = cfg.data  # not here, the default text is the one beside gpt.py (as gpt.py reads it)
     if not os.path.exists(data_path):
         data_path = os.path.join(os.path.dirname(os.path.abspath(gpt.__file__)), cfg.data)
-    plan = plan_runs(budgets, sizes, data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)
+    shape = (data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)  # the FLOPs of a size's step
+    plan = plan_runs(budgets, sizes, *shape)
     gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     if args.warmup:
@@ -377,7 +391,7 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     settings["dtype"] = str(dtype).removeprefix("torch.")
     settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
     check_settings(args.out_dir, settings)
-    rows = read_results(args.out_dir)
+    rows = read_results(args.out_dir, shape)
     done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
     todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
     train_tokens = len(data.splits["train"])
@@ -403,7 +417,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
         print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
               f"sweep eta {eta(todo[i:], spent)}")
     result = fit(rows)
-    write_atomic(os.path.join(args.out_dir, "fit.json"), json.dumps(result, indent=1) + "\n")
+    text = json.dumps(result, indent=1, allow_nan=False)  # JSON has no NaN: never write one
+    write_atomic(os.path.join(args.out_dir, "fit.json"), text + "\n")
     print_table(result)
     print(f"wrote {args.out_dir}/results.csv and fit.json")
     draw(rows, result, os.path.join(args.out_dir, "scaling.png"))
