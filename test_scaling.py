@@ -3,8 +3,10 @@ of a few thousand weights, so that a whole sweep trains in seconds.
 
     python -m pytest test_scaling.py
 """
+import contextlib
 import csv
 import errno
+import io
 import json
 import math
 import os
@@ -151,6 +153,32 @@ def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_goes_on(text, tmp_p
     assert len(calls) == 4  # the runs results.csv lacked, the interrupted one again from its start
     rows = read_rows(tmp_path)
     assert rows[:2] == kept and len(rows) == 6
+
+
+def test_a_second_sweep_into_the_same_out_dir_is_refused_while_the_first_runs(text, tmp_path,
+                                                                              monkeypatch):
+    """Both at once: each rewrote results.csv from what it had read plus its own runs, losing the
+    other's; and both trained the same runs into the same folders."""
+    real_train, second = gpt.train, []
+    def second_sweep_meanwhile(*args):
+        if not second:  # during the first sweep's first run, the same command in another terminal
+            second.append("started")
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                second[:] = [scaling.main(sweep_argv(text, tmp_path)), err.getvalue()]
+        return real_train(*args)
+    monkeypatch.setattr(gpt, "train", second_sweep_meanwhile)
+    assert scaling.main(sweep_argv(text, tmp_path)) == 0
+    code, err = second
+    assert code == 1 and f"another sweep (process {os.getpid()}) is writing in {tmp_path}" in err
+    assert len(read_rows(tmp_path)) == 6
+
+
+def test_the_lock_of_a_sweep_that_died_is_taken_over(text, finished, tmp_path):
+    out_dir = tmp_path / "copy"
+    shutil.copytree(finished, out_dir)
+    (out_dir / "sweep.lock").write_text("999999999\n", encoding="utf-8")  # killed: its lock ended
+    assert scaling.main(sweep_argv(text, out_dir)) == 0
+    assert (out_dir / "sweep.lock").read_text(encoding="utf-8") == f"{os.getpid()}\n"
 
 
 def test_without_matplotlib_the_table_and_fit_are_still_written(text, finished, monkeypatch, capsys):

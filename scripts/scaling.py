@@ -46,6 +46,11 @@ import time
 
 import numpy as np  # the fits
 
+try:
+    import fcntl  # one sweep at a time in an --out_dir (Windows has no fcntl: no lock there)
+except ImportError:
+    fcntl = None
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpt  # noqa: E402  trains every run
 
@@ -188,6 +193,25 @@ def check_settings(out_dir, settings):
                 raise ScalingError(f"{out_dir}/results.csv holds runs with {key} {saved.get(key)}, "
                                    f"not {value}: give the same settings, or use another --out_dir")
     write_atomic(path, json.dumps(settings, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def only_sweep(out_dir):
+    """Holds out_dir for this sweep: a second one there at the same time would train the same runs
+    into the same folders, and rewrite results.csv without the runs the other finished. The lock is
+    the OS's (flock): it ends with this process, however that ends, so a dead sweep's never stays."""
+    with open(os.path.join(out_dir, "sweep.lock"), "a+", encoding="utf-8") as f:
+        try:
+            if fcntl:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise ScalingError(f"another sweep (process {f.read().strip() or '?'}) is writing in "
+                               f"{out_dir}: let it finish, or use another --out_dir") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")  # for that message
+        f.flush()
+        yield
 
 
 def read_results(out_dir, shape):
@@ -433,44 +457,45 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     shape = (data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)  # the FLOPs of a size's step
     plan = plan_runs(budgets, sizes, *shape)
     gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
-    settings = {k: getattr(cfg, k) for k in SETTINGS}
-    if args.warmup:
-        settings["warmup_iters"] = "5% of the steps"
-    _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
-    settings["dtype"] = str(dtype).removeprefix("torch.")
-    settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
-    check_settings(args.out_dir, settings)
-    rows = read_results(args.out_dir, shape)
-    done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
-    todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
-    train_tokens = len(data.splits["train"])
-    print(f"{len(plan)} runs, {len(plan) - len(todo)} of them in {args.out_dir}/results.csv "
-          f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
-          f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {data_path}")
-    spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) of its runs in this sweep
-    for i, run in enumerate(todo, start=1):
-        print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
-              f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
-              "epochs ...", end="", flush=True)
-        started = time.perf_counter()
-        try:
-            run["val_loss"] = train_one(gpt_flags, run, args, data_path)
-        except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
-            print()
-            raise
-        run["seconds"] = round(time.perf_counter() - started, 1)
-        rows.append(run)
-        save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
-        seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
-        spent[run["n_layer"], run["n_embd"]] = (seconds + run["seconds"], flops + run["flops"])
-        print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
-              f"sweep eta {eta(todo[i:], spent)}")
-    result = fit(rows)
-    text = json.dumps(result, indent=1, allow_nan=False)  # JSON has no NaN: never write one
-    write_atomic(os.path.join(args.out_dir, "fit.json"), text + "\n")
-    print_table(result)
-    print(f"wrote {args.out_dir}/results.csv and fit.json")
-    draw(rows, result, os.path.join(args.out_dir, "scaling.png"))
+    with only_sweep(args.out_dir):  # from here on, this sweep alone writes in it
+        settings = {k: getattr(cfg, k) for k in SETTINGS}
+        if args.warmup:
+            settings["warmup_iters"] = "5% of the steps"
+        _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
+        settings["dtype"] = str(dtype).removeprefix("torch.")
+        settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
+        check_settings(args.out_dir, settings)
+        rows = read_results(args.out_dir, shape)
+        done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
+        todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
+        train_tokens = len(data.splits["train"])
+        print(f"{len(plan)} runs, {len(plan) - len(todo)} of them in {args.out_dir}/results.csv "
+              f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
+              f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {data_path}")
+        spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) of its runs in this sweep
+        for i, run in enumerate(todo, start=1):
+            print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
+                  f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
+                  "epochs ...", end="", flush=True)
+            started = time.perf_counter()
+            try:
+                run["val_loss"] = train_one(gpt_flags, run, args, data_path)
+            except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
+                print()
+                raise
+            run["seconds"] = round(time.perf_counter() - started, 1)
+            rows.append(run)
+            save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
+            seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
+            spent[run["n_layer"], run["n_embd"]] = (seconds + run["seconds"], flops + run["flops"])
+            print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
+                  f"sweep eta {eta(todo[i:], spent)}")
+        result = fit(rows)
+        text = json.dumps(result, indent=1, allow_nan=False)  # JSON has no NaN: never write one
+        write_atomic(os.path.join(args.out_dir, "fit.json"), text + "\n")
+        print_table(result)
+        print(f"wrote {args.out_dir}/results.csv and fit.json")
+        draw(rows, result, os.path.join(args.out_dir, "scaling.png"))
     return 0
 
 
