@@ -418,3 +418,18 @@ def test_a_run_twice_in_results_is_refused(text, finished, tmp_path, capsys):
     err = refused(capsys, sweep_argv(text, out_dir))
     assert "line 8: budget 20000000, size 1x32 again" in err
 
+
+
+@pytest.mark.parametrize("flag,threads", [([], 1), (["--threads", "2"], 2)])
+def test_the_runs_train_on_one_thread_unless_threads_says_more(text, tmp_path, monkeypatch, flag, threads):
+    seen, real_train = [], gpt.train
+    def train(*args):
+        seen.append(torch.get_num_threads())
+        return real_train(*args)
+    monkeypatch.setattr(gpt, "train", train)
+    torch.set_num_threads(2)  # torch's own choice on 2 cores
+    try:
+        assert scaling.main(sweep_argv(text, tmp_path, BUDGETS[:1], SIZES[:1], *flag)) == 0
+        assert seen == [threads] and torch.get_num_threads() == 2  # and back to torch's after
+    finally:
+        torch.set_num_threads(1)

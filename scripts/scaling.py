@@ -45,6 +45,7 @@ import sys
 import time
 
 import numpy as np  # the fits
+import torch  # its threads
 
 try:
     import fcntl  # one sweep at a time in an --out_dir (Windows has no fcntl: no lock there)
@@ -120,6 +121,7 @@ def parse(argv):
     p.add_argument("--sizes", default=SIZES, help=f"n_layerxn_embd, with commas ({SIZES})")
     p.add_argument("--head_dim", type=int, default=32, help="n_head = n_embd / head_dim (32)")
     p.add_argument("--out_dir", default="scaling", help="results, fit, picture, runs (scaling)")
+    p.add_argument("--threads", type=int, default=1, help="torch's CPU threads for the runs (1)")
     args, gpt_flags = p.parse_known_args(argv)
     ours = [flag for action in p._actions for flag in action.option_strings if flag[1] == "-"]
     theirs = [f"--{k}" for k in {**gpt.DEFAULTS, **gpt.PRESETS["medium"]} if k not in PER_RUN]
@@ -128,8 +130,9 @@ def parse(argv):
         if name.startswith("--") and name not in theirs and name[2:] not in PER_RUN:
             closest = difflib.get_close_matches(name, ours + theirs, n=1) or ["--help"]
             usage_error(f"unrecognized argument {flag}; did you mean {closest[0]}?")
-    if args.head_dim < 1:
-        usage_error(f"argument --head_dim: must be at least 1, got {args.head_dim}")
+    for name in ("head_dim", "threads"):
+        if getattr(args, name) < 1:
+            usage_error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
     given = {f.split("=")[0].removeprefix("--") for f in gpt_flags if f.startswith("--")}
     for name in sorted(given & set(PER_RUN)):
         usage_error(f"--{name}: scaling.py decides it for each run (from --budgets, --sizes and "
@@ -501,6 +504,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
 
 def main(argv=None):
     args, gpt_flags, cfg, budgets, sizes = parse(sys.argv[1:] if argv is None else argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # models this small: more threads wait for each other
     try:
         return sweep(args, gpt_flags, cfg, budgets, sizes)
     except (ScalingError, gpt.GPTError) as e:
@@ -513,6 +518,8 @@ def main(argv=None):
         print(f"interrupted: the same command goes on from the first run that "
               f"{args.out_dir}/results.csv lacks", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
