@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,34 +126,42 @@ def test_a_sweep_trains_every_run_for_the_steps_its_budget_buys(finished):
 
 def test_a_rerun_trains_nothing(text, finished, monkeypatch, capsys):
     before = read_rows(finished)
-    def no_training(argv):
-        raise AssertionError(f"trained again: {argv}")
-    monkeypatch.setattr(gpt, "main", no_training)
+    def no_training(cfg, resume=None, init=None):
+        raise AssertionError(f"trained again: {cfg}")
+    monkeypatch.setattr(gpt, "train", no_training)
     assert scaling.main(sweep_argv(text, finished)) == 0
     assert read_rows(finished) == before
     assert "6 runs, 6 of them in" in capsys.readouterr().out
 
 
 def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_goes_on(text, tmp_path, monkeypatch):
-    calls, real_main, real_step = [], gpt.main, gpt.train_step
-    def ctrl_c_in_the_third_run(*args):  # the user presses Ctrl-C during the third run's training
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+    """Ctrl-C at the 5th of the 4th run's 34 steps; the same command again trains the rest of that
+    run from its ckpt.pt, its seconds both parts', then the runs after it."""
+    runs, steps, real_train, real_step = [], [], gpt.train, gpt.train_step
+    def counted(cfg, resume=None, init=None):
+        runs.append(resume["iter"] if resume else 0)  # the step it starts from
+        return real_train(cfg, resume)
+    def ctrl_c_in_the_fourth_run(*args):
+        steps.append(len(runs))
+        if len(runs) == 4:
+            time.sleep(0.1)  # 0.5 s trained before the stop
+            if steps.count(4) == 5:  # the user presses Ctrl-C: gpt.py ends the step and saves
+                os.kill(os.getpid(), signal.SIGINT)
         return real_step(*args)
-    def counted(argv):
-        calls.append(argv)
-        return real_main(argv)
-    monkeypatch.setattr(gpt, "main", counted)
-    monkeypatch.setattr(gpt, "train_step", ctrl_c_in_the_third_run)
+    monkeypatch.setattr(gpt, "train", counted)
+    monkeypatch.setattr(gpt, "train_step", ctrl_c_in_the_fourth_run)
     assert scaling.main(sweep_argv(text, tmp_path)) == 130
     kept = read_rows(tmp_path)
-    assert len(kept) == 2 and len(calls) == 3
-    calls.clear()
-    monkeypatch.setattr(gpt, "train_step", real_step)
+    assert len(kept) == 3 and runs == [0, 0, 0, 0]
+    runs.clear(), steps.clear()
+    monkeypatch.setattr(gpt, "train_step", lambda *args: steps.append(1) or real_step(*args))
     assert scaling.main(sweep_argv(text, tmp_path)) == 0
-    assert len(calls) == 4  # the runs results.csv lacked, the interrupted one again from its start
+    assert runs == [5, 0, 0] and len(steps) == (34 - 5) + 10 + 5
     rows = read_rows(tmp_path)
-    assert rows[:2] == kept and len(rows) == 6
+    assert rows[:3] == kept and len(rows) == 6
+    assert rows[3]["steps"] == "34" and float(rows[3]["seconds"]) >= 0.5
+    folder = os.path.join(tmp_path, "6e7_1x16")
+    assert not {"ckpt.pt", "stopped.json"} & set(os.listdir(folder))
 
 
 def test_a_second_sweep_into_the_same_out_dir_is_refused_while_the_first_runs(text, tmp_path,
@@ -433,3 +442,15 @@ def test_the_runs_train_on_one_thread_unless_threads_says_more(text, tmp_path, m
         assert seen == [threads] and torch.get_num_threads() == 2  # and back to torch's after
     finally:
         torch.set_num_threads(1)
+
+
+def test_a_run_that_fails_is_one_line_from_its_exception_the_traceback_in_train_log(text, tmp_path,
+                                                                                   capsys, monkeypatch):
+    def disk_full(*args):  # what torch.save raised when the disk filled up
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 38272 vs 38164")
+    monkeypatch.setattr(gpt, "save_checkpoint", disk_full)
+    err = refused(capsys, sweep_argv(text, tmp_path))
+    assert err == (f"error: the run in {tmp_path}/2e7_1x16 failed: [enforce fail at inline_container"
+                   ".cc:672] . unexpected pos 38272 vs 38164 (more in its train.log)")
+    with open(tmp_path / "2e7_1x16" / "train.log", encoding="utf-8") as f:
+        assert "Traceback" in f.read()

@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import numpy as np  # the fits
 import torch  # its threads
@@ -178,15 +179,18 @@ def fingerprint(path):  # of the text, or of a prepared folder's meta.json (toke
 
 
 def check_settings(out_dir, settings):
-    """The runs of one results.csv compare only if they share the data and the recipe."""
+    """The runs of one results.csv compare only if they share the data and the recipe. Returns
+    whether the folder's settings.json holds these settings (then a stopped run may go on)."""
     path = os.path.join(out_dir, "settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
     if os.path.exists(os.path.join(out_dir, "results.csv")):
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
+        if saved is None:
             raise ScalingError(f"{out_dir}/results.csv has no readable settings.json beside it: "
-                               "its runs' settings are unknown; use another --out_dir") from None
+                               "its runs' settings are unknown; use another --out_dir")
         if saved.get("data") != settings["data"]:  # the same text in another place is the same
             raise ScalingError(f"{out_dir}/results.csv holds runs on other data "
                                f"({saved.get('data_path')}, not {settings['data_path']}): use "
@@ -196,6 +200,8 @@ def check_settings(out_dir, settings):
                 raise ScalingError(f"{out_dir}/results.csv holds runs with {key} {saved.get(key)}, "
                                    f"not {value}: give the same settings, or use another --out_dir")
     write_atomic(path, json.dumps(settings, indent=1) + "\n")
+    return saved is not None and all(saved.get(k) == v for k, v in settings.items()
+                                     if k != "data_path")
 
 
 @contextlib.contextmanager
@@ -260,33 +266,54 @@ def exactly(budget):  # 2000000000000 -> "2e12", 1500000000000 -> "1.5e12": shor
     return f"{digits[0]}{'.' if digits[1:] else ''}{digits[1:]}e{len(str(budget)) - 1}"
 
 
-def train_one(gpt_flags, run, args, data_path):
-    """Train one size for its budget's steps, in a folder of its own; returns the final val loss."""
-    name = f"{exactly(run['budget'])}_{run['n_layer']}x{run['n_embd']}"  # 1e12_1x64
-    folder = os.path.join(args.out_dir, name)
+def cut_short(folder, cfg):
+    """Whether folder holds a ckpt.pt of this very run, saved when Ctrl-C stopped it."""
+    try:
+        saved = gpt.load_checkpoint(os.path.join(folder, "ckpt.pt"), "")["config"]
+    except gpt.GPTError:  # none, or unreadable: train anew
+        return False
+    return all(saved.get(k) == getattr(cfg, k) for k in (*SETTINGS, *PER_RUN[:6]))
+
+
+def train_one(gpt_flags, run, args, resumable):
+    """Train one size for its budget's steps, in a folder of its own; returns the final val loss and
+    the seconds it took. A run that Ctrl-C stopped goes on from its ckpt.pt (resumable: the folder's
+    settings.json is this sweep's), its seconds those before the stop plus those after."""
+    folder = os.path.join(args.out_dir, f"{exactly(run['budget'])}_{size_of(run)}")  # 1e12_1x64
     os.makedirs(folder, exist_ok=True)
-    argv = [*gpt_flags, "--data", data_path, "--out_dir", folder, "--overwrite",  # cut short: anew
+    argv = [*gpt_flags, "--out_dir", folder, "--overwrite",
             "--n_layer", str(run["n_layer"]), "--n_embd", str(run["n_embd"]),
             "--n_head", str(run["n_embd"] // args.head_dim), "--max_iters", str(run["steps"]),
             "--eval_interval", str(run["steps"])]  # one eval at the end, after gpt.py's at step 0
     if args.warmup:
         argv += ["--warmup_iters", str(run["steps"] // 20)]
-    with open(os.path.join(folder, "train.log"), "w", encoding="utf-8") as log:
+    cfg, resume, _ = gpt.settings(gpt.parse_args(argv))  # a usage error: gpt.py's line, exit 2
+    stopped, before = os.path.join(folder, "stopped.json"), 0.0  # seconds before a stop
+    if resumable and cut_short(folder, cfg):
+        cfg, resume, _ = gpt.settings(gpt.parse_args([*argv, "--resume"]))
+        before = resume["log"][-1][-1]  # gpt.py's count, to its last eval (killed, not stopped)
+        if os.path.exists(stopped):
+            with open(stopped, encoding="utf-8") as f:
+                before = json.load(f)["seconds"]
+    started = time.perf_counter()
+    with open(os.path.join(folder, "train.log"), "a" if resume else "w", encoding="utf-8") as log:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # gpt.py's lines
             try:
-                code = gpt.main(argv)
-            except SystemExit as e:  # a usage error of gpt.py's: its line is in train.log
-                code = e.code
-    if code in (130, 143):  # Ctrl-C or SIGTERM: gpt.py finished the step, saved, and stopped
+                code = gpt.train(cfg, resume)  # then 300 characters of its writing (no switch)
+            except (gpt.GPTError, OSError, RuntimeError) as e:  # a NaN, a full disk, no memory
+                traceback.print_exc()  # into train.log
+                raise ScalingError(f"the run in {folder} failed: {str(e).splitlines()[0]} "
+                                   "(more in its train.log)") from None
+    seconds = before + time.perf_counter() - started
+    if code:  # 130 or 143: Ctrl-C or SIGTERM; gpt.py finished the step, saved ckpt.pt, stopped
+        write_atomic(stopped, json.dumps(dict(seconds=seconds)))
         raise KeyboardInterrupt
-    if code:
-        with open(os.path.join(folder, "train.log"), encoding="utf-8") as f:
-            errors = [line.strip() for line in f if "error:" in line] or ["see train.log"]
-        raise ScalingError(f"the run in {folder} failed: {errors[-1]}")
     with open(os.path.join(folder, "log.csv"), encoding="utf-8") as f:
         last = list(csv.DictReader(f))[-1]  # the eval at the last step
-    os.remove(os.path.join(folder, "ckpt.pt"))  # what --resume needs: the run is finished
-    return float(last["val_loss"])
+    for name in ("ckpt.pt", "stopped.json"):  # what --resume needs: the run is finished
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    return float(last["val_loss"]), seconds
 
 
 # ------------------------------------------------------------ the fit
@@ -467,7 +494,7 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
         _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
         settings["dtype"] = str(dtype).removeprefix("torch.")
         settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
-        check_settings(args.out_dir, settings)
+        resumable = check_settings(args.out_dir, settings)
         rows = read_results(args.out_dir, shape)
         done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
         todo = [run for run in plan if (run["budget"], run["n_layer"], run["n_embd"]) not in done]
@@ -480,13 +507,12 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
             print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
                   f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
                   "epochs ...", end="", flush=True)
-            started = time.perf_counter()
             try:
-                run["val_loss"] = train_one(gpt_flags, run, args, data_path)
+                val_loss, seconds = train_one(gpt_flags, run, args, resumable)
             except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
                 print()
                 raise
-            run["seconds"] = round(time.perf_counter() - started, 1)
+            run.update(val_loss=val_loss, seconds=round(seconds, 1))
             rows.append(run)
             save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
             seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
