@@ -454,3 +454,28 @@ def test_a_run_that_fails_is_one_line_from_its_exception_the_traceback_in_train_
                    ".cc:672] . unexpected pos 38272 vs 38164 (more in its train.log)")
     with open(tmp_path / "2e7_1x16" / "train.log", encoding="utf-8") as f:
         assert "Traceback" in f.read()
+
+
+def test_a_warmup_as_long_as_a_run_is_refused(text, tmp_path, capsys):
+    err = refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, "--warmup_iters", "3"))
+    assert "--warmup_iters 3: 2x32 at 2e7 trains 1 step(s), so its learning rate would never" in err
+
+
+def test_the_sweep_has_an_eta_before_its_first_run_ends(text, tmp_path, capsys):
+    assert scaling.main(sweep_argv(text, tmp_path, BUDGETS[:1])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("sweep eta ") and "at a guess of 1e+11 FLOPs a second" in lines[1]
+    assert lines[2].startswith("[1/3]")
+    assert scaling.main(sweep_argv(text, tmp_path)) == 0  # 3 runs more: at the speeds measured
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("sweep eta ") and "guess" not in lines[1]
+
+
+def test_the_default_text_is_found_beside_gpt_py_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no shakespeare.txt here
+    argv = ["--out_dir", "out", "--budgets", "2e7", "--sizes", "1x16", *TINY]
+    assert scaling.main(argv) == 0
+    with open(os.path.join(HERE, "shakespeare.txt"), encoding="utf-8") as f:
+        (tmp_path / "shakespeare.txt").write_text(f.read(), encoding="utf-8")
+    monkeypatch.setattr(gpt, "train", None)  # the same text, now here: the run is done already
+    assert scaling.main(argv) == 0

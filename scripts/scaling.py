@@ -62,6 +62,7 @@ SETTINGS = ("config", "block_size", "batch_size", "learning_rate", "min_lr", "wa
             "weight_decay", "grad_clip", "dropout", "seed", "eval_iters", "gelu")  # change a loss
 PER_RUN = ("n_layer", "n_embd", "n_head", "max_iters", "lr_decay_iters", "eval_interval", "resume",
            "init_from", "overwrite", "sample")  # gpt.py flags that scaling.py sets, or refuses
+GUESS = 1e11  # FLOPs a second, for the ETA before a run ends: the default sweep on one core (Zen 5)
 COLUMNS = ["budget", "n_layer", "n_embd", "params", "steps", "tokens", "flops", "val_loss",
            "seconds"]
 
@@ -171,11 +172,16 @@ def write_atomic(path, text):  # killed mid-write, the previous file is still wh
     os.replace(path + ".tmp", path)
 
 
-def fingerprint(path):  # of the text, or of a prepared folder's meta.json (tokenizer and counts)
+def fingerprint(data, path):
+    """Of the tokens and their tokenizer, wherever gpt.load_data found the text; of a prepared
+    folder, its meta.json (the tokenizer and counts), not gigabytes of ids."""
     if os.path.isdir(path):
-        path = os.path.join(path, "meta.json")
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+        with open(os.path.join(path, "meta.json"), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(data.tokenizer.spec).encode())
+    for split in ("train", "val"):
+        h.update(data.splits[split].tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_settings(out_dir, settings):
@@ -468,32 +474,42 @@ def draw(rows, result, path):
 
 
 # ------------------------------------------------------------ the sweep
-def eta(todo, spent):
-    """Seconds the runs left should take: each size at its speed so far in this sweep (a small
-    model does fewer FLOPs a second), a size not trained yet at the average speed."""
-    average = sum(s for s, _ in spent.values()) / sum(f for _, f in spent.values())  # s per FLOP
+def eta(todo, rows):
+    """Seconds the runs left should take, from their FLOPs: each size at its seconds per FLOP in
+    rows (a small model does fewer FLOPs a second), one not run yet at the nearest size's; with no
+    rows yet, at GUESS."""
+    per_flop = {}  # N -> seconds per FLOP
+    for n in {r["params"] for r in rows}:
+        done = [r for r in rows if r["params"] == n]
+        per_flop[n] = sum(r["seconds"] for r in done) / sum(r["flops"] for r in done)
     total = 0.0
     for run in todo:
-        seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (average, 1))
-        total += run["flops"] * seconds / flops
-    return f"{int(total // 60)}m{round(total % 60):02d}s"
+        if per_flop:
+            nearest = min(per_flop, key=lambda n: abs(math.log(n / run["params"])))
+            total += run["flops"] * per_flop[nearest]
+        else:
+            total += run["flops"] / GUESS
+    minutes, seconds = divmod(round(total), 60)
+    return f"{minutes}m{seconds:02d}s"
 
 
 def sweep(args, gpt_flags, cfg, budgets, sizes):
     data = gpt.load_data(cfg.data, cfg.block_size)  # a bad text or folder: named now, not mid-sweep
-    data_path = cfg.data  # not here, the default text is the one beside gpt.py (as gpt.py reads it)
-    if not os.path.exists(data_path):
-        data_path = os.path.join(os.path.dirname(os.path.abspath(gpt.__file__)), cfg.data)
-    shape = (data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)  # the FLOPs of a size's step
+    shape = (data.tokenizer.vocab_size, cfg.block_size, cfg.batch_size)  # what a step costs
     plan = plan_runs(budgets, sizes, *shape)
+    shortest = min(plan, key=lambda run: run["steps"])
+    if not args.warmup and cfg.warmup_iters >= shortest["steps"]:
+        raise ScalingError(f"--warmup_iters {cfg.warmup_iters}: {size_of(shortest)} at "
+                           f"{exactly(shortest['budget'])} trains {shortest['steps']} step(s), so its "
+                           "learning rate would never peak; lower it, or drop it (5% of each run)")
     gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
     with only_sweep(args.out_dir):  # from here on, this sweep alone writes in it
         settings = {k: getattr(cfg, k) for k in SETTINGS}
         if args.warmup:
             settings["warmup_iters"] = "5% of the steps"
-        _, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16 and float32 learn a little apart
+        device, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16, float32: apart a little
         settings["dtype"] = str(dtype).removeprefix("torch.")
-        settings.update(head_dim=args.head_dim, data=fingerprint(data_path), data_path=data_path)
+        settings.update(head_dim=args.head_dim, data=fingerprint(data, cfg.data), data_path=cfg.data)
         resumable = check_settings(args.out_dir, settings)
         rows = read_results(args.out_dir, shape)
         done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
@@ -501,12 +517,14 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
         train_tokens = len(data.splits["train"])
         print(f"{len(plan)} runs, {len(plan) - len(todo)} of them in {args.out_dir}/results.csv "
               f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
-              f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {data_path}")
-        spent = {}  # (n_layer, n_embd) -> (seconds, FLOPs) of its runs in this sweep
+              f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {cfg.data}")
+        if todo and (rows or device.type == "cpu"):  # a GPU's speed is anyone's guess
+            print(f"sweep eta {eta(todo, rows)}" + ("" if rows else f" at a guess of {GUESS:.0e} "
+                  "FLOPs a second (one CPU core); measured once a run ends"))
         for i, run in enumerate(todo, start=1):
-            print(f"[{i}/{len(todo)}] budget {run['budget']:.3g}, {run['n_layer']}x{run['n_embd']} "
-                  f"(N {run['params']:,}): {run['steps']:,} steps, {run['tokens'] / train_tokens:.2g} "
-                  "epochs ...", end="", flush=True)
+            print(f"[{i}/{len(todo)}] budget {exactly(run['budget'])}, {size_of(run)} "
+                  f"(N {run['params']:,}): {run['steps']:,} steps, "
+                  f"{run['tokens'] / train_tokens:.2g} epochs ...", end="", flush=True)
             try:
                 val_loss, seconds = train_one(gpt_flags, run, args, resumable)
             except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
@@ -515,10 +533,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
             run.update(val_loss=val_loss, seconds=round(seconds, 1))
             rows.append(run)
             save_results(args.out_dir, rows)  # as each run ends: Ctrl-C keeps it
-            seconds, flops = spent.get((run["n_layer"], run["n_embd"]), (0.0, 0))
-            spent[run["n_layer"], run["n_embd"]] = (seconds + run["seconds"], flops + run["flops"])
             print(f" val loss {run['val_loss']:.4f} in {run['seconds']:.1f}s | "
-                  f"sweep eta {eta(todo[i:], spent)}")
+                  f"sweep eta {eta(todo[i:], rows)}")
         result = fit(rows)
         text = json.dumps(result, indent=1, allow_nan=False)  # JSON has no NaN: never write one
         write_atomic(os.path.join(args.out_dir, "fit.json"), text + "\n")
