@@ -22,15 +22,20 @@ trains through gpt.py for the steps each budget (--budgets) buys:
   warmup over 5% of the steps, the val loss on 20 batches. Any other gpt.py training flag applies
   to every run. The default sizes have one layer: at budgets this small, one wide layer learns
   more than two narrow ones (RESULTS.md).
-In --out_dir: results.csv, a row per run as it ends (val_loss: the last eval, at the final step;
-seconds: the run's wall time, evals included); settings.json, the data and recipe of those rows; a
-folder per run (best.pt, log.csv, train.log). Then fit.json and a table: per budget, the optimal N
-and loss at the bottom of a parabola in log10(N) through the best run and its neighbours; across
-budgets, the power laws N_opt ~ C^a and L_opt ~ C^b; scaling.png (pip install -e ".[plot]").
-Ctrl-C keeps the finished runs; the same command again trains the others. On a GPU: bigger budgets,
-sizes, batches and contexts, and a text that is not read many times over (scripts/prepare.py), say
---data DIR --budgets 1e15,3e15,1e16 --sizes 4x256,6x384,8x512,12x768 --head_dim 64 --block_size 256
---batch_size 64 --learning_rate 1e-3 (not measured: no GPU here).
+In --out_dir: results.csv, a row per run as it ends (params: N, the weights that multiply, not
+gpt.py's count; val_loss: the last eval, at the final step; seconds: the run's wall time, evals
+included); settings.json, the data and recipe of those rows; a folder per run (best.pt, log.csv,
+train.log, which ends with 300 characters the model wrote: gpt.py writes them after every run, and
+has no switch to skip them). Then fit.json and a table: per budget, the optimal N and loss at the
+bottom of a parabola in log10(N) through all its runs; across budgets, the power laws N_opt ~ C^a
+and L_opt ~ C^b; how rough each is (the fit again with each size left out); scaling.png (pip
+install -e ".[plot]"). Ctrl-C keeps the finished runs, and the one it stopped (ckpt.pt): the same
+command again goes on. One sweep at a time in an --out_dir. The runs train on --threads (1) CPU
+threads: a model this small gains little from a second thread, and loses 5-30x when another
+program shares the cores. On a GPU: bigger budgets, sizes, batches and contexts, and a text that is
+not read many times over (scripts/prepare.py), say --data DIR --budgets 1e15,3e15,1e16 --sizes
+4x256,6x384,8x512,12x768 --head_dim 64 --block_size 256 --batch_size 64 --learning_rate 1e-3 (not
+measured: no GPU here).
 """
 import argparse
 import contextlib
@@ -212,9 +217,9 @@ def check_settings(out_dir, settings):
 
 @contextlib.contextmanager
 def only_sweep(out_dir):
-    """Holds out_dir for this sweep: a second one there at the same time would train the same runs
-    into the same folders, and rewrite results.csv without the runs the other finished. The lock is
-    the OS's (flock): it ends with this process, however that ends, so a dead sweep's never stays."""
+    """Holds out_dir for this sweep: a second one at once would train the same runs into the same
+    folders, and rewrite results.csv without the other's. The OS's lock (flock) ends with the
+    process, however that ends: a dead sweep's never stays."""
     with open(os.path.join(out_dir, "sweep.lock"), "a+", encoding="utf-8") as f:
         try:
             if fcntl:
@@ -241,13 +246,13 @@ def read_results(out_dir, shape):
             raise ScalingError(f"{path} does not have scaling.py's columns; use another --out_dir")
         for r in reader:
             where = f"{path}, line {reader.line_num}"
-            try:
+            try:  # a number missing, garbled, nan or inf, or a tenth value (under the key None)
                 row = {k: (float if k in ("val_loss", "seconds") else int)(r[k]) for k in COLUMNS}
+                if None in r or not all(math.isfinite(v) for v in row.values()):
+                    raise ValueError
                 [planned] = plan_runs([row["budget"]], [(row["n_layer"], row["n_embd"])], *shape)
-            except (ValueError, TypeError, ScalingError):  # a number missing or garbled
+            except (ValueError, TypeError, ScalingError):
                 raise ScalingError(f"{where}: not a row scaling.py wrote; mend or delete it") from None
-            if None in r or not all(math.isfinite(v) for v in row.values()):  # more values, nan, inf
-                raise ScalingError(f"{where}: not a row scaling.py wrote; mend or delete it")
             for k in ("params", "steps", "tokens", "flops"):
                 if row[k] != planned[k]:
                     raise ScalingError(f"{where}: {k} {row[k]}, but budget {row['budget']} buys "
@@ -301,6 +306,8 @@ def train_one(gpt_flags, run, args, resumable):
         if os.path.exists(stopped):
             with open(stopped, encoding="utf-8") as f:
                 before = json.load(f)["seconds"]
+    elif os.path.exists(stopped):  # an older start's
+        os.remove(stopped)
     started = time.perf_counter()
     with open(os.path.join(folder, "train.log"), "a" if resume else "w", encoding="utf-8") as log:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # gpt.py's lines
@@ -374,25 +381,20 @@ def power_laws(found):
 def fit(rows):
     """Each budget's optimum and the power laws through them, then how rough they are: the same fit
     with each size left out in turn. spread: the lowest and highest optimal N (and exponent) of the
-    fit and those refits, where there are refits to compare."""
+    fit and those refits, where a refit has one."""
     result = dict(budgets=optima(rows))
     result["laws"] = power_laws(result["budgets"])
-    spread = {o["budget"]: [o["params"]] for o in result["budgets"] if o["how"] == "parabola"}
-    exponents = {name: [law["exponent"]] for name, law in result["laws"].items() if name != "note"}
-    for size in {size_of(r) for r in rows}:
-        refit = optima([r for r in rows if size_of(r) != size])
-        for o in refit:
-            if o["how"] == "parabola" and o["budget"] in spread:
-                spread[o["budget"]].append(o["params"])
-        for name, law in power_laws(refit).items():
-            if name in exponents:
-                exponents[name].append(law["exponent"])
+    refits = [optima([r for r in rows if size_of(r) != size]) for size in {size_of(r) for r in rows}]
     for o in result["budgets"]:
-        if len(spread.get(o["budget"], [])) > 1:
-            o["spread"] = [min(spread[o["budget"]]), max(spread[o["budget"]])]
-    for name, found in exponents.items():
-        if len(found) > 1:
-            result["laws"][name]["spread"] = [min(found), max(found)]
+        n = [e["params"] for refit in refits for e in refit
+             if e["budget"] == o["budget"] and e["how"] == o["how"] == "parabola"]
+        if n:
+            o["spread"] = [min(n + [o["params"]]), max(n + [o["params"]])]
+    for name in ("params", "val_loss"):
+        law = result["laws"].get(name)
+        found = [laws[name]["exponent"] for laws in map(power_laws, refits) if name in laws]
+        if law and found:
+            law["spread"] = [min(found + [law["exponent"]]), max(found + [law["exponent"]])]
     return result
 
 
@@ -557,8 +559,7 @@ def main(argv=None):
         print(f"error: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the finished runs are in results.csv already
-        print(f"interrupted: the same command goes on from the first run that "
-              f"{args.out_dir}/results.csv lacks", file=sys.stderr)
+        print("interrupted: the same command goes on where this one stopped", file=sys.stderr)
         return 130
     finally:
         torch.set_num_threads(threads)
