@@ -390,7 +390,8 @@ def test_a_reader_that_stops_early_ends_it_quietly(text, finished):
 
 
 @pytest.mark.parametrize("typo,meant", [("--budget", "--budgets"), ("--size=1x32", "--sizes"),
-                                        ("--head-dim", "--head_dim"), ("--learning_rat", "--learning_rate")])
+                                        ("--head-dim", "--head_dim"), ("--learning_rat", "--learning_rate"),
+                                        ("--max_iter", "--max_iters")])  # then: scaling.py sets it
 def test_a_mistyped_flag_gets_the_closest_of_scalings_and_gpts_flags(text, tmp_path, capsys, typo, meant):
     err = refused(capsys, sweep_argv(text, tmp_path, BUDGETS, SIZES, typo, "1"))
     assert err == f"scaling.py: error: unrecognized argument {typo}; did you mean {meant}?"
@@ -479,3 +480,12 @@ def test_the_default_text_is_found_beside_gpt_py_from_any_folder(tmp_path, monke
         (tmp_path / "shakespeare.txt").write_text(f.read(), encoding="utf-8")
     monkeypatch.setattr(gpt, "train", None)  # the same text, now here: the run is done already
     assert scaling.main(argv) == 0
+
+
+def test_a_run_that_reads_the_text_a_hundred_times_says_so_plainly(text, tmp_path, capsys):
+    short_text = tmp_path / "short.txt"
+    short_text.write_text(open(text, encoding="utf-8").read(200), encoding="utf-8")
+    assert scaling.main(sweep_argv(str(short_text), tmp_path / "out", [5 * 10**8], ["1x16"])) == 0
+    [line] = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[1/1]")]
+    epochs = line.split(" epochs")[0].split()[-1]
+    assert float(epochs) > 100 and "e" not in epochs, line

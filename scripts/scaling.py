@@ -131,10 +131,10 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads for the runs (1)")
     args, gpt_flags = p.parse_known_args(argv)
     ours = [flag for action in p._actions for flag in action.option_strings if flag[1] == "-"]
-    theirs = [f"--{k}" for k in {**gpt.DEFAULTS, **gpt.PRESETS["medium"]} if k not in PER_RUN]
+    theirs = [f"--{k}" for k in (*gpt.DEFAULTS, *gpt.PRESETS["medium"], *PER_RUN)]
     for flag in gpt_flags:  # a typo: the closest of both files' flags, not gpt.py's alone
         name = flag.split("=")[0]
-        if name.startswith("--") and name not in theirs and name[2:] not in PER_RUN:
+        if name.startswith("--") and name not in theirs:
             closest = difflib.get_close_matches(name, ours + theirs, n=1) or ["--help"]
             usage_error(f"unrecognized argument {flag}; did you mean {closest[0]}?")
     for name in ("head_dim", "threads"):
@@ -526,7 +526,7 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
         for i, run in enumerate(todo, start=1):
             print(f"[{i}/{len(todo)}] budget {exactly(run['budget'])}, {size_of(run)} "
                   f"(N {run['params']:,}): {run['steps']:,} steps, "
-                  f"{run['tokens'] / train_tokens:.2g} epochs ...", end="", flush=True)
+                  f"{run['tokens'] / train_tokens:.3g} epochs ...", end="", flush=True)
             try:
                 val_loss, seconds = train_one(gpt_flags, run, args, resumable)
             except BaseException:  # an error or Ctrl-C: its message goes on a line of its own
