@@ -171,6 +171,15 @@ def plan_runs(budgets, sizes, vocab_size, block_size, batch_size):
 
 
 # ------------------------------------------------------------ results.csv and its settings
+def exactly(budget):  # 2000000000000 -> "2e12", 1500000000000 -> "1.5e12": short, never rounded
+    digits = str(budget).rstrip("0")
+    return f"{digits[0]}{'.' if digits[1:] else ''}{digits[1:]}e{len(str(budget)) - 1}"
+
+
+def size_of(run):  # "1x64"
+    return f"{run['n_layer']}x{run['n_embd']}"
+
+
 def write_atomic(path, text):  # killed mid-write, the previous file is still whole
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)
@@ -235,8 +244,8 @@ def only_sweep(out_dir):
 
 
 def read_results(out_dir, shape):
-    """results.csv's rows, each as scaling.py wrote it: a number edited, missing or not finite, or a
-    run twice, is named by its line (the fit would crash, or be wrong). shape: the plan's numbers."""
+    """results.csv's rows, each as scaling.py wrote it: a number edited, missing or not finite, or
+    a run twice, is named by its line (the fit would crash, or be wrong). shape: as plan_runs's."""
     path, rows, seen = os.path.join(out_dir, "results.csv"), [], set()
     if not os.path.exists(path):
         return []
@@ -252,14 +261,15 @@ def read_results(out_dir, shape):
                     raise ValueError
                 [planned] = plan_runs([row["budget"]], [(row["n_layer"], row["n_embd"])], *shape)
             except (ValueError, TypeError, ScalingError):
-                raise ScalingError(f"{where}: not a row scaling.py wrote; mend or delete it") from None
+                why = f"{where}: not a row scaling.py wrote; mend or delete it"
+                raise ScalingError(why) from None
             for k in ("params", "steps", "tokens", "flops"):
                 if row[k] != planned[k]:
                     raise ScalingError(f"{where}: {k} {row[k]}, but budget {row['budget']} buys "
                                        f"{planned[k]} for that size; mend or delete the row")
             key = (row["budget"], row["n_layer"], row["n_embd"])
             if key in seen:
-                raise ScalingError(f"{where}: budget {row['budget']}, size {key[1]}x{key[2]} again; "
+                raise ScalingError(f"{where}: budget {row['budget']}, size {size_of(row)} again; "
                                    "delete one of its rows")
             seen.add(key)
             rows.append(row)
@@ -272,11 +282,6 @@ def save_results(out_dir, rows):
 
 
 # ------------------------------------------------------------ one run: gpt.py trains it
-def exactly(budget):  # 2000000000000 -> "2e12", 1500000000000 -> "1.5e12": short, never rounded
-    digits = str(budget).rstrip("0")
-    return f"{digits[0]}{'.' if digits[1:] else ''}{digits[1:]}e{len(str(budget)) - 1}"
-
-
 def cut_short(folder, cfg):
     """Whether folder holds a ckpt.pt of this very run, saved when Ctrl-C stopped it."""
     try:
@@ -330,10 +335,6 @@ def train_one(gpt_flags, run, args, resumable):
 
 
 # ------------------------------------------------------------ the fit
-def size_of(run):  # "1x64"
-    return f"{run['n_layer']}x{run['n_embd']}"
-
-
 def optimum(runs):
     """One budget's optimal N and loss: the bottom of the parabola in log10(N) through all its runs.
     Through the best run and its two neighbours alone, a parabola has no residual and follows the
@@ -353,15 +354,17 @@ def optimum(runs):
         return {**found, "note": f"the {end} size is best: the optimum is beyond, add sizes there"}
     x = np.log10([r["params"] for r in runs])
     a, b, c = np.polyfit(x, losses, 2)
-    if a <= 0 or not x[0] < -b / (2 * a) < x[-1]:
+    bottom = -b / (2 * a) if a > 0 else None  # where the slope 2 a x + b is 0, if it opens upward
+    if bottom is None or not x[0] < bottom < x[-1]:
         return {**found, "note": "the parabola through the runs has no bottom inside the ladder"}
     rms = np.sqrt(np.mean((np.polyval([a, b, c], x) - losses) ** 2))  # how far the runs lie off it
-    return {**found, "params": round(10 ** (-b / (2 * a))), "val_loss": round(c - b * b / (4 * a), 4),
-            "how": "parabola", "parabola": [a, b, c], "rms": round(rms, 4)}
+    return {**found, "params": round(10**bottom), "how": "parabola", "parabola": [a, b, c],
+            "val_loss": round(np.polyval([a, b, c], bottom), 4), "rms": round(rms, 4)}
 
 
-def optima(rows):
-    return [optimum([r for r in rows if r["budget"] == c]) for c in sorted({r["budget"] for r in rows})]
+def optima(rows):  # each budget's, smallest budget first
+    budgets = sorted({r["budget"] for r in rows})
+    return [optimum([r for r in rows if r["budget"] == budget]) for budget in budgets]
 
 
 def power_laws(found):
@@ -384,7 +387,8 @@ def fit(rows):
     fit and those refits, where a refit has one."""
     result = dict(budgets=optima(rows))
     result["laws"] = power_laws(result["budgets"])
-    refits = [optima([r for r in rows if size_of(r) != size]) for size in {size_of(r) for r in rows}]
+    sizes = {size_of(r) for r in rows}
+    refits = [optima([r for r in rows if size_of(r) != size]) for size in sizes]
     for o in result["budgets"]:
         n = [e["params"] for refit in refits for e in refit
              if e["budget"] == o["budget"] and e["how"] == o["how"] == "parabola"]
@@ -502,8 +506,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
     shortest = min(plan, key=lambda run: run["steps"])
     if not args.warmup and cfg.warmup_iters >= shortest["steps"]:
         raise ScalingError(f"--warmup_iters {cfg.warmup_iters}: {size_of(shortest)} at "
-                           f"{exactly(shortest['budget'])} trains {shortest['steps']} step(s), so its "
-                           "learning rate would never peak; lower it, or drop it (5% of each run)")
+                           f"{exactly(shortest['budget'])} trains {shortest['steps']} step(s), so "
+                           "its learning rate would never peak; lower it, or drop it (then 5%)")
     gpt.claim_out_dir(args.out_dir, fresh=False)  # a folder that can be written, or one line
     with only_sweep(args.out_dir):  # from here on, this sweep alone writes in it
         settings = {k: getattr(cfg, k) for k in SETTINGS}
@@ -511,7 +515,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
             settings["warmup_iters"] = "5% of the steps"
         device, dtype = gpt.pick_device(cfg.device, cfg.dtype)  # bfloat16, float32: apart a little
         settings["dtype"] = str(dtype).removeprefix("torch.")
-        settings.update(head_dim=args.head_dim, data=fingerprint(data, cfg.data), data_path=cfg.data)
+        settings.update(head_dim=args.head_dim, data=fingerprint(data, cfg.data),
+                        data_path=cfg.data)
         resumable = check_settings(args.out_dir, settings)
         rows = read_results(args.out_dir, shape)
         done = {(r["budget"], r["n_layer"], r["n_embd"]) for r in rows}
