@@ -465,7 +465,7 @@ def test_a_warmup_as_long_as_a_run_is_refused(text, tmp_path, capsys):
 def test_the_sweep_has_an_eta_before_its_first_run_ends(text, tmp_path, capsys):
     assert scaling.main(sweep_argv(text, tmp_path, BUDGETS[:1])) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("sweep eta ") and "at a guess of 1e+11 FLOPs a second" in lines[1]
+    assert lines[1].startswith("sweep eta ") and "(a guess: 1e11 FLOPs a second" in lines[1]
     assert lines[2].startswith("[1/3]")
     assert scaling.main(sweep_argv(text, tmp_path)) == 0  # 3 runs more: at the speeds measured
     lines = capsys.readouterr().out.splitlines()

@@ -67,7 +67,7 @@ SETTINGS = ("config", "block_size", "batch_size", "learning_rate", "min_lr", "wa
             "weight_decay", "grad_clip", "dropout", "seed", "eval_iters", "gelu")  # change a loss
 PER_RUN = ("n_layer", "n_embd", "n_head", "max_iters", "lr_decay_iters", "eval_interval", "resume",
            "init_from", "overwrite", "sample")  # gpt.py flags that scaling.py sets, or refuses
-GUESS = 1e11  # FLOPs a second, for the ETA before a run ends: the default sweep on one core (Zen 5)
+GUESS = 10**11  # FLOPs a second, the ETA before a run ends: the default sweep, one Zen 5 core
 COLUMNS = ["budget", "n_layer", "n_embd", "params", "steps", "tokens", "flops", "val_loss",
            "seconds"]
 
@@ -526,8 +526,8 @@ def sweep(args, gpt_flags, cfg, budgets, sizes):
               f"already; {sum(r['flops'] for r in todo):.3g} FLOPs to train, "
               f"{cfg.batch_size * cfg.block_size:,} tokens a step, {train_tokens:,} in {cfg.data}")
         if todo and (rows or device.type == "cpu"):  # a GPU's speed is anyone's guess
-            print(f"sweep eta {eta(todo, rows)}" + ("" if rows else f" at a guess of {GUESS:.0e} "
-                  "FLOPs a second (one CPU core); measured once a run ends"))
+            guess = "" if rows else f" (a guess: {exactly(GUESS)} FLOPs a second, one CPU core's)"
+            print(f"sweep eta {eta(todo, rows)}{guess}")
         for i, run in enumerate(todo, start=1):
             print(f"[{i}/{len(todo)}] budget {exactly(run['budget'])}, {size_of(run)} "
                   f"(N {run['params']:,}): {run['steps']:,} steps, "
