@@ -233,7 +233,7 @@ def only_sweep(out_dir):
         try:
             if fcntl:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by a live process
             f.seek(0)
             raise ScalingError(f"another sweep (process {f.read().strip() or '?'}) is writing in "
                                f"{out_dir}: let it finish, or use another --out_dir") from None
