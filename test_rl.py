@@ -449,6 +449,23 @@ def test_resume_after_ctrl_c_ends_with_the_weights_and_log_of_a_run_never_stoppe
     assert timeless[0] == timeless[1] and len(timeless[0]) == 7
 
 
+def test_resume_takes_a_changed_learning_rate_and_refuses_a_changed_seed(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "1",
+                    *TOY_RUN]) == 0
+    assert rl.main(["--resume", "--out_dir", out, "--max_iters", "2", "--learning_rate", "3e-3"]) == 0
+    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")
+    assert ckpt["made_by"]["args"]["learning_rate"] == 3e-3
+    assert {group["lr"] for group in ckpt["optimizer"]["param_groups"]} == {3e-3}  # what step 2 used
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # the generators go on from their states, not from a seed
+        rl.main(["--resume", "--out_dir", out, "--max_iters", "3", "--seed", "7"])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and "--seed 1337" in err and err.count("\n") == 1, err
+    assert rl.main(["--resume", "--out_dir", out, "--max_iters", "3", "--seed", "1337"]) == 0  # the same: fine
+
+
 def test_resume_needs_an_rl_run_in_out_dir(tmp_path, capsys):
     path, _ = toy(tmp_path)
     assert rl.main(["--resume", "--out_dir", str(tmp_path / "nothing")]) == 1

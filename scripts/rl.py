@@ -316,6 +316,8 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
     log, best, train_s, started, first = [], -1.0, 0.0, time.perf_counter(), 0
     if resume:  # bit-exact on a CPU: the same weights as a run never stopped
         optimizer.load_state_dict(resume["optimizer"])
+        for group in optimizer.param_groups:  # the saved state brings the saved rate: the flag's wins
+            group["lr"] = args.learning_rate
         for generator, state in zip(generators, resume["rng"]):
             generator.set_state(state)
         log, first = resume["log"], resume["iter"]
@@ -441,7 +443,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt, "
-                   "with its flags (those given override them: a larger --max_iters, say)")
+                   "with its flags (those given override them: a larger --max_iters, a lower --learning_rate; "
+                   "not --seed, whose generators go on where they stopped)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out_dir")
     p.add_argument("--eval_only", action="store_true",
                    help="only measure --init_from on --eval_data: greedy and pass@--samples per skill")
@@ -453,8 +456,12 @@ def main(argv=None):
                 p.error("--resume continues the run in --out_dir, from its ckpt.pt: not with --init_from, "
                         "--eval_only or --overwrite")
             resume = read_run(args.out_dir)
-            p.set_defaults(**resume["made_by"]["args"])
+            saved = resume["made_by"]["args"]
+            p.set_defaults(**saved)
             args = p.parse_args(argv)
+            if args.seed != saved["seed"]:  # its generators go on from their saved states, not a seed
+                p.error(f"--resume goes on with the run's own --seed {saved['seed']}; another seed is "
+                        "another run: start it in another --out_dir")
         for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
             if getattr(args, name) < 1:
                 p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
