@@ -466,6 +466,24 @@ def test_resume_takes_a_changed_learning_rate_and_refuses_a_changed_seed(tmp_pat
     assert rl.main(["--resume", "--out_dir", out, "--max_iters", "3", "--seed", "1337"]) == 0  # the same: fine
 
 
+def test_resume_after_ties_keeps_the_best_pt_of_a_run_never_stopped(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)  # one question of three answered right: 33.333...%, shown 33.33
+    third = write_lines(tmp_path / "third.jsonl", [GOOD, chat(("user", "a"), ("assistant", "b")),
+                                                   chat(("user", "ab"), ("assistant", "b"))])
+    run = ["--init_from", path, "--data", questions_file, "--eval_data", third, "--max_iters", "4",
+           "--eval_interval", "2", *TOY_RUN]
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    assert rl.main([*run, "--out_dir", whole]) == 0
+    assert [row["accuracy"] for row in read_log(whole) if row["accuracy"]] == ["0.0", "33.33", "33.33"]
+    interrupt_at(monkeypatch, 3)
+    assert rl.main([*run, "--out_dir", halves]) == 130
+    monkeypatch.undo()
+    assert rl.main(["--resume", "--out_dir", halves]) == 0
+    a, b = (gpt.load_checkpoint(os.path.join(out, "best.pt"), "") for out in (whole, halves))
+    assert a["iter"] == b["iter"] == 2  # step 4's tie is no better
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_resume_needs_an_rl_run_in_out_dir(tmp_path, capsys):
     path, _ = toy(tmp_path)
     assert rl.main(["--resume", "--out_dir", str(tmp_path / "nothing")]) == 1

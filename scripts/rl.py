@@ -261,7 +261,8 @@ def checkpoint(model, init, args, step, accuracy, run=None):
     - made_by: this run, {"script": "scripts/rl.py", "args": its flags}: gpt.py --resume sends the
       user here, and rl.py --resume reads the flags back.
     No loss is measured here: best_val_loss is NaN, and "accuracy" the mean greedy accuracy.
-    run: for ckpt.pt, what --resume needs (the optimizer, the generators' states and the log)."""
+    run: for ckpt.pt, what --resume needs (the optimizer, the generators' states, the log and the best
+    accuracy so far)."""
     flags = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "eval_only")}
     state = dict(model=model.state_dict(), config=init["config"], vocab=init["vocab"], chat=init["chat"],
                  iter=step, best_val_loss=float("nan"), accuracy=accuracy,
@@ -278,7 +279,7 @@ def read_run(out_dir):
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = gpt.load_checkpoint(path, "--resume continues a run of rl.py: start one without --resume first")
     made_by = ckpt.get("made_by")
-    if not (isinstance(made_by, dict) and made_by.get("script") == SCRIPT and "optimizer" in ckpt):
+    if not (isinstance(made_by, dict) and made_by.get("script") == SCRIPT and "best_accuracy" in ckpt):
         raise gpt.GPTError(f"{path} is not the ckpt.pt of an rl.py run (a gpt.py run's?): start from it "
                            f"with --init_from {path}")
     return ckpt
@@ -320,8 +321,7 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             group["lr"] = args.learning_rate
         for generator, state in zip(generators, resume["rng"]):
             generator.set_state(state)
-        log, first = resume["log"], resume["iter"]
-        best = max([row["accuracy"] for row in log if row.get("accuracy") is not None], default=-1.0)
+        log, first, best = resume["log"], resume["iter"], resume["best_accuracy"]
         train_s, started = log[-1]["train_s"], started - log[-1]["elapsed_s"]  # the clock goes on
         print(f"resuming {args.out_dir}/ckpt.pt at step {first}", flush=True)
 
@@ -341,7 +341,8 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
         if better:
             gpt.save_atomic(checkpoint(model, init, args, step, accuracy),
                             os.path.join(args.out_dir, "best.pt"))
-        run = dict(optimizer=optimizer.state_dict(), rng=[g.get_state() for g in generators], log=log)
+        run = dict(optimizer=optimizer.state_dict(), rng=[g.get_state() for g in generators], log=log,
+                   best_accuracy=best)  # unrounded: log.csv's 33.33 would lose to a later 33.333...
         gpt.save_atomic(checkpoint(model, init, args, step, accuracy, run),
                         os.path.join(args.out_dir, "ckpt.pt"))
         write_log(log, args.out_dir)
