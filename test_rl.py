@@ -269,8 +269,8 @@ def test_a_model_never_fine_tuned_on_chats_is_refused_in_one_line(tmp_path, caps
     assert "never fine-tuned on conversations" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
-def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_sft_weight_is_a_usage_error(tmp_path, capsys, value):
     path, questions_file = toy(tmp_path)
     with pytest.raises(SystemExit) as usage:
         rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
@@ -279,7 +279,11 @@ def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--samples", "1"], "--samples: must be at least 2"), (["--max_minutes", "0"], "--max_minutes: must be above 0"),
+    (["--samples", "1"], "--samples: must be at least 2"),
+    (["--max_minutes", "0"], "--max_minutes: must be a number above 0"),
+    (["--learning_rate", "inf"], "--learning_rate: must be a number above 0, got inf"),  # gpt.py's refusal too
+    (["--temperature", "inf"], "--temperature: must be a number above 0, got inf"),
+    (["--grad_clip", "inf"], "--grad_clip: must be a number above 0, got inf"),
     (["--resume"], "not with --init_from"), (["--max_iters", "x"], "--max_iters: invalid int")])
 def test_usage_errors_are_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, flags, expected):
     path, questions_file = toy(tmp_path)
@@ -531,6 +535,40 @@ def test_running_out_of_memory_is_one_line_that_names_the_flags_to_lower(tmp_pat
                     *TOY_RUN, "--samples", "100000000"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of memory") and "--samples" in err and len(err.splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- a run that diverges
+def finite_scores(path, prompt):
+    ckpt, model, tokenizer = loaded(path)
+    with torch.no_grad():
+        return bool(model(torch.tensor([tokenizer.encode(prompt)])).isfinite().all())
+
+
+def test_a_learning_rate_too_large_stops_at_the_step_and_keeps_the_last_good_ckpt(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    # At 1e6 one step leaves the weights finite but so large that the scores overflow: unchecked, that
+    # step's eval saved them, and the next step's sampler failed in a traceback (NaN probabilities)
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "20",
+                    "--eval_interval", "1", *TOY_RUN, "--learning_rate", "1e6"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lower --learning_rate (1000000.0)" in err, err
+    step = int(err.split("error: step ")[1].split(":")[0])
+    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")
+    assert ckpt["iter"] == step - 1 and all(v.isfinite().all() for v in ckpt["model"].values())
+    assert finite_scores(os.path.join(out, "ckpt.pt"), "Ub\nA")  # a model that can go on
+    assert [int(row["iter"]) for row in read_log(out)] == list(range(step))
+
+
+def test_an_anchor_weight_too_large_is_named(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")  # its loss, about 3.6 x 3e38, overflows float32
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "2",
+                    *TOY_RUN, "--sft_data", questions_file, "--sft_weight", "3e38"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: step 1: "), err
+    assert "lower --sft_weight (3e+38)" in err
+    assert gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")["iter"] == 0
 
 
 # ----------------------------------------------------------------------------- a cut-off answer, and BPE answers

@@ -183,7 +183,8 @@ def reference_loss(model, questions, device):
 def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor=()):
     """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
     log-probabilities are those of the weights that sampled. Returns (mean reward, mixed groups,
-    skipped groups, answer tokens sampled). anchor: questions whose reference answers' loss, x
+    skipped groups, answer tokens sampled), or raises GPTError naming the flag to lower if the loss or
+    the model's scores stop being numbers. anchor: questions whose reference answers' loss, x
     args.sft_weight, is added."""
     device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
     tries = sample_answers(model, tokenizer, end, [q.prompt for q in questions], args.samples,
@@ -202,16 +203,26 @@ def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor
         loss = policy_loss(model(x), y, advantage, answers_sampled)
         loss.backward()  # the gradients add up over the questions
         total += loss.item()
+    if not math.isfinite(total):
+        raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
     if anchor:
         loss = args.sft_weight * reference_loss(model, anchor, device)
+        if not math.isfinite(loss.item()):
+            raise gpt.GPTError(f"--sft_data's loss x --sft_weight became {loss.item()}; lower --sft_weight "
+                               f"({args.sft_weight})")
         loss.backward()
-        total += loss.item()
     if skipped < len(questions) or anchor:
-        if not math.isfinite(total):
-            raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        # A step too large can leave the weights finite yet so large that the scores overflow (NaN):
+        # the next step's sampler would fail, and an eval save them. One prompt's scores tell.
+        with torch.no_grad():
+            scores = model(torch.tensor([questions[0].prompt], device=device))  # (1, T, vocab_size)
+        if not scores.isfinite().all():
+            also = f" or --sft_weight ({args.sft_weight})" if anchor else ""
+            raise gpt.GPTError(f"the step made the model's scores NaN or inf; lower --learning_rate "
+                               f"({args.learning_rate}){also}")
     return sum(rewards_seen) / len(rewards_seen), len(questions) - skipped, skipped, tokens
 
 
@@ -363,8 +374,12 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             if anchors:
                 drawn = torch.randint(len(anchors), (args.batch_size,), generator=anchor_picker)
                 anchor = [anchors[i] for i in drawn.tolist()]
-            reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
-                                                     tokenizer, template["end"], args, sampler, anchor)
+            try:
+                reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
+                                                         tokenizer, template["end"], args, sampler, anchor)
+            except gpt.GPTError as e:  # it diverged: nothing of this step is saved
+                raise gpt.GPTError(f"step {step}: {e}; {args.out_dir}/ckpt.pt keeps the last state saved, "
+                                   "and --resume with a flag lowered goes on from it") from None
             step_s = time.perf_counter() - t0
             train_s += step_s
             left = min((args.max_iters - step) * train_s / step, budget - (time.perf_counter() - started))
@@ -469,13 +484,13 @@ def main(argv=None):
         if args.samples < 2 and not args.eval_only:
             p.error("argument --samples: must be at least 2 (the answers to a question are scored against "
                     "each other: one alone always scores alike, and teaches nothing)")
-        if not args.sft_weight >= 0:  # also refuses nan
-            p.error(f"argument --sft_weight: must be 0 or more, got {args.sft_weight}")
+        for name in ("temperature", "learning_rate", "grad_clip", "max_minutes"):
+            if getattr(args, name) is not None and not 0 < getattr(args, name) < math.inf:  # and not nan
+                p.error(f"argument --{name}: must be a number above 0, got {getattr(args, name)}")
+        if not 0 <= args.sft_weight < math.inf:
+            p.error(f"argument --sft_weight: must be a number, 0 or more, got {args.sft_weight}")
         if bool(args.sft_data) != bool(args.sft_weight):
             p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
-        for name in ("temperature", "learning_rate", "grad_clip", "max_minutes"):
-            if getattr(args, name) is not None and not getattr(args, name) > 0:  # also refuses nan
-                p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
         if not args.init_from and not resume:
             p.error("--init_from is needed: the chat model to start from (or --resume a run in --out_dir)")
         if args.eval_only and not args.eval_data:
