@@ -488,6 +488,20 @@ def test_resume_after_ties_keeps_the_best_pt_of_a_run_never_stopped(tmp_path, mo
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_resume_after_max_minutes_needs_a_larger_budget(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "3",
+                    "--max_minutes", "1e-6", *TOY_RUN]) == 0  # stopped after step 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # not one more step, and a stop, every time
+        rl.main(["--resume", "--out_dir", out])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and "give a larger --max_minutes" in err and err.count("\n") == 1, err
+    assert rl.main(["--resume", "--out_dir", out, "--max_minutes", "60"]) == 0
+    assert [row["iter"] for row in read_log(out)] == ["0", "1", "2", "3"]
+
+
 def test_resume_needs_an_rl_run_in_out_dir(tmp_path, capsys):
     path, _ = toy(tmp_path)
     assert rl.main(["--resume", "--out_dir", str(tmp_path / "nothing")]) == 1

@@ -443,7 +443,8 @@ def main(argv=None):
     p.add_argument("--eval_data", help="held-out conversations: greedy accuracy per skill; best.pt by it")
     p.add_argument("--max_iters", type=int, default=500, help="steps (default 500)")
     p.add_argument("--max_minutes", type=float, help="stop after this many minutes of wall clock, evals "
-                   "included (a resumed run's earlier ones too), and save as Ctrl-C does, but exit 0")
+                   "included (a resumed run's earlier ones too: to go on after the stop, give a larger one), "
+                   "and save as Ctrl-C does, but exit 0")
     p.add_argument("--batch_size", type=int, default=64, help="questions per step (default 64)")
     p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
     p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
@@ -491,6 +492,11 @@ def main(argv=None):
             p.error(f"argument --sft_weight: must be a number, 0 or more, got {args.sft_weight}")
         if bool(args.sft_data) != bool(args.sft_weight):
             p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
+        spent = resume["log"][-1]["elapsed_s"] / 60 if resume else 0  # minutes, evals included
+        if args.max_minutes is not None and spent >= args.max_minutes:
+            p.error(f"--resume: the run has spent its --max_minutes {args.max_minutes} ({spent:.1f} minutes); "
+                    "give a larger --max_minutes (it counts the run's earlier minutes, as --max_iters counts "
+                    "its steps)")
         if not args.init_from and not resume:
             p.error("--init_from is needed: the chat model to start from (or --resume a run in --out_dir)")
         if args.eval_only and not args.eval_data:
