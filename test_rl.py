@@ -139,7 +139,7 @@ def test_a_group_whose_answers_all_score_alike_is_skipped_and_counted(tmp_path, 
 
 
 def test_the_loss_takes_log_p_at_temperature_1_whatever_the_answers_were_sampled_at(tmp_path, monkeypatch):
-    path, questions_file = toy(tmp_path)  # measured no worse than at the sampler's (RESULTS.md)
+    path, questions_file = toy(tmp_path)  # no worse than at the sampler's, without --sft_data (RESULTS.md)
     monkeypatch.setattr(rl, "sample_answers", lambda model, tokenizer, end, prompts, *rest:
                         [[tokenizer.encode(a) for a in ("a|", "b|", "b|", "a|")] for _ in prompts])
     weights = []

@@ -23,8 +23,9 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
 - loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
   rate, the gradient clipped. p is the model's own (temperature 1), not the sampler's (at --temperature):
   the hot sampler only picks which answers get tried, and the loss moves the distribution that greedy
-  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same
-  (RESULTS.md);
+  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same,
+  over 150 steps without --sft_data (RESULTS.md); beside it, unmeasured, it would also halve the reward's
+  pull against the anchor's;
 - --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
   fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
   answers (InstructGPT's "pretraining mix"): an anchor against the reward narrowing what the model
