@@ -551,6 +551,18 @@ def test_running_out_of_memory_is_one_line_that_names_the_flags_to_lower(tmp_pat
     assert err.startswith("error: out of memory") and "--samples" in err and len(err.splitlines()) == 1, err
 
 
+def test_out_of_memory_in_eval_only_names_its_own_flags(tmp_path, monkeypatch, capsys):
+    path, questions_file = toy(tmp_path)  # pass@k samples all of a prompt length at once: no --batch_size
+    def allocates_too_much(*args):
+        raise MemoryError()
+    monkeypatch.setattr(rl, "sample_answers", allocates_too_much)
+    assert rl.main(["--init_from", path, "--eval_data", questions_file, "--eval_only", "--max_new_tokens", "2",
+                    "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and len(err.splitlines()) == 1, err
+    assert "--samples" in err and "--eval_data" in err and "--batch_size" not in err
+
+
 # ----------------------------------------------------------------------------- a run that diverges
 def finite_scores(path, prompt):
     ckpt, model, tokenizer = loaded(path)

@@ -529,8 +529,12 @@ def main(argv=None):
     except (RuntimeError, MemoryError) as e:  # out of memory, on any device: ckpt.pt is whole
         if isinstance(e, RuntimeError) and "alloc" not in str(e):
             raise
-        print("error: out of memory: lower --samples or --batch_size (a step samples their product of "
-              "answers at once) or --max_new_tokens", file=sys.stderr)
+        if args.eval_only:  # pass@k samples --samples answers to all the questions of a prompt length
+            print("error: out of memory: lower --samples or --max_new_tokens, or split --eval_data (pass@k "
+                  "samples every question of a length at once)", file=sys.stderr)
+        else:
+            print("error: out of memory: lower --samples or --batch_size (a step samples their product of "
+                  "answers at once) or --max_new_tokens", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
