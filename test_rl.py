@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -535,6 +536,21 @@ def test_max_minutes_stops_saves_and_exits_0(tmp_path, capsys):
     assert "--max_minutes 1e-06: stopped after step 1" in capsys.readouterr().out
     assert gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")["iter"] == 1
     assert [row["iter"] for row in read_log(out)] == ["0", "1"]
+
+
+def test_a_pipe_that_closes_stops_the_run_quietly_and_saves_it(tmp_path):
+    path, questions_file = toy(tmp_path)  # `python scripts/rl.py ... | head -1`
+    out = tmp_path / "out"
+    command = [sys.executable, os.path.join(HERE, "scripts", "rl.py"), "--init_from", path, "--data",
+               questions_file, "--out_dir", str(out), "--max_iters", "500", *TOY_RUN]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.stdout.readline().startswith(b"1 questions from ")
+    run.stdout.close()  # head has its line, and goes
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=60) == 141 and err == "", err  # 128 + SIGPIPE, as the shell's; no traceback
+    steps = [int(row["iter"]) for row in read_log(out)]
+    assert gpt.load_checkpoint(str(out / "ckpt.pt"), "")["iter"] == steps[-1] < 500  # saved where it stopped
 
 
 @pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: "

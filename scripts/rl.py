@@ -32,14 +32,16 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
   samples (RESULTS.md: counting's pass@8 stayed 91%, not 59%). Without them: reward only.
 Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
 best.pt (the best mean accuracy over the skills) and ckpt.pt (the latest: written at each eval, on
-Ctrl-C and at --max_minutes, and what --resume continues) are gpt.py's checkpoints: gpt.py --sample,
-scripts/chat.py, serve.py and eval_chat.py read them. Their config is the start's, unchanged; "made_by"
-holds this run's flags (see checkpoint). log.csv: a row per step, a column per skill (acc_<skill>).
+Ctrl-C, at --max_minutes and when a pipe reading stdout closes, and what --resume continues) are gpt.py's
+checkpoints: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them. Their config is the
+start's, unchanged; "made_by" holds this run's flags (see checkpoint). log.csv: a row per step, a column
+per skill (acc_<skill>).
 """
 import argparse
 import csv
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -322,10 +324,24 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
     sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
     anchor_picker = torch.Generator().manual_seed(args.seed + 2)  # apart: --sft_data changes no question
     generators = (picker, sampler, anchor_picker)
+    # stdout read by a pipe that closes (`rl.py ... | head -1`): __main__ gives SIGPIPE its default, as
+    # gpt.py does, which ends a process at its next write, unsaved. Here, with work to save, a write
+    # fails instead (Python's own default), and the run stops as after Ctrl-C: the step ends, all is saved.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    unread = []  # [13], SIGPIPE's number, once stdout's reader has gone: exit 141, as the shell's
+
+    def say(line):
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # later lines go nowhere
+            unread[:] = [13]
+
     mix = f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
-    print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
-          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
-          f"{device}", flush=True)
+    say(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
+        f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
+        f"{device}")
     log, best, train_s, started, first = [], -1.0, 0.0, time.perf_counter(), 0
     if resume:  # bit-exact on a CPU: the same weights as a run never stopped
         optimizer.load_state_dict(resume["optimizer"])
@@ -335,7 +351,7 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             generator.set_state(state)
         log, first, best = resume["log"], resume["iter"], resume["best_accuracy"]
         train_s, started = log[-1]["train_s"], started - log[-1]["elapsed_s"]  # the clock goes on
-        print(f"resuming {args.out_dir}/ckpt.pt at step {first}", flush=True)
+        say(f"resuming {args.out_dir}/ckpt.pt at step {first}")
 
     def evaluate(step, row):  # True if this is the best model so far
         nonlocal best
@@ -345,8 +361,8 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
         row["accuracy"] = round(mean(accuracy), 2)
         row.update({f"acc_{s}": round(accuracy[s], 2) for s in skills})
         better, best = mean(accuracy) > best, max(best, mean(accuracy))
-        print(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
-              f"{' (best so far: best.pt)' if better else ''}", flush=True)
+        say(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
+            f"{' (best so far: best.pt)' if better else ''}")
         return better
 
     def save(step, accuracy, better):
@@ -385,9 +401,9 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             train_s += step_s
             left = min((args.max_iters - step) * train_s / step, budget - (time.perf_counter() - started))
             minutes, seconds = divmod(round(max(left, 0)), 60)
-            print(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
-                  f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
-                  f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
+            say(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
+                f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
+                f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s")
             row = dict(iter=step, reward=round(reward, 4), mixed=round(mixed / args.batch_size, 4),
                        skipped=skipped, tokens_per_s=round(tokens / step_s),
                        train_s=round(train_s, 2))
@@ -395,22 +411,21 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             better = evaluate(step, row) if evaluating else False
             row["elapsed_s"] = round(time.perf_counter() - started, 2)
             log.append(row)
-            stop, out_of_time = stop_requested(), row["elapsed_s"] >= budget and step < args.max_iters
+            stop = stop_requested() or sum(unread)  # the signal's number, or 0
+            out_of_time = row["elapsed_s"] >= budget and step < args.max_iters
             if evaluating or stop or out_of_time:
                 save(step, row.get("accuracy"), better)
             if stop:
-                print(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
-                      "go on with --resume", flush=True)
+                say(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
+                    "go on with --resume")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
             if out_of_time:  # the budget was the plan, not an interruption: exit 0
-                print(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
-                      f"evals included); saved {args.out_dir}/ckpt.pt, best.pt holds the best model measured",
-                      flush=True)
+                say(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
+                    f"evals included); saved {args.out_dir}/ckpt.pt, best.pt holds the best model measured")
                 return 0
     measured = f": {best:.1f}% mean greedy accuracy" if held_out else ""
-    print(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
-          f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}",
-          flush=True)
+    say(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
+        f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}")
     return 0
 
 
@@ -542,4 +557,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `| head`: end quietly (a run in train() saves first, see there)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
