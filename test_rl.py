@@ -229,14 +229,16 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, monkeypatch):
     assert [row["iter"] for row in read_log(out)] == ["0", "1", "2", "3"]
 
 
-def test_a_fresh_run_will_not_replace_a_model_in_out_dir(tmp_path, capsys):
+def test_a_fresh_run_will_not_replace_a_model_in_out_dir_and_names_it_by_its_accuracy(tmp_path, capsys):
     path, questions_file = toy(tmp_path)
-    run = ["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
-           "--max_iters", "1", *TOY_RUN]
+    run = ["--init_from", path, "--data", questions_file, "--eval_data", questions_file, "--out_dir",
+           str(tmp_path / "out"), "--max_iters", "1", *TOY_RUN]
     assert rl.main(run) == 0
     capsys.readouterr()
     assert rl.main(run) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "holds a run of rl.py (step 1, best mean greedy accuracy 0.0%)" in err, err  # not "val loss nan"
+    assert "--resume" in err and "--overwrite" in err and len(err.splitlines()) == 1
     assert rl.main([*run, "--overwrite"]) == 0
 
 

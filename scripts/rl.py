@@ -299,6 +299,23 @@ def read_run(out_dir):
     return ckpt
 
 
+def claim_out_dir(out_dir, fresh):
+    """gpt.py's claim (never replace a model, be writable), naming an rl.py run by its accuracy, not by
+    the val loss it never measured."""
+    if fresh and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        try:
+            run = read_run(out_dir)
+        except gpt.GPTError:
+            run = None  # not an rl.py run's: gpt.py says what it is
+        if run:
+            best = run["best_accuracy"]  # -1 without --eval_data: nothing measured
+            measured = f", best mean greedy accuracy {best:.1f}%" if best >= 0 else ""
+            raise gpt.GPTError(f"{out_dir} already holds a run of rl.py (step {run['iter']}{measured}); "
+                               "continue it with --resume, train into another --out_dir, or replace it "
+                               "with --overwrite")
+    gpt.claim_out_dir(out_dir, fresh)
+
+
 def write_log(rows, out_dir):
     """A row per step: iter, reward, mixed (share of the groups), skipped (groups), tokens_per_s
     (answer tokens sampled), train_s (seconds in steps), elapsed_s (evals too); on eval steps the mean
@@ -536,7 +553,7 @@ def main(argv=None):
         anchors = []
         if args.sft_data:
             anchors = read_questions(args.sft_data, tokenizer, template, block_size, args.max_new_tokens)
-        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite and not resume)
+        claim_out_dir(args.out_dir, fresh=not args.overwrite and not resume)
         return train(args, init, model, tokenizer, questions, held_out, device, anchors, resume)
     except (gpt.GPTError, prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
