@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_a_group_whose_answers_all_score_alike_is_skipped_and_counted(tmp_path, 
 
 
 def test_the_loss_takes_log_p_at_temperature_1_whatever_the_answers_were_sampled_at(tmp_path, monkeypatch):
-    path, questions_file = toy(tmp_path)  # measured no worse than at the sampler's (RESULTS.md)
+    path, questions_file = toy(tmp_path)  # no worse than at the sampler's, without --sft_data (RESULTS.md)
     monkeypatch.setattr(rl, "sample_answers", lambda model, tokenizer, end, prompts, *rest:
                         [[tokenizer.encode(a) for a in ("a|", "b|", "b|", "a|")] for _ in prompts])
     weights = []
@@ -228,14 +229,16 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, monkeypatch):
     assert [row["iter"] for row in read_log(out)] == ["0", "1", "2", "3"]
 
 
-def test_a_fresh_run_will_not_replace_a_model_in_out_dir(tmp_path, capsys):
+def test_a_fresh_run_will_not_replace_a_model_in_out_dir_and_names_it_by_its_accuracy(tmp_path, capsys):
     path, questions_file = toy(tmp_path)
-    run = ["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
-           "--max_iters", "1", *TOY_RUN]
+    run = ["--init_from", path, "--data", questions_file, "--eval_data", questions_file, "--out_dir",
+           str(tmp_path / "out"), "--max_iters", "1", *TOY_RUN]
     assert rl.main(run) == 0
     capsys.readouterr()
     assert rl.main(run) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "holds a run of rl.py (step 1, best mean greedy accuracy 0.0%)" in err, err  # not "val loss nan"
+    assert "--resume" in err and "--overwrite" in err and len(err.splitlines()) == 1
     assert rl.main([*run, "--overwrite"]) == 0
 
 
@@ -269,8 +272,8 @@ def test_a_model_never_fine_tuned_on_chats_is_refused_in_one_line(tmp_path, caps
     assert "never fine-tuned on conversations" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
-def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_sft_weight_is_a_usage_error(tmp_path, capsys, value):
     path, questions_file = toy(tmp_path)
     with pytest.raises(SystemExit) as usage:
         rl.main(["--init_from", path, "--data", questions_file, "--out_dir", str(tmp_path / "out"),
@@ -279,7 +282,11 @@ def test_a_negative_or_nan_sft_weight_is_a_usage_error(tmp_path, capsys, value):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--samples", "1"], "--samples: must be at least 2"), (["--max_minutes", "0"], "--max_minutes: must be above 0"),
+    (["--samples", "1"], "--samples: must be at least 2"),
+    (["--max_minutes", "0"], "--max_minutes: must be a number above 0"),
+    (["--learning_rate", "inf"], "--learning_rate: must be a number above 0, got inf"),  # gpt.py's refusal too
+    (["--temperature", "inf"], "--temperature: must be a number above 0, got inf"),
+    (["--grad_clip", "inf"], "--grad_clip: must be a number above 0, got inf"),
     (["--resume"], "not with --init_from"), (["--max_iters", "x"], "--max_iters: invalid int")])
 def test_usage_errors_are_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, flags, expected):
     path, questions_file = toy(tmp_path)
@@ -449,6 +456,55 @@ def test_resume_after_ctrl_c_ends_with_the_weights_and_log_of_a_run_never_stoppe
     assert timeless[0] == timeless[1] and len(timeless[0]) == 7
 
 
+def test_resume_takes_a_changed_learning_rate_and_refuses_a_changed_seed(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "1",
+                    *TOY_RUN]) == 0
+    assert rl.main(["--resume", "--out_dir", out, "--max_iters", "2", "--learning_rate", "3e-3"]) == 0
+    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")
+    assert ckpt["made_by"]["args"]["learning_rate"] == 3e-3
+    assert {group["lr"] for group in ckpt["optimizer"]["param_groups"]} == {3e-3}  # what step 2 used
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # the generators go on from their states, not from a seed
+        rl.main(["--resume", "--out_dir", out, "--max_iters", "3", "--seed", "7"])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and "--seed 1337" in err and err.count("\n") == 1, err
+    assert rl.main(["--resume", "--out_dir", out, "--max_iters", "3", "--seed", "1337"]) == 0  # the same: fine
+
+
+def test_resume_after_ties_keeps_the_best_pt_of_a_run_never_stopped(tmp_path, monkeypatch):
+    path, questions_file = toy(tmp_path)  # one question of three answered right: 33.333...%, shown 33.33
+    third = write_lines(tmp_path / "third.jsonl", [GOOD, chat(("user", "a"), ("assistant", "b")),
+                                                   chat(("user", "ab"), ("assistant", "b"))])
+    run = ["--init_from", path, "--data", questions_file, "--eval_data", third, "--max_iters", "4",
+           "--eval_interval", "2", *TOY_RUN]
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    assert rl.main([*run, "--out_dir", whole]) == 0
+    assert [row["accuracy"] for row in read_log(whole) if row["accuracy"]] == ["0.0", "33.33", "33.33"]
+    interrupt_at(monkeypatch, 3)
+    assert rl.main([*run, "--out_dir", halves]) == 130
+    monkeypatch.undo()
+    assert rl.main(["--resume", "--out_dir", halves]) == 0
+    a, b = (gpt.load_checkpoint(os.path.join(out, "best.pt"), "") for out in (whole, halves))
+    assert a["iter"] == b["iter"] == 2  # step 4's tie is no better
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_after_max_minutes_needs_a_larger_budget(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "3",
+                    "--max_minutes", "1e-6", *TOY_RUN]) == 0  # stopped after step 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # not one more step, and a stop, every time
+        rl.main(["--resume", "--out_dir", out])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and "give a larger --max_minutes" in err and err.count("\n") == 1, err
+    assert rl.main(["--resume", "--out_dir", out, "--max_minutes", "60"]) == 0
+    assert [row["iter"] for row in read_log(out)] == ["0", "1", "2", "3"]
+
+
 def test_resume_needs_an_rl_run_in_out_dir(tmp_path, capsys):
     path, _ = toy(tmp_path)
     assert rl.main(["--resume", "--out_dir", str(tmp_path / "nothing")]) == 1
@@ -484,6 +540,21 @@ def test_max_minutes_stops_saves_and_exits_0(tmp_path, capsys):
     assert [row["iter"] for row in read_log(out)] == ["0", "1"]
 
 
+def test_a_pipe_that_closes_stops_the_run_quietly_and_saves_it(tmp_path):
+    path, questions_file = toy(tmp_path)  # `python scripts/rl.py ... | head -1`
+    out = tmp_path / "out"
+    command = [sys.executable, os.path.join(HERE, "scripts", "rl.py"), "--init_from", path, "--data",
+               questions_file, "--out_dir", str(out), "--max_iters", "500", *TOY_RUN]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.stdout.readline().startswith(b"1 questions from ")
+    run.stdout.close()  # head has its line, and goes
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=60) == 141 and err == "", err  # 128 + SIGPIPE, as the shell's; no traceback
+    steps = [int(row["iter"]) for row in read_log(out)]
+    assert gpt.load_checkpoint(str(out / "ckpt.pt"), "")["iter"] == steps[-1] < 500  # saved where it stopped
+
+
 @pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: "
                                                 "can't allocate memory: you tried to allocate 68719476736 bytes"),
                                    MemoryError()])
@@ -496,6 +567,52 @@ def test_running_out_of_memory_is_one_line_that_names_the_flags_to_lower(tmp_pat
                     *TOY_RUN, "--samples", "100000000"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of memory") and "--samples" in err and len(err.splitlines()) == 1, err
+
+
+def test_out_of_memory_in_eval_only_names_its_own_flags(tmp_path, monkeypatch, capsys):
+    path, questions_file = toy(tmp_path)  # pass@k samples all of a prompt length at once: no --batch_size
+    def allocates_too_much(*args):
+        raise MemoryError()
+    monkeypatch.setattr(rl, "sample_answers", allocates_too_much)
+    assert rl.main(["--init_from", path, "--eval_data", questions_file, "--eval_only", "--max_new_tokens", "2",
+                    "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and len(err.splitlines()) == 1, err
+    assert "--samples" in err and "--eval_data" in err and "--batch_size" not in err
+
+
+# ----------------------------------------------------------------------------- a run that diverges
+def finite_scores(path, prompt):
+    ckpt, model, tokenizer = loaded(path)
+    with torch.no_grad():
+        return bool(model(torch.tensor([tokenizer.encode(prompt)])).isfinite().all())
+
+
+def test_a_learning_rate_too_large_stops_at_the_step_and_keeps_the_last_good_ckpt(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")
+    # At 1e6 one step leaves the weights finite but so large that the scores overflow: unchecked, that
+    # step's eval saved them, and the next step's sampler failed in a traceback (NaN probabilities)
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "20",
+                    "--eval_interval", "1", *TOY_RUN, "--learning_rate", "1e6"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lower --learning_rate (1000000.0)" in err, err
+    step = int(err.split("error: step ")[1].split(":")[0])
+    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")
+    assert ckpt["iter"] == step - 1 and all(v.isfinite().all() for v in ckpt["model"].values())
+    assert finite_scores(os.path.join(out, "ckpt.pt"), "Ub\nA")  # a model that can go on
+    assert [int(row["iter"]) for row in read_log(out)] == list(range(step))
+
+
+def test_an_anchor_weight_too_large_is_named(tmp_path, capsys):
+    path, questions_file = toy(tmp_path)
+    out = str(tmp_path / "out")  # its loss, about 3.6 x 3e38, overflows float32
+    assert rl.main(["--init_from", path, "--data", questions_file, "--out_dir", out, "--max_iters", "2",
+                    *TOY_RUN, "--sft_data", questions_file, "--sft_weight", "3e38"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: step 1: "), err
+    assert "lower --sft_weight (3e+38)" in err
+    assert gpt.load_checkpoint(os.path.join(out, "ckpt.pt"), "")["iter"] == 0
 
 
 # ----------------------------------------------------------------------------- a cut-off answer, and BPE answers

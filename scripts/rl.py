@@ -23,22 +23,25 @@ score says how good each was. GRPO's form, as nanochat's chat_rl.py uses it:
 - loss: -advantage x log p of each answer's own tokens and end marker; AdamW at a constant learning
   rate, the gradient clipped. p is the model's own (temperature 1), not the sampler's (at --temperature):
   the hot sampler only picks which answers get tried, and the loss moves the distribution that greedy
-  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same
-  (RESULTS.md);
+  answers and chats read. log p at --temperature (the exact gradient for the sampler) measured the same,
+  over 150 steps without --sft_data (RESULTS.md); beside it, unmeasured, it would also halve the reward's
+  pull against the anchor's;
 - --sft_data and --sft_weight: each step also takes --batch_size conversations of --sft_data (the
   fine-tuning set, say: nothing new to learn) and adds --sft_weight x fine-tuning's loss on their
   answers (InstructGPT's "pretraining mix"): an anchor against the reward narrowing what the model
   samples (RESULTS.md: counting's pass@8 stayed 91%, not 59%). Without them: reward only.
 Every --eval_interval steps the model answers --eval_data greedily, as scripts/eval_chat.py does.
 best.pt (the best mean accuracy over the skills) and ckpt.pt (the latest: written at each eval, on
-Ctrl-C and at --max_minutes, and what --resume continues) are gpt.py's checkpoints: gpt.py --sample,
-scripts/chat.py, serve.py and eval_chat.py read them. Their config is the start's, unchanged; "made_by"
-holds this run's flags (see checkpoint). log.csv: a row per step, a column per skill (acc_<skill>).
+Ctrl-C, at --max_minutes and when a pipe reading stdout closes, and what --resume continues) are gpt.py's
+checkpoints: gpt.py --sample, scripts/chat.py, serve.py and eval_chat.py read them. Their config is the
+start's, unchanged; "made_by" holds this run's flags (see checkpoint). log.csv: a row per step, a column
+per skill (acc_<skill>).
 """
 import argparse
 import csv
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -183,7 +186,8 @@ def reference_loss(model, questions, device):
 def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor=()):
     """One step: try, score, move towards what scored. The model stays in eval mode (no dropout): the
     log-probabilities are those of the weights that sampled. Returns (mean reward, mixed groups,
-    skipped groups, answer tokens sampled). anchor: questions whose reference answers' loss, x
+    skipped groups, answer tokens sampled), or raises GPTError naming the flag to lower if the loss or
+    the model's scores stop being numbers. anchor: questions whose reference answers' loss, x
     args.sft_weight, is added."""
     device, answers_sampled = next(model.parameters()).device, len(questions) * args.samples
     tries = sample_answers(model, tokenizer, end, [q.prompt for q in questions], args.samples,
@@ -202,16 +206,26 @@ def rl_step(model, optimizer, questions, tokenizer, end, args, generator, anchor
         loss = policy_loss(model(x), y, advantage, answers_sampled)
         loss.backward()  # the gradients add up over the questions
         total += loss.item()
+    if not math.isfinite(total):
+        raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
     if anchor:
         loss = args.sft_weight * reference_loss(model, anchor, device)
+        if not math.isfinite(loss.item()):
+            raise gpt.GPTError(f"--sft_data's loss x --sft_weight became {loss.item()}; lower --sft_weight "
+                               f"({args.sft_weight})")
         loss.backward()
-        total += loss.item()
     if skipped < len(questions) or anchor:
-        if not math.isfinite(total):
-            raise gpt.GPTError(f"the loss became {total}; lower --learning_rate ({args.learning_rate})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        # A step too large can leave the weights finite yet so large that the scores overflow (NaN):
+        # the next step's sampler would fail, and an eval save them. One prompt's scores tell.
+        with torch.no_grad():
+            scores = model(torch.tensor([questions[0].prompt], device=device))  # (1, T, vocab_size)
+        if not scores.isfinite().all():
+            also = f" or --sft_weight ({args.sft_weight})" if anchor else ""
+            raise gpt.GPTError(f"the step made the model's scores NaN or inf; lower --learning_rate "
+                               f"({args.learning_rate}){also}")
     return sum(rewards_seen) / len(rewards_seen), len(questions) - skipped, skipped, tokens
 
 
@@ -261,7 +275,8 @@ def checkpoint(model, init, args, step, accuracy, run=None):
     - made_by: this run, {"script": "scripts/rl.py", "args": its flags}: gpt.py --resume sends the
       user here, and rl.py --resume reads the flags back.
     No loss is measured here: best_val_loss is NaN, and "accuracy" the mean greedy accuracy.
-    run: for ckpt.pt, what --resume needs (the optimizer, the generators' states and the log)."""
+    run: for ckpt.pt, what --resume needs (the optimizer, the generators' states, the log and the best
+    accuracy so far)."""
     flags = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "eval_only")}
     state = dict(model=model.state_dict(), config=init["config"], vocab=init["vocab"], chat=init["chat"],
                  iter=step, best_val_loss=float("nan"), accuracy=accuracy,
@@ -278,10 +293,27 @@ def read_run(out_dir):
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = gpt.load_checkpoint(path, "--resume continues a run of rl.py: start one without --resume first")
     made_by = ckpt.get("made_by")
-    if not (isinstance(made_by, dict) and made_by.get("script") == SCRIPT and "optimizer" in ckpt):
+    if not (isinstance(made_by, dict) and made_by.get("script") == SCRIPT and "best_accuracy" in ckpt):
         raise gpt.GPTError(f"{path} is not the ckpt.pt of an rl.py run (a gpt.py run's?): start from it "
                            f"with --init_from {path}")
     return ckpt
+
+
+def claim_out_dir(out_dir, fresh):
+    """gpt.py's claim (never replace a model, be writable), naming an rl.py run by its accuracy, not by
+    the val loss it never measured."""
+    if fresh and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        try:
+            run = read_run(out_dir)
+        except gpt.GPTError:
+            run = None  # not an rl.py run's: gpt.py says what it is
+        if run:
+            best = run["best_accuracy"]  # -1 without --eval_data: nothing measured
+            measured = f", best mean greedy accuracy {best:.1f}%" if best >= 0 else ""
+            raise gpt.GPTError(f"{out_dir} already holds a run of rl.py (step {run['iter']}{measured}); "
+                               "continue it with --resume, train into another --out_dir, or replace it "
+                               "with --overwrite")
+    gpt.claim_out_dir(out_dir, fresh)
 
 
 def write_log(rows, out_dir):
@@ -309,19 +341,34 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
     sampler = torch.Generator().manual_seed(args.seed + 1)  # the answers' tokens
     anchor_picker = torch.Generator().manual_seed(args.seed + 2)  # apart: --sft_data changes no question
     generators = (picker, sampler, anchor_picker)
+    # stdout read by a pipe that closes (`rl.py ... | head -1`): __main__ gives SIGPIPE its default, as
+    # gpt.py does, which ends a process at its next write, unsaved. Here, with work to save, a write
+    # fails instead (Python's own default), and the run stops as after Ctrl-C: the step ends, all is saved.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    unread = []  # [13], SIGPIPE's number, once stdout's reader has gone: exit 141, as the shell's
+
+    def say(line):
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # later lines go nowhere
+            unread[:] = [13]
+
     mix = f"; fine-tuning's loss on {args.sft_data} x {args.sft_weight} mixed in" if anchors else ""
-    print(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
-          f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
-          f"{device}", flush=True)
+    say(f"{len(questions):,} questions from {args.data}: {args.batch_size} a step, {args.samples} "
+        f"answers each at temperature {args.temperature}; learning rate {args.learning_rate}{mix}; "
+        f"{device}")
     log, best, train_s, started, first = [], -1.0, 0.0, time.perf_counter(), 0
     if resume:  # bit-exact on a CPU: the same weights as a run never stopped
         optimizer.load_state_dict(resume["optimizer"])
+        for group in optimizer.param_groups:  # the saved state brings the saved rate: the flag's wins
+            group["lr"] = args.learning_rate
         for generator, state in zip(generators, resume["rng"]):
             generator.set_state(state)
-        log, first = resume["log"], resume["iter"]
-        best = max([row["accuracy"] for row in log if row.get("accuracy") is not None], default=-1.0)
+        log, first, best = resume["log"], resume["iter"], resume["best_accuracy"]
         train_s, started = log[-1]["train_s"], started - log[-1]["elapsed_s"]  # the clock goes on
-        print(f"resuming {args.out_dir}/ckpt.pt at step {first}", flush=True)
+        say(f"resuming {args.out_dir}/ckpt.pt at step {first}")
 
     def evaluate(step, row):  # True if this is the best model so far
         nonlocal best
@@ -331,15 +378,16 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
         row["accuracy"] = round(mean(accuracy), 2)
         row.update({f"acc_{s}": round(accuracy[s], 2) for s in skills})
         better, best = mean(accuracy) > best, max(best, mean(accuracy))
-        print(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
-              f"{' (best so far: best.pt)' if better else ''}", flush=True)
+        say(f"eval at step {step}: greedy {shown(accuracy)} | mean {mean(accuracy):.1f}%"
+            f"{' (best so far: best.pt)' if better else ''}")
         return better
 
     def save(step, accuracy, better):
         if better:
             gpt.save_atomic(checkpoint(model, init, args, step, accuracy),
                             os.path.join(args.out_dir, "best.pt"))
-        run = dict(optimizer=optimizer.state_dict(), rng=[g.get_state() for g in generators], log=log)
+        run = dict(optimizer=optimizer.state_dict(), rng=[g.get_state() for g in generators], log=log,
+                   best_accuracy=best)  # unrounded: log.csv's 33.33 would lose to a later 33.333...
         gpt.save_atomic(checkpoint(model, init, args, step, accuracy, run),
                         os.path.join(args.out_dir, "ckpt.pt"))
         write_log(log, args.out_dir)
@@ -360,15 +408,19 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             if anchors:
                 drawn = torch.randint(len(anchors), (args.batch_size,), generator=anchor_picker)
                 anchor = [anchors[i] for i in drawn.tolist()]
-            reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
-                                                     tokenizer, template["end"], args, sampler, anchor)
+            try:
+                reward, mixed, skipped, tokens = rl_step(model, optimizer, [questions[i] for i in picked],
+                                                         tokenizer, template["end"], args, sampler, anchor)
+            except gpt.GPTError as e:  # it diverged: nothing of this step is saved
+                raise gpt.GPTError(f"step {step}: {e}; {args.out_dir}/ckpt.pt keeps the last state saved, "
+                                   "and --resume with a flag lowered goes on from it") from None
             step_s = time.perf_counter() - t0
             train_s += step_s
             left = min((args.max_iters - step) * train_s / step, budget - (time.perf_counter() - started))
             minutes, seconds = divmod(round(max(left, 0)), 60)
-            print(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
-                  f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
-                  f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s", flush=True)
+            say(f"step {step} / {args.max_iters} | reward {reward:.3f} | "
+                f"mixed {mixed / args.batch_size:.0%} ({skipped} skipped) | {step_s * 1000:.0f} ms/step | "
+                f"{tokens / step_s:,.0f} tok/s | eta {minutes}m{seconds:02d}s")
             row = dict(iter=step, reward=round(reward, 4), mixed=round(mixed / args.batch_size, 4),
                        skipped=skipped, tokens_per_s=round(tokens / step_s),
                        train_s=round(train_s, 2))
@@ -376,22 +428,21 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
             better = evaluate(step, row) if evaluating else False
             row["elapsed_s"] = round(time.perf_counter() - started, 2)
             log.append(row)
-            stop, out_of_time = stop_requested(), row["elapsed_s"] >= budget and step < args.max_iters
+            stop = stop_requested() or sum(unread)  # the signal's number, or 0
+            out_of_time = row["elapsed_s"] >= budget and step < args.max_iters
             if evaluating or stop or out_of_time:
                 save(step, row.get("accuracy"), better)
             if stop:
-                print(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
-                      "go on with --resume", flush=True)
+                say(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
+                    "go on with --resume")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
             if out_of_time:  # the budget was the plan, not an interruption: exit 0
-                print(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
-                      f"evals included); saved {args.out_dir}/ckpt.pt, best.pt holds the best model measured",
-                      flush=True)
+                say(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
+                    f"evals included); saved {args.out_dir}/ckpt.pt, best.pt holds the best model measured")
                 return 0
     measured = f": {best:.1f}% mean greedy accuracy" if held_out else ""
-    print(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
-          f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}",
-          flush=True)
+    say(f"done: {args.max_iters} steps in {train_s:.0f}s of training "
+        f"({time.perf_counter() - started:.0f}s with the evals); {args.out_dir}/best.pt{measured}")
     return 0
 
 
@@ -425,7 +476,8 @@ def main(argv=None):
     p.add_argument("--eval_data", help="held-out conversations: greedy accuracy per skill; best.pt by it")
     p.add_argument("--max_iters", type=int, default=500, help="steps (default 500)")
     p.add_argument("--max_minutes", type=float, help="stop after this many minutes of wall clock, evals "
-                   "included (a resumed run's earlier ones too), and save as Ctrl-C does, but exit 0")
+                   "included (a resumed run's earlier ones too: to go on after the stop, give a larger one), "
+                   "and save as Ctrl-C does, but exit 0")
     p.add_argument("--batch_size", type=int, default=64, help="questions per step (default 64)")
     p.add_argument("--samples", type=int, default=8, help="answers tried per question (default 8)")
     p.add_argument("--temperature", type=float, default=2.0, help="to sample them at (default 2.0)")
@@ -441,7 +493,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt, "
-                   "with its flags (those given override them: a larger --max_iters, say)")
+                   "with its flags (those given override them: a larger --max_iters, a lower --learning_rate; "
+                   "not --seed, whose generators go on where they stopped)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out_dir")
     p.add_argument("--eval_only", action="store_true",
                    help="only measure --init_from on --eval_data: greedy and pass@--samples per skill")
@@ -453,21 +506,30 @@ def main(argv=None):
                 p.error("--resume continues the run in --out_dir, from its ckpt.pt: not with --init_from, "
                         "--eval_only or --overwrite")
             resume = read_run(args.out_dir)
-            p.set_defaults(**resume["made_by"]["args"])
+            saved = resume["made_by"]["args"]
+            p.set_defaults(**saved)
             args = p.parse_args(argv)
+            if args.seed != saved["seed"]:  # its generators go on from their saved states, not a seed
+                p.error(f"--resume goes on with the run's own --seed {saved['seed']}; another seed is "
+                        "another run: start it in another --out_dir")
         for name in ("max_iters", "batch_size", "samples", "max_new_tokens", "eval_interval"):
             if getattr(args, name) < 1:
                 p.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
         if args.samples < 2 and not args.eval_only:
             p.error("argument --samples: must be at least 2 (the answers to a question are scored against "
                     "each other: one alone always scores alike, and teaches nothing)")
-        if not args.sft_weight >= 0:  # also refuses nan
-            p.error(f"argument --sft_weight: must be 0 or more, got {args.sft_weight}")
+        for name in ("temperature", "learning_rate", "grad_clip", "max_minutes"):
+            if getattr(args, name) is not None and not 0 < getattr(args, name) < math.inf:  # and not nan
+                p.error(f"argument --{name}: must be a number above 0, got {getattr(args, name)}")
+        if not 0 <= args.sft_weight < math.inf:
+            p.error(f"argument --sft_weight: must be a number, 0 or more, got {args.sft_weight}")
         if bool(args.sft_data) != bool(args.sft_weight):
             p.error("--sft_data and --sft_weight go together: the conversations, and how much of their loss")
-        for name in ("temperature", "learning_rate", "grad_clip", "max_minutes"):
-            if getattr(args, name) is not None and not getattr(args, name) > 0:  # also refuses nan
-                p.error(f"argument --{name}: must be above 0, got {getattr(args, name)}")
+        spent = resume["log"][-1]["elapsed_s"] / 60 if resume else 0  # minutes, evals included
+        if args.max_minutes is not None and spent >= args.max_minutes:
+            p.error(f"--resume: the run has spent its --max_minutes {args.max_minutes} ({spent:.1f} minutes); "
+                    "give a larger --max_minutes (it counts the run's earlier minutes, as --max_iters counts "
+                    "its steps)")
         if not args.init_from and not resume:
             p.error("--init_from is needed: the chat model to start from (or --resume a run in --out_dir)")
         if args.eval_only and not args.eval_data:
@@ -491,7 +553,7 @@ def main(argv=None):
         anchors = []
         if args.sft_data:
             anchors = read_questions(args.sft_data, tokenizer, template, block_size, args.max_new_tokens)
-        gpt.claim_out_dir(args.out_dir, fresh=not args.overwrite and not resume)
+        claim_out_dir(args.out_dir, fresh=not args.overwrite and not resume)
         return train(args, init, model, tokenizer, questions, held_out, device, anchors, resume)
     except (gpt.GPTError, prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -499,8 +561,12 @@ def main(argv=None):
     except (RuntimeError, MemoryError) as e:  # out of memory, on any device: ckpt.pt is whole
         if isinstance(e, RuntimeError) and "alloc" not in str(e):
             raise
-        print("error: out of memory: lower --samples or --batch_size (a step samples their product of "
-              "answers at once) or --max_new_tokens", file=sys.stderr)
+        if args.eval_only:  # pass@k samples --samples answers to all the questions of a prompt length
+            print("error: out of memory: lower --samples or --max_new_tokens, or split --eval_data (pass@k "
+                  "samples every question of a length at once)", file=sys.stderr)
+        else:
+            print("error: out of memory: lower --samples or --batch_size (a step samples their product of "
+                  "answers at once) or --max_new_tokens", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -508,4 +574,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `| head`: end quietly (a run in train() saves first, see there)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
