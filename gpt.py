@@ -5,12 +5,11 @@ gpt.py: a GPT to read top to bottom, then train from scratch on your own machine
     python gpt.py --sample          # Shakespeare-shaped text from out/best.pt
     torchrun --standalone --nproc_per_node 4 gpt.py   # nanoGPT's shakespeare_char (10.8M), 4 GPUs
 
-GPT-2, small: it reads text as tokens (here a character each) and learns to guess the next token;
-its parameters are the numbers that learning adjusts. The lesson comes first, in the order a run
-uses it: the text, batches, the model, the loss, the optimizer, a training step, writing. The
-machinery after it (its headers say so) makes it fast and dependable: a first read may skip to the
-training loop, where everything meets. Each name is defined before it is used. microgpt.py is the
-same in plain Python, every number in sight, even what PyTorch does unseen (.backward(), AdamW).
+GPT-2, small: it reads text as tokens (here a character each) and learns to guess the next one;
+its parameters are the numbers learning adjusts. The lesson comes first, in a run's order: the text,
+batches, the model, the loss, the optimizer, a training step, writing. The machinery after it (its
+headers say so) makes it fast and dependable: skip to the training loop at first. Each name is
+defined before it is used. microgpt.py: the same in plain Python, even .backward() and AdamW.
 """
 import argparse, difflib, json, math, os, pathlib, signal, sys, tempfile, time, urllib.request
 from contextlib import contextmanager, nullcontext
@@ -122,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v of all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # proj: the heads' results, mixed
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.by_hand = False  # the formula below, or PyTorch's fused kernel: the same numbers
+        self.by_hand = False  # the formula below, or PyTorch's fused kernel (the same but rounding)
     def forward(self, x, cache=None):  # cache: only while writing (see generate); skip it at first
         B, T, C = x.size()  # batch, time (positions), channels
         # Each token asks a query (what am I looking for?), offers a key (what do I hold?) and a
@@ -139,7 +138,7 @@ class CausalSelfAttention(nn.Module):
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
         Tk = k.size(2)  # the keys: T while training; with a cache, the Tk - T earlier ones first
         # Two routes to the same numbers: the formula (read this one, microgpt.py's loop), or
-        # PyTorch's one fused call, faster where it can serve: training, or one new token
+        # PyTorch's one fused call, where it can serve (training, one new token) and is faster
         if self.by_hand or T not in (1, Tk):  # softmax(q @ k.T / sqrt(hs)) @ v
             # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
             att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, Tk)
@@ -150,7 +149,7 @@ class CausalSelfAttention(nn.Module):
             causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)  # (T, Tk)
             att = att.masked_fill(~causal, float("-inf"))  # ~: not; exp(-inf) is 0 below
             att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
-            self.att = att  # for looking inside (scripts/serve.py)
+            self.att = None if self.training else att  # for looking inside (scripts/serve.py)
             y = att @ v  # (B, nh, T, Tk) x (B, nh, Tk, hs) -> (B, nh, T, hs): the values, weighted
         else:  # fused: one kernel that never stores att; is_causal: the mask, never built
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T == Tk)
@@ -197,7 +196,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # lm: language model
         self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per token, in and out
         # Small random weights (microgpt.py's init_state_dict; normal_: in place; LayerNorms keep
-        # gains 1, biases 0). Each block adds two c_proj to the stream: smaller, lest it grow with depth.
+        # gains 1, biases 0). Each block adds two c_proj to the stream: smaller, lest it grow deep.
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
@@ -266,9 +265,8 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
     # Wrapper: the batch may come in pieces (--grad_accum: less memory; torchrun: each process its
     # share). backward adds their gradients up in .grad, their loss / n_targets to the step's mean
     for i, (x, y) in enumerate(batches):
-        # Wrapper: torchrun's DDP averages the processes' gradients, once: after the last piece
         last = i == len(batches) - 1 or not isinstance(model, DDP)
-        with nullcontext() if last else model.no_sync():
+        with nullcontext() if last else model.no_sync():  # wrapper: DDP averages the grads once
             with autocast:  # wrapper: lower precision, or nothing
                 loss = next_token_loss(model(x), y, reduction="sum") / n_targets  # 1.
             # 2. Backward: for each parameter, how much the loss would change if it moved a little,
@@ -294,7 +292,7 @@ def draw(logits, temperature, top_k, generator):
     # Temperature divides the scores: below 1 the likeliest grow likelier (safer text), above 1
     # the rest catch up (wilder text). 0 is greedy: the likeliest every time (odds shown at 1).
     if temperature > 0:
-        logits = logits / max(temperature, 1e-30)  # a tinier one would round to 0 in float32: 0 / 0
+        logits = logits / max(temperature, 1e-30)  # near 0 in float32, a tiny one would give 0 / 0
     if top_k is not None:  # only the k likeliest may be drawn: the long tail of unlikely tokens,
         # drawn surprisingly often all together, is cut (score -inf, probability 0)
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1), k-th
@@ -335,10 +333,9 @@ def native_cpu_bf16(cpuinfo="/proc/cpuinfo"):  # AMX (Xeons since Sapphire Rapid
 
 def pick_device(name="auto", dtype="auto"):
     """The device and its precision, decided once; the model reads its device from its inputs."""
-    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
-    if name == "auto":
-        name = next(d for d in available if available[d])
-    if not available[name]:
+    have = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
+    name = next(d for d in have if have[d]) if name == "auto" else name
+    if not have[name]:
         raise GPTError(f"--device {name}: this PyTorch cannot use it here; try --device auto")
     device = torch.device(name, int(os.environ.get("LOCAL_RANK", 0)) if name == "cuda" else None)
     if dtype == "auto" and name == "cuda":  # A100, H100: compute capability 8.0 and up. Not
@@ -391,9 +388,6 @@ def read_folder(folder, tokenizer=None):
         raise GPTError(f"data folder {folder} was prepared with another tokenizer, not the model's")
     for split, count in counts.items():
         data.splits[split] = mapped(folder, f"{split}.bin", dtype, count)
-        if count and data.splits[split].max() >= data.tokenizer.vocab_size:  # one pass, no copy
-            raise GPTError(f"data folder {folder}: its {split}.bin holds ids beyond its tokenizer's "
-                           f"{data.tokenizer.vocab_size} tokens; prepare it again")
         if data.chat:
             data.masks[split] = mapped(folder, f"{split}_mask.bin", np.uint8, count)
     return data
@@ -431,7 +425,9 @@ def my_share(x, y, grad_accum, device):
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = slice(rank * grad_accum, (rank + 1) * grad_accum)
     pieces = zip(x.chunk(world_size * grad_accum)[mine], y.chunk(world_size * grad_accum)[mine])
-    return [(x.to(device), y.to(device)) for x, y in pieces]
+    def to(t):  # to a GPU from pinned memory, without waiting: the copy overlaps the GPU's work
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    return [(to(x), to(y)) for x, y in pieces]
 
 # ------------------------------------------------------------ machinery: evaluation
 @dataclass
@@ -456,16 +452,16 @@ def evaluate(model, data, cfg, autocast, device, run):
     model.eval()  # dropout off
     losses = []
     for split in ("train", "val"):
-        generator, total = torch.Generator().manual_seed(cfg.seed + 1), torch.zeros(2, device=device)
+        generator, sums = torch.Generator().manual_seed(cfg.seed + 1), torch.zeros(2, device=device)
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data, split, cfg.batch_size, cfg.block_size, generator)
             for x, y in my_share(x, y, cfg.grad_accum, device):  # torchrun: each process a share
                 with autocast:
-                    total[0] += next_token_loss(model(x), y, reduction="sum").float()
-                total[1] += (y != -1).sum()  # the targets: a batch without any adds nothing
+                    sums[0] += next_token_loss(model(x), y, reduction="sum").float()
+                sums[1] += (y != -1).sum()  # the targets: a batch without any adds nothing
         if dist.is_initialized():
-            dist.all_reduce(total)
-        losses.append((total[0] / total[1]).item())
+            dist.all_reduce(sums)
+        losses.append((sums[0] / sums[1]).item())
     model.train()
     train_loss, val = losses
     check_finite(val, "the val loss", cfg, run)
@@ -511,7 +507,7 @@ def load_checkpoint(path, what_to_do):  # weights_only: a stranger's file runs n
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's own words would suggest weights_only=False: never safe here
         raise GPTError(f"{path} is not a loadable checkpoint: cut short, not from torch.save, or "
-                       "holding more than tensors and plain data (which gpt.py never runs)") from None
+                       "holding more than tensors and plain data (gpt.py runs none of it)") from None
     if not (isinstance(ckpt, dict) and {"model", "config", "vocab", "iter", "best_val_loss"} <= ckpt.keys()
             and set(MODEL_KEYS[:4]) <= set(ckpt["config"])):
         raise GPTError(f"{path} is not a gpt.py checkpoint (no model, config, vocab, iter or val loss)")
@@ -636,7 +632,7 @@ def fast_model(model, compiling, device, data, cfg, autocast):
 
 @contextmanager
 def stop_signals():
-    """Ctrl-C or SIGTERM: every process saves and stops after this step; a 2nd Ctrl-C, at once."""
+    """Ctrl-C or SIGTERM: all save and stop after this step (a 2nd Ctrl-C without torchrun: now)"""
     received, old = [], {}
     def handler(signum, frame):
         if received and "RANK" not in os.environ:
@@ -679,14 +675,13 @@ def train(cfg, resume=None, init=None):
     torch.manual_seed(cfg.seed + rank)  # the init and dropout (DDP copies process 0's weights)
     batch_generator = torch.Generator().manual_seed(cfg.seed)  # the batches: alike in every process
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, dropout=cfg.dropout)).to(device)
-    for block in model.transformer.h:  # the formula where it is faster: CPUs in bfloat16 (bench.py)
-        block.attn.by_hand = device.type == "cpu" and dtype == torch.bfloat16
+    for block in model.transformer.h:  # the formula where measured faster: a bfloat16 CPU, T <= 256
+        block.attn.by_hand = device.type == "cpu" and dtype == torch.bfloat16 and cfg.block_size <= 256
     optimizer, run, compiling = make_optimizer(model, cfg, device), Run(), compiles(cfg, device)
-    size = sum(p.numel() for p in model.parameters()) / 1e6
     where = device.type + (f" x {world_size} processes" if world_size > 1 else "")
-    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | {size:.2f}M "
-        f"parameters | vocab {data.tokenizer.vocab_size} | train {len(data.splits['train']):,} tokens | "
-        f"val {len(data.splits['val']):,} tokens")  # once: what this run chose
+    say(f"device {where} | dtype {str(dtype)[6:]} | compile {'on' if compiling else 'off'} | "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | vocab {data.tokenizer.vocab_size} | "
+        f"train {len(data.splits['train']):,} tokens | val {len(data.splits['val']):,} tokens")
     autocast, scaler = mixed_precision(device, dtype)
     fast = fast_model(model, compiling, device, data, cfg, autocast)  # model, compiled or in DDP
     restore(model, optimizer, scaler, batch_generator, run, resume, init)
@@ -737,8 +732,8 @@ def usage_error(message):  # one line, exit 2
 
 def parse_args(argv):
     """Each setting a flag (--name value or --name=value) of its default's type; switches bare."""
-    p = argparse.ArgumentParser(prog="gpt.py", allow_abbrev=False, argument_default=argparse.SUPPRESS,
-                                description="Train a GPT or --sample it. (Defaults, or tiny/small/medium's.)")
+    p = argparse.ArgumentParser(prog="gpt.py", description="Train a GPT or --sample it (defaults: tiny/small/medium's)",
+                                allow_abbrev=False, argument_default=argparse.SUPPRESS)
     p.error = usage_error  # one line, not argparse's usage
     for name in ("sample", "resume", "overwrite", "verbose"):
         p.add_argument(f"--{name}", action="store_true", default=False)
@@ -773,7 +768,7 @@ def settings(args):
     if args.resume:
         path = os.path.join(getattr(args, "out_dir", "out"), "ckpt.pt")
         resume = load_checkpoint(path, "--resume continues a run: start one without --resume first")
-        tool = resume.get("made_by", {}).get("script")  # another tool's run (scripts/rl.py's)?
+        tool = (resume.get("made_by") or {}).get("script")  # another tool's run (scripts/rl.py's)?
         if tool or not {"optimizer", "rng", "log"} <= resume.keys():  # or a best.pt
             why = f"made by {tool}: python {tool} --resume --out_dir {os.path.dirname(path)}" if tool else "a best.pt?"
             raise GPTError(f"{path} holds no optimizer state of gpt.py ({why}); start from it with --init_from")
@@ -787,7 +782,7 @@ def settings(args):
     if cfg.n_embd % cfg.n_head:
         usage_error(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: heads need equal shares")
     if cfg.min_lr > cfg.learning_rate:
-        usage_error(f"--min_lr {cfg.min_lr} is above --learning_rate {cfg.learning_rate}: the schedule would rise")
+        usage_error(f"min_lr {cfg.min_lr} > --learning_rate {cfg.learning_rate}: the rate would rise; lower --min_lr")
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     if cfg.batch_size % (world_size * cfg.grad_accum):
         usage_error(f"--batch_size {cfg.batch_size} is not divisible by {world_size} processes x "
@@ -814,6 +809,11 @@ def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-
         if "alloc" not in str(e):
             raise
         say("error: out of memory: lower --batch_size or --block_size, or raise --grad_accum", file=sys.stderr)
+        return 1
+    except IndexError as e:  # an id past the vocabulary: a prepared folder gone wrong, caught in use
+        if "out of range in self" not in str(e):  # (reading it whole at the start could take minutes)
+            raise
+        say(f"error: data {getattr(args, 'data', '')} has ids beyond its vocabulary; prepare it again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop: in the setup or the first eval
         say("\ninterrupted", file=sys.stderr)

@@ -677,7 +677,7 @@ def test_a_min_lr_above_the_learning_rate_is_a_usage_error_the_schedule_would_ri
         gpt.main([*TINY_RUN, "--max_iters", "1", *args, "--out_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--min_lr" in err and "the schedule would rise" in err, err
+    assert err.count("\n") == 1 and "--min_lr" in err and "would rise" in err, err
     assert not (tmp_path / "out").exists()
 
 
@@ -702,7 +702,7 @@ def test_a_usage_error_in_a_real_process_is_one_line_and_exit_2():
 
 def test_a_min_lr_above_the_learning_rate_is_a_usage_error_whichever_side_set_it(trained, data_file, tmp_path):
     result = call_gpt(*TINY_RUN, "--min_lr", "0.01", "--data", data_file, "--out_dir", str(tmp_path / "a"))
-    assert_clean_failure(result, 2, "--min_lr 0.01", "--learning_rate 0.003")
+    assert_clean_failure(result, 2, "min_lr 0.01", "--learning_rate 0.003", "lower --min_lr")
     # a fine-tune's lower --learning_rate under the min_lr its checkpoint carries (3e-4 from TINY_RUN's 3e-3
     # would be fine; 1e-4 is below the tiny preset's 5e-4): the schedule would rise, so it is refused
     result = call_gpt("--init_from", os.path.join(trained.out_dir, "best.pt"), "--learning_rate", "1e-4",
@@ -1239,10 +1239,10 @@ def test_a_prepared_folder_with_a_broken_meta_json_is_named(tmp_path, meta):
 def test_a_prepared_folder_whose_ids_exceed_its_vocabulary_is_named(data_file, tmp_path):
     assert run_prepare(data_file, "--out", str(tmp_path / "data")).returncode == 0
     ids = np.fromfile(tmp_path / "data" / "val.bin", dtype=np.uint16)
-    ids[-1] = 500  # a char vocabulary of a few dozen: an id no embedding has
+    ids[::7] = 500  # a char vocabulary of a few dozen: ids no embedding has, met by the first val batch
     ids.tofile(tmp_path / "data" / "val.bin")
     result = call_gpt(*TINY_RUN, "--data", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o"))
-    assert_clean_failure(result, 1, str(tmp_path / "data"), "val.bin", "prepare it again")
+    assert_clean_failure(result, 1, str(tmp_path / "data"), "ids beyond its vocabulary", "prepare it again")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
