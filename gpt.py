@@ -136,16 +136,16 @@ class CausalSelfAttention(nn.Module):
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
-        Tk = k.size(2)  # the keys: T while training; with a cache, the Tk - T earlier ones first
-        # Two routes to the same numbers: the formula (read this one, microgpt.py's loop), or
-        # PyTorch's one fused call, where it can serve (training, one new token) and is faster
+        Tk = k.size(2)  # the keys: while training Tk == T (read Tk as T); a cache adds earlier ones
+        # Two routes to the same numbers: the formula (read this one; microgpt.py's loop), or
+        # PyTorch's one fused call where faster. It can't mask several new tokens after a cache
         if self.by_hand or T not in (1, Tk):  # softmax(q @ k.T / sqrt(hs)) @ v
             # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
             att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, Tk)
             # Causal: no token may see those after it, the ones it learns to guess. All positions
             # run at once, so a mask hides the later keys (microgpt.py's gpt() runs one position at
-            # a time: it needs none). tril(d) keeps the Trues on and below diagonal d: query i, at
-            # position Tk - T + i, sees keys 0..Tk - T + i (while training, Tk == T: a triangle)
+            # a time: it needs none). Training: query i sees keys 0..i, a lower triangle, tril(0).
+            # With a cache, the T queries are the last of Tk keys: the triangle shifts, tril(Tk - T)
             causal = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)  # (T, Tk)
             att = att.masked_fill(~causal, float("-inf"))  # ~: not; exp(-inf) is 0 below
             att = F.softmax(att, dim=-1)  # each row: weights over the keys, summing to 1
@@ -196,7 +196,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # lm: language model
         self.lm_head.weight = self.transformer.wte.weight  # tied: one vector per token, in and out
         # Small random weights (microgpt.py's init_state_dict; normal_: in place; LayerNorms keep
-        # gains 1, biases 0). Each block adds two c_proj to the stream: smaller, lest it grow deep.
+        # gains 1, biases 0). Each block adds two c_proj to the stream: smaller, lest it swell deep.
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
@@ -230,10 +230,10 @@ def next_token_loss(logits, targets, reduction="mean"):
 #   p = p - lr * weight_decay * p      AdamW's W: weight decay, a pull towards 0 against overfitting
 #   m = 0.9 * m + 0.1 * g              the gradient's running mean: its direction, smoothed
 #   v = 0.99 * v + 0.01 * g * g        its square's running mean: how large it tends to be
-#   p = p - lr * (m / (1 - 0.9**t)) / (sqrt(v / (1 - 0.99**t)) + 1e-8)   about lr, whatever g's
-#   scale (the divisions undo m's and v's start at 0)
+#   p = p - lr * (m / (1 - 0.9**t)) / (sqrt(v / (1 - 0.99**t)) + 1e-8)   the divisions undo m's
+#   and v's start at 0; m ~ g and sqrt(v) ~ |g|, so each move is about lr, whatever g's scale
 def make_optimizer(model, cfg, device):
-    # Decay matrices and embeddings (2+ dims) only: biases and LayerNorm gains cannot overfit
+    # Decay matrices and embeddings (2+ dims) only: biases and gains are few, and a gain at 0 is mute
     params = list(model.parameters())  # unique: the tied matrix appears once
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
@@ -241,8 +241,8 @@ def make_optimizer(model, cfg, device):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=1e-8, fused=fused)
 
 def get_lr(it, cfg):
-    """Linear warmup (random init gives wild first gradients), then a cosine glide (1 -> 0) from
-    learning_rate to min_lr: big steps early to learn fast, small late to settle, not bounce."""
+    """Linear warmup (random init gives wild first gradients; + 1: step 0 moves already), then a
+    cosine, 0.5 * (1 + cos(pi * progress)) going 1 -> 0: big steps early, then settling to min_lr"""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
@@ -263,17 +263,17 @@ def train_step(model, optimizer, scaler, autocast, batches, lr, grad_clip, n_tar
         group["lr"] = lr  # this step's learning rate (get_lr)
     total = 0.0
     # Wrapper: the batch may come in pieces (--grad_accum: less memory; torchrun: each process its
-    # share). backward adds their gradients up in .grad, their loss / n_targets to the step's mean
+    # share), each piece's summed loss / the step's targets: they add up to the step's mean
     for i, (x, y) in enumerate(batches):
         last = i == len(batches) - 1 or not isinstance(model, DDP)
         with nullcontext() if last else model.no_sync():  # wrapper: DDP averages the grads once
             with autocast:  # wrapper: lower precision, or nothing
                 loss = next_token_loss(model(x), y, reduction="sum") / n_targets  # 1.
             # 2. Backward: for each parameter, how much the loss would change if it moved a little,
-            # d(loss)/d(parameter), added into its .grad: the chain rule applied back through every
-            # operation that made the loss, as microgpt.py's Value.backward does number by number.
-            # (Wrapper: float16's scaler multiplies the loss, lest small gradients round to 0.)
-            scaler.scale(loss).backward()
+            # d(loss)/d(parameter), added into its .grad. The chain rule: for loss = (w*x - y)**2,
+            # d(loss)/dw = 2*(w*x - y) * x, local derivatives multiplied back from the loss through
+            # each operation, as microgpt.py's Value.backward does number by number.
+            scaler.scale(loss).backward()  # (wrapper: float16 scales it up, lest small grads be 0)
         total += loss.detach()  # its value alone, without the history of how it was made
     scaler.unscale_(optimizer)  # float16: the true gradients again
     # 3. All gradients as one long vector: if longer than grad_clip, all shrink alike (a freak batch
@@ -292,7 +292,7 @@ def draw(logits, temperature, top_k, generator):
     # Temperature divides the scores: below 1 the likeliest grow likelier (safer text), above 1
     # the rest catch up (wilder text). 0 is greedy: the likeliest every time (odds shown at 1).
     if temperature > 0:
-        logits = logits / max(temperature, 1e-30)  # near 0 in float32, a tiny one would give 0 / 0
+        logits = logits / max(temperature, 1e-30)  # 1e-50 would round to 0 in float32: x / 0 is nan
     if top_k is not None:  # only the k likeliest may be drawn: the long tail of unlikely tokens,
         # drawn surprisingly often all together, is cut (score -inf, probability 0)
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1), k-th
@@ -810,8 +810,8 @@ def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-
             raise
         say("error: out of memory: lower --batch_size or --block_size, or raise --grad_accum", file=sys.stderr)
         return 1
-    except IndexError as e:  # an id past the vocabulary: a prepared folder gone wrong, caught in use
-        if "out of range in self" not in str(e):  # (reading it whole at the start could take minutes)
+    except IndexError as e:  # an id past the vocabulary: a prepared folder gone wrong, met in use
+        if "out of range in self" not in str(e):  # (reading it whole at the start can take minutes)
             raise
         say(f"error: data {getattr(args, 'data', '')} has ids beyond its vocabulary; prepare it again", file=sys.stderr)
         return 1

@@ -66,10 +66,11 @@ class Value:
     def __truediv__(self, other): return self * (other ** -1.0 if isinstance(other, Value) else 1.0 / other)
 
     def backward(self):
-        # order lists every node after the nodes it was made from (a depth-first search: each node
-        # is pushed twice, first to push its children, then, children_done, to be listed after them;
-        # iterative, as a recursion would hit Python's limit). Walked backwards from the loss, each
-        # node's grad is complete, every user of it having added its share, before it is passed on.
+        # order lists every node after the nodes it was made from. A depth-first search: a node is
+        # popped twice, first (children_done False) to push itself back marked True and its children
+        # on top, then, its children all listed, to be listed itself (a loop, as a recursion would
+        # hit Python's limit). Walked backwards from the loss, each node's grad is complete, every
+        # user of it having added its share, before it is passed on.
         order, seen, stack = [], set(), [(self, False)]
         while stack:
             node, children_done = stack.pop()
@@ -104,7 +105,7 @@ def init_state_dict(vocab_size, block_size, n_layer, n_embd, rng):
     """gpt.py's GPT.__init__: random weights, normal with standard deviation 0.02, in a state_dict
     (name -> weights) with GPT-2's names. wte: the token embedding, n_embd numbers per token; wpe:
     the same per position; h.{i}: block i; ln: a LayerNorm; attn.c_attn: queries, keys and values;
-    c_proj: a projection back into the residual stream, started smaller (each block adds to it twice);
+    c_proj: a projection back into x (gpt() below), started smaller: each block adds to x twice;
     mlp.c_fc: the MLP's widening layer (fc: fully connected); ln_f: the final LayerNorm; lm_head: the
     language model's head, a score per next token, tied: the very vectors of wte."""
     def matrix(rows, cols, std=0.02):  # a list of rows
@@ -156,8 +157,7 @@ def gpt(token, pos, keys, values, sd, n_head):
     earlier positions' keys and values wait in keys[layer], values[layer]; this one's are appended."""
     wte, wpe = sd["transformer.wte.weight"], sd["transformer.wpe.weight"]
     x = [t + p for t, p in zip(wte[token], wpe[pos])]  # what the token is, and where
-    C = len(x)
-    head_dim = C // n_head
+    C, head_dim = len(x), len(x) // n_head
     for layer in range(len(keys)):
         h = f"transformer.h.{layer}."
         # x is the residual stream: attention, then the MLP, each reads it and adds (Block.forward).
@@ -172,7 +172,7 @@ def gpt(token, pos, keys, values, sd, n_head):
         # Causal: a token may not see the tokens after it, the ones it learns to guess. Here that
         # needs no mask: keys[layer] holds only positions 0..pos. gpt.py runs all positions at once,
         # so it masks the later ones.
-        heads = []
+        heads = []  # every head's outputs, side by side: C numbers
         for start in range(0, C, head_dim):  # n_head heads, each its own head_dim numbers (channels)
             end = start + head_dim
             # the query against each key so far; / sqrt(head_dim) keeps the scores' spread near 1
@@ -218,7 +218,7 @@ def get_lr(it, cfg):
     to 0) that glides from learning_rate to min_lr, so that late steps settle instead of bouncing."""
     decay_iters = cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters
     if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)  # + 1: step 0 moves already
     if it >= decay_iters:
         return cfg.min_lr
     progress = (it - cfg.warmup_iters) / (decay_iters - cfg.warmup_iters)  # 0 -> 1
@@ -237,10 +237,10 @@ def parameters(sd):
 # ------------------------------------------------------------ one training step
 def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
     """Clip the gradients to a global L2 norm of grad_clip, then AdamW, as gpt.py's train_step does
-    with clip_grad_norm_ and torch.optim.AdamW (make_optimizer). AdamW: Adam, with Weight decay
-    applied to the weight itself. (m and v here are Adam's running means, not attention's values.)"""
+    with clip_grad_norm_ and torch.optim.AdamW (make_optimizer). AdamW: Adam, with Weight decay on
+    the weight directly, not added to g (Adam would rescale it). m, v: Adam's, not attention's."""
     norm = math.sqrt(sum(p.grad * p.grad for p, _ in params))  # all gradients as one long vector
-    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0  # a freak batch
+    scale = min(1.0, cfg.grad_clip / (norm + 1e-6)) if cfg.grad_clip > 0 else 1.0  # no freak jumps
     for i, (p, decays) in enumerate(params):
         g = p.grad * scale
         if decays:
@@ -249,7 +249,7 @@ def adamw_step(params, m, v, step, lr, cfg, beta1=0.9, beta2=0.99, eps=1e-8):
         v[i] = beta2 * v[i] + (1 - beta2) * g * g  # its square's running mean: its usual size
         # m and v start at 0, so early on they are too small: dividing by (1 - beta**step) fixes it
         m_hat, v_hat = m[i] / (1 - beta1 ** step), v[i] / (1 - beta2 ** step)  # step counts from 1
-        p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)  # a move of about lr, whatever g's scale
+        p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)  # m_hat ~ g, sqrt(v_hat) ~ |g|: moves ~ lr
         p.grad = 0.0  # backward adds into grad: clear it for the next step
 
 # ------------------------------------------------------------ the training loop
@@ -284,8 +284,8 @@ def train(args):  # gpt.py's train, stripped to the loop: returns the weights an
 
 # ------------------------------------------------------------ sampling
 def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=None, top_k=None):
-    """New token ids after ids, as gpt.py's generate and draw. Past block_size positions, the last 3/4
-    block is renumbered from 0 and run afresh (the cached keys and values had the old positions)."""
+    """New token ids after ids, as gpt.py's generate and draw. The model knows block_size positions:
+    when the text outgrows them, its last 3/4 block is numbered from 0 again, the cache rebuilt."""
     n_layer = sum(1 for k in sd if k.endswith("ln_1.weight"))
     ids, start, keys = list(ids), 0, None
     for _ in range(max_new_tokens):
