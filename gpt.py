@@ -137,8 +137,8 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, Tk, hs)
         Tk = k.size(2)  # the keys: while training Tk == T (read Tk as T); a cache adds earlier ones
-        # Two routes to the same numbers: the formula (read this one; microgpt.py's loop), or
-        # PyTorch's one fused call where faster. It can't mask several new tokens after a cache
+        # Two routes to the same numbers: the formula (read this one; microgpt.py's loop), or the
+        # fused call where faster; it can't mask a few new tokens after a cache: there, the formula
         if self.by_hand or T not in (1, Tk):  # softmax(q @ k.T / sqrt(hs)) @ v
             # how well each query matches each key; / sqrt(hs) keeps their spread near 1, any hs
             att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, Tk)
@@ -233,7 +233,7 @@ def next_token_loss(logits, targets, reduction="mean"):
 #   p = p - lr * (m / (1 - 0.9**t)) / (sqrt(v / (1 - 0.99**t)) + 1e-8)   the divisions undo m's
 #   and v's start at 0; m ~ g and sqrt(v) ~ |g|, so each move is about lr, whatever g's scale
 def make_optimizer(model, cfg, device):
-    # Decay matrices and embeddings (2+ dims) only: biases and gains are few, and a gain at 0 is mute
+    # Decay matrices and embeddings (2+ dims) only, not biases and gains: few, and a gain at 0 mutes
     params = list(model.parameters())  # unique: the tied matrix appears once
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]

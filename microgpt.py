@@ -293,8 +293,7 @@ def generate(sd, n_head, block_size, ids, max_new_tokens, temperature=1.0, rng=N
             start, keys = len(ids) - (block_size - block_size // 4), None
         if keys is None:  # positions restart at 0: fill the cache with the window
             keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
-            logits = [gpt(t, pos, keys, values, sd, n_head) for pos, t in enumerate(ids[start:])]
-            logits = logits[-1]
+            logits = [gpt(t, pos, keys, values, sd, n_head) for pos, t in enumerate(ids[start:])][-1]
         else:
             logits = gpt(ids[-1], len(ids) - 1 - start, keys, values, sd, n_head)
         if temperature == 0:  # greedy: the likeliest token, every time
@@ -315,7 +314,7 @@ def main():  # gpt.py's main, in brief
     for name, default in dict(data="shakespeare.txt", n_layer=1, n_head=4, n_embd=16, block_size=16,
                               num_steps=1000,  # one block_size sequence per step
                               learning_rate=1e-2,  # high: tiny models take big steps
-                              seed=1337).items():
+                              seed=1337, temperature=0.8, top_k=0).items():  # top_k 0: any token
         p.add_argument(f"--{name}", type=type(default), default=default)
     args = p.parse_args()
     if args.n_embd % args.n_head:
@@ -323,7 +322,8 @@ def main():  # gpt.py's main, in brief
     sd, vocab = train(args)
     print("\n--- a sample:")
     start = [vocab.index("\n")] if "\n" in vocab else [0]
-    ids = generate(sd, args.n_head, args.block_size, start, 200, 0.8, random.Random(args.seed))
+    ids = generate(sd, args.n_head, args.block_size, start, 200, args.temperature,
+                   random.Random(args.seed), args.top_k or None)
     print("".join(vocab[i] for i in ids))
 
 if __name__ == "__main__":
