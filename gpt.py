@@ -526,7 +526,7 @@ def model_from(ckpt, device):  # a checkpoint's model, ready to write
     return model
 
 def claim_out_dir(out_dir, fresh):  # before any work: never replace a trained model; be writable
-    for path in (os.path.join(out_dir, "best.pt"), os.path.join(out_dir, "ckpt.pt")):
+    for path in (os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "best.pt")):
         if fresh and os.path.exists(path):
             try:
                 c = load_checkpoint(path, "")
@@ -575,7 +575,7 @@ def sample(cfg):
     model, tokenizer = model_from(ckpt, device), tokenizer_of(ckpt)
     prompt = cfg.prompt or ("\n" if "\n" in tokenizer.spec.get("vocab", "\n") else tokenizer.vocab[0])
     idx = torch.tensor([tokenizer.encode(prompt)], device=device)  # (1, T)
-    print(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
+    say(f"sampling {path} (step {ckpt['iter']}, val loss {ckpt['best_val_loss']:.4f}, {device})", file=sys.stderr)
     generator, t0 = torch.Generator().manual_seed(cfg.seed), time.perf_counter()
     for i in range(cfg.num_samples):
         if i:
@@ -598,7 +598,7 @@ def sample(cfg):
         print((prompt if cfg.verbose else "") + tokenizer.decode(ids[shown:]), end="")
     print(flush=True)
     n, seconds = cfg.max_new_tokens * cfg.num_samples, time.perf_counter() - t0
-    print(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
+    say(f"{n} tokens in {seconds:.2f}s ({n / seconds:,.0f} tokens/s)", file=sys.stderr)
     return 0
 
 # ------------------------------------------------------------ the training loop (machinery first)
@@ -794,9 +794,9 @@ def settings(args):
                        f"({', '.join(changed)}); drop them, or train anew in another --out_dir")
     return cfg, resume, init
 
-def main(argv=None):  # argv: this process's, but not a notebook kernel's own (-f kernel.json)
-    if argv is None:
-        argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
+def main(argv=None):  # argv: the command line's when this file is run (python, %run), else none:
+    if argv is None:  # a pasted cell has no __file__, and a kernel's argv (-f kernel.json) isn't ours
+        argv = sys.argv[1:] if __name__ == "__main__" and "__file__" in globals() else []
     args = parse_args(list(argv))
     try:
         if args.sample:

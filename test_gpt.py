@@ -479,6 +479,27 @@ def test_sample_into_a_pipe_closed_early_ends_quietly(trained):  # python gpt.py
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == -signal.SIGPIPE and "Traceback" not in err and "Error" not in err, err
 
+class ShownWhenFlushed(io.StringIO):  # a notebook kernel's streams: shown when flushed, in that order
+    def __init__(self, shown):
+        super().__init__()
+        self.shown = shown
+
+    def flush(self):
+        self.shown.append(self.getvalue())
+        self.seek(0)
+        self.truncate()
+
+
+def test_in_a_notebook_the_sampling_line_comes_before_the_text(trained, monkeypatch):
+    shown = []
+    monkeypatch.setattr(sys, "stdout", ShownWhenFlushed(shown))
+    monkeypatch.setattr(sys, "stderr", ShownWhenFlushed(shown))
+    assert gpt.main(["--sample", "--out_dir", trained.out_dir, "--prompt", "ROMEO", "--max_new_tokens", "5"]) == 0
+    text = "".join(shown)
+    assert text.startswith(f"sampling {trained.out_dir}") and text.index("ROMEO") > text.index("val loss"), text
+    assert re.search(r"5 tokens in [\d.]+s", text), text  # flushed too, not lost
+
+
 def test_num_samples_are_separated_by_a_dashes_line(trained):
     result = call_gpt("--sample", "--out_dir", trained.out_dir, "--max_new_tokens", "20", "--num_samples", "3")
     assert result.returncode == 0, result.stderr
@@ -493,14 +514,34 @@ def test_compile_flag_accepts_nanogpt_habits():
         assert getattr(args, "compile", None) is expected, argv
 
 
-def test_in_a_notebook_the_kernels_argv_is_not_ours_but_a_typo_in_main_is_refused(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # as in a notebook, whose kernel runs with -f kernel.json
-    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel-1.json"])
+def main_run_as(name, with_file, **replaced):
+    """gpt.main as it runs in another namespace: __name__ `name`, a __file__ or none (a pasted cell)."""
+    namespace = {**vars(gpt), "__name__": name, **replaced}
+    if not with_file:
+        del namespace["__file__"]
+    return type(gpt.main)(gpt.main.__code__, namespace, "main", gpt.main.__defaults__)
+
+
+@pytest.mark.parametrize("how, name, with_file, argv, config", [
+    ("a pasted cell in a kernel", "__main__", False, ["ipykernel_launcher.py", "-f", "/k/kernel-1.json"], "medium"),
+    ("exec(open('gpt.py').read())", "__main__", False, ["-c", "--bogus"], "medium"),
+    ("import gpt; gpt.main() in a kernel", "gpt", True, ["ipykernel_launcher.py", "-f", "/k/kernel-1.json"], "medium"),
+    ("%run gpt.py --config tiny in a kernel", "__main__", True, ["gpt.py", "--config", "tiny"], "tiny"),
+    ("python gpt.py --config tiny", "__main__", True, ["gpt.py", "--config", "tiny"], "tiny"),
+])
+def test_main_reads_the_command_line_only_when_this_file_is_the_program(monkeypatch, how, name, with_file, argv,
+                                                                       config):
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # in a kernel or not, the rule is the same
+    monkeypatch.setattr(sys, "argv", argv)
     ran = []
-    monkeypatch.setattr(gpt, "train", lambda cfg, resume, init: ran.append(cfg) or 0)
-    assert gpt.main() == 0 and ran[0].config == "medium"  # the pasted cell: the defaults
+    main = main_run_as(name, with_file, train=lambda cfg, resume, init: ran.append(cfg) or 0)
+    assert main() == 0 and ran[0].config == config, how
+
+
+def test_in_a_notebook_a_typo_in_mains_argv_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel-1.json"])
     with pytest.raises(SystemExit) as exit_info:
-        gpt.main(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo is not ignored
+        main_run_as("__main__", False)(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo
     assert exit_info.value.code == 2 and "did you mean --learning_rate?" in capsys.readouterr().err
 
 
@@ -986,6 +1027,13 @@ def test_a_folder_holding_only_ckpt_pt_is_protected_too(trained, tmp_path):  # b
     result = call_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(tmp_path))
     assert_clean_failure(result, 1, f"{tmp_path} already holds a model", "step 60")
     assert snapshot(tmp_path) == before
+
+def test_a_refused_folder_is_named_by_ckpt_pts_step_the_one_resume_goes_on_from(trained, tmp_path):
+    shutil.copytree(trained.out_dir, tmp_path / "run")  # stopped after its last best: best.pt is behind
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    torch.save({**ckpt, "iter": 75}, tmp_path / "run" / "ckpt.pt")
+    result = call_gpt(*TINY_RUN, "--data", trained.data, "--out_dir", str(tmp_path / "run"))
+    assert_clean_failure(result, 1, "already holds a model (step 75,", "--resume")
 
 def test_overwrite_replaces_the_model_and_resume_still_continues_it(trained, tmp_path):
     out = tmp_path / "run"
