@@ -318,6 +318,11 @@ def test_make_chats_names_the_next_command_with_a_prepared_folder_named_after_it
     for out in ("chats_rl", "chats_rl/"):  # a second set must not be prepared over data/chats
         assert make_chats.main(["--out", str(tmp_path / out), "--train", "200", "--test", "40"]) == 0
         assert f"prepare.py {tmp_path / 'chats_rl' / 'train.jsonl'} --out data/chats_rl " in capsys.readouterr().out
+    first = ["--out", str(tmp_path / "chats"), "--train", "200", "--test", "40"]
+    assert make_chats.main(first) == 0 and "--vocab_from out/best.pt" in capsys.readouterr().out
+    second = ["--out", str(tmp_path / "chats_rl"), "--train", "200", "--test", "40", "--seed", "1",
+              "--exclude", str(tmp_path / "chats" / "test.jsonl")]  # the README's set for RL: the chat model's
+    assert make_chats.main(second) == 0 and "--vocab_from out_chat/best.pt" in capsys.readouterr().out
 
 
 def test_make_chats_writes_balanced_checked_answers_and_no_test_question_is_in_train(chats):

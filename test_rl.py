@@ -436,14 +436,16 @@ def interrupt_at(monkeypatch, step, signum=signal.SIGINT):
     monkeypatch.setattr(rl, "rl_step", interrupted)
 
 
-def test_resume_after_ctrl_c_ends_with_the_weights_and_log_of_a_run_never_stopped(tmp_path, monkeypatch):
+def test_resume_after_ctrl_c_ends_with_the_weights_and_log_of_a_run_never_stopped(tmp_path, monkeypatch, capsys):
     path, questions_file = toy(tmp_path)
     run = ["--init_from", path, "--data", questions_file, "--eval_data", questions_file, "--max_iters", "6",
            "--eval_interval", "3", *TOY_RUN]
     whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
     assert rl.main([*run, "--out_dir", whole]) == 0
     interrupt_at(monkeypatch, 4)
+    capsys.readouterr()
     assert rl.main([*run, "--out_dir", halves]) == 130
+    assert f"go on with --resume --out_dir {halves}\n" in capsys.readouterr().out  # the folder named
     assert gpt.load_checkpoint(os.path.join(halves, "ckpt.pt"), "")["iter"] == 4
     monkeypatch.undo()
     assert rl.main(["--resume", "--out_dir", halves]) == 0  # its flags from its ckpt.pt

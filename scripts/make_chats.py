@@ -322,9 +322,10 @@ def main(argv=None):
     except OSError as e:
         print(f"error: {e.filename or args.out}: {e.strerror}", file=sys.stderr)
         return 1
+    model = "out_chat" if args.exclude else "out"  # a second set: the chat model's (README)
     print(f"wrote {train_path} ({len(train):,} conversations) and {test_path} ({len(test):,}, none of "
           f"their questions in train), seed {args.seed}. Next: python scripts/prepare.py {train_path} "
-          f"--out data/{os.path.basename(os.path.normpath(args.out))} --vocab_from out/best.pt")
+          f"--out data/{os.path.basename(os.path.normpath(args.out))} --vocab_from {model}/best.pt")
     return 0
 
 

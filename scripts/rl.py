@@ -434,7 +434,7 @@ def train(args, init, model, tokenizer, questions, held_out, device, anchors=(),
                 save(step, row.get("accuracy"), better)
             if stop:
                 say(f"saved {args.out_dir}/ckpt.pt at step {step}; best.pt holds the best model measured; "
-                    "go on with --resume")
+                    f"go on with --resume --out_dir {args.out_dir}")
                 return 128 + stop  # the shell's way: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
             if out_of_time:  # the budget was the plan, not an interruption: exit 0
                 say(f"--max_minutes {args.max_minutes}: stopped after step {step} ({row['elapsed_s']:.0f}s, "
