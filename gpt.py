@@ -793,9 +793,9 @@ def settings(args):
                        f"({', '.join(changed)}); drop them, or train anew in another --out_dir")
     return cfg, resume, init
 
-def main(argv=None):  # argv: the command line's when this file is run (python, %run), else none:
-    if argv is None:  # a pasted cell has no __file__, and a kernel's argv (-f kernel.json) isn't ours
-        argv = sys.argv[1:] if __name__ == "__main__" and "__file__" in globals() else []
+def main(argv=None):  # argv None: the command line's if it runs this file (python, torchrun, %run),
+    here = os.path.abspath(globals().get("__file__", "<pasted>"))  # not a kernel's (-f kernel.json)
+    argv = (sys.argv[1:] if os.path.abspath(sys.argv[0]) == here else []) if argv is None else argv
     args = parse_args(list(argv))
     try:
         if args.sample:
@@ -818,7 +818,7 @@ def main(argv=None):  # argv: the command line's when this file is run (python, 
         say("\ninterrupted", file=sys.stderr)
         return 130
     finally:  # DDP's reference cycles hold the process group: collected, its threads end here,
-        if dist.is_initialized():  # not in the exit, where they could abort it (1 run in 12 did)
+        if dist.is_initialized():  # not in the exit, where they could abort it (2 runs in 22 did)
             gc.collect()
             dist.destroy_process_group()
 

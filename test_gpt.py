@@ -514,34 +514,41 @@ def test_compile_flag_accepts_nanogpt_habits():
         assert getattr(args, "compile", None) is expected, argv
 
 
-def main_run_as(name, with_file, **replaced):
-    """gpt.main as it runs in another namespace: __name__ `name`, a __file__ or none (a pasted cell)."""
-    namespace = {**vars(gpt), "__name__": name, **replaced}
-    if not with_file:
+def main_run_as(file, **replaced):
+    """gpt.main as it runs in a notebook's or a script's namespace (__main__), with that __file__ (None: none,
+    as in a pasted cell)."""
+    namespace = {**vars(gpt), "__name__": "__main__", "__file__": file, **replaced}
+    if file is None:
         del namespace["__file__"]
     return type(gpt.main)(gpt.main.__code__, namespace, "main", gpt.main.__defaults__)
 
 
-@pytest.mark.parametrize("how, name, with_file, argv, config", [
-    ("a pasted cell in a kernel", "__main__", False, ["ipykernel_launcher.py", "-f", "/k/kernel-1.json"], "medium"),
-    ("exec(open('gpt.py').read())", "__main__", False, ["-c", "--bogus"], "medium"),
-    ("import gpt; gpt.main() in a kernel", "gpt", True, ["ipykernel_launcher.py", "-f", "/k/kernel-1.json"], "medium"),
-    ("%run gpt.py --config tiny in a kernel", "__main__", True, ["gpt.py", "--config", "tiny"], "tiny"),
-    ("python gpt.py --config tiny", "__main__", True, ["gpt.py", "--config", "tiny"], "tiny"),
+KERNEL_ARGV = ["ipykernel_launcher.py", "-f", "/k/kernel-1.json"]
+
+
+@pytest.mark.parametrize("how, file, argv, config", [
+    ("a pasted cell in a kernel", None, KERNEL_ARGV, "medium"),
+    ("exec(open('gpt.py').read())", None, ["-c", "--bogus"], "medium"),
+    ("import gpt; gpt.main() in a kernel", gpt.__file__, KERNEL_ARGV, "medium"),
+    ("main() after %run -i gpt.py", gpt.__file__, KERNEL_ARGV, "medium"),
+    ("VS Code's interactive window, which sets __file__", "/home/me/notebook.ipynb", KERNEL_ARGV, "medium"),
+    ("%run gpt.py --config tiny", gpt.__file__, [os.path.relpath(gpt.__file__), "--config", "tiny"], "tiny"),
+    ("python gpt.py --config tiny, torchrun", gpt.__file__, [os.path.relpath(gpt.__file__), "--config", "tiny"],
+     "tiny"),
+    ("python -m gpt --config tiny", gpt.__file__, [gpt.__file__, "--config", "tiny"], "tiny"),
 ])
-def test_main_reads_the_command_line_only_when_this_file_is_the_program(monkeypatch, how, name, with_file, argv,
-                                                                       config):
+def test_main_reads_the_command_line_only_when_it_runs_this_file(monkeypatch, how, file, argv, config):
     monkeypatch.setitem(sys.modules, "ipykernel", sys)  # in a kernel or not, the rule is the same
     monkeypatch.setattr(sys, "argv", argv)
     ran = []
-    main = main_run_as(name, with_file, train=lambda cfg, resume, init: ran.append(cfg) or 0)
+    main = main_run_as(file, train=lambda cfg, resume, init: ran.append(cfg) or 0)
     assert main() == 0 and ran[0].config == config, how
 
 
 def test_in_a_notebook_a_typo_in_mains_argv_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel-1.json"])
+    monkeypatch.setattr(sys, "argv", KERNEL_ARGV)
     with pytest.raises(SystemExit) as exit_info:
-        main_run_as("__main__", False)(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo
+        main_run_as(None)(["--config", "tiny", "--learnin_rate", "1"])  # a later cell's typo
     assert exit_info.value.code == 2 and "did you mean --learning_rate?" in capsys.readouterr().err
 
 
